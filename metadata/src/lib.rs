@@ -1,0 +1,234 @@
+//! `metadata` — the cluster's replicated metadata: an openraft state machine and the client API to it.
+//!
+//! Owns: cluster id, brokers, topics (UUID ids, partitions, configs), partition ownership and leader
+//! epochs, the per-partition object index (offset ranges → object key + byte range + timestamps), log
+//! start offsets, producer-id allocation. Later: group offsets, users/ACLs, ingest tenants.
+//!
+//! Everything goes through [`MetadataClient`]: `propose` a [`Command`] (replicated through Raft, applied
+//! by the state machine, answered with a [`CommandResponse`]), `state` to read an immutable snapshot of
+//! the applied [`MetadataState`], `watch` to learn when something new is applied. The client never
+//! exposes openraft types, so a remote-leader forwarding client can replace the local one later.
+//!
+//! The Raft log is kept by the `wal` crate under `{dir}/raft-log`; snapshots are our own versioned
+//! serde format (see `snapshot` module) under `{dir}/snapshots`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub type NodeId = u64;
+
+/// A topic id and a partition index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TopicPartition {
+    pub topic_id: Uuid,
+    pub partition: i32,
+}
+
+/// One immutable object holding a contiguous offset range of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRef {
+    /// Object-store key (never reused).
+    pub key: String,
+    /// First offset in the object.
+    pub base_offset: i64,
+    /// One past the last offset in the object.
+    pub end_offset: i64,
+    /// Byte range of the batches inside the object (the rest is the index footer).
+    pub data_start: u64,
+    pub data_len: u64,
+    pub min_timestamp: i64,
+    pub max_timestamp: i64,
+    /// Wall-clock ms when the object was written (retention by time uses `max_timestamp`).
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMeta {
+    pub owner: NodeId,
+    pub leader_epoch: i32,
+    pub log_start_offset: i64,
+    /// Sorted by `base_offset`, contiguous, non-overlapping.
+    pub segments: Vec<SegmentRef>,
+}
+
+impl PartitionMeta {
+    /// One past the last offset held in segment objects (= where data still only in the WAL starts).
+    pub fn segmented_end(&self) -> i64 {
+        self.segments.last().map(|s| s.end_offset).unwrap_or(self.log_start_offset)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub id: Uuid,
+    pub name: String,
+    /// Only explicitly set configs; defaults are applied by the broker.
+    pub configs: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionMeta>,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerMeta {
+    pub node_id: NodeId,
+    pub host: String,
+    pub port: u16,
+    /// Bumped on every registration (restart).
+    pub incarnation: u64,
+}
+
+/// The applied state. Cheap to share (`Arc`), never mutated in place after publication.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataState {
+    pub cluster_id: String,
+    pub brokers: BTreeMap<NodeId, BrokerMeta>,
+    pub topics: BTreeMap<Uuid, TopicMeta>,
+    pub topic_ids: BTreeMap<String, Uuid>,
+    pub next_producer_id: i64,
+    /// Objects removed from the index, waiting for GC: (key, removed_ms).
+    pub deleted_objects: Vec<(String, i64)>,
+}
+
+impl MetadataState {
+    pub fn topic_by_name(&self, name: &str) -> Option<&TopicMeta> {
+        self.topic_ids.get(name).and_then(|id| self.topics.get(id))
+    }
+    pub fn partition(&self, tp: TopicPartition) -> Option<&PartitionMeta> {
+        self.topics.get(&tp.topic_id)?.partitions.get(usize::try_from(tp.partition).ok()?)
+    }
+}
+
+/// A change to the metadata. Commands are validated by the state machine when applied; an invalid one
+/// is answered with [`CommandResponse::Rejected`] and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets the cluster id if none is set yet (answered with the id in force).
+    InitCluster { cluster_id: String },
+    /// Registers (or re-registers after restart) a broker; bumps the leader epoch of every partition it owns.
+    RegisterBroker { node_id: NodeId, host: String, port: u16 },
+    CreateTopic {
+        name: String,
+        topic_id: Uuid,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+        owner: NodeId,
+        now_ms: i64,
+    },
+    DeleteTopic { topic_id: Uuid, now_ms: i64 },
+    /// Grows a topic to `total` partitions (never shrinks).
+    CreatePartitions { topic_id: Uuid, total: u32, owner: NodeId },
+    /// Replaces the topic's explicitly-set configs.
+    SetTopicConfigs { topic_id: Uuid, configs: BTreeMap<String, String> },
+    /// Appends a segment to a partition's index. Rejected if `leader_epoch` is stale or the segment
+    /// does not start exactly at the partition's `segmented_end()` (or overlaps its log start).
+    AddSegment { tp: TopicPartition, leader_epoch: i32, segment: SegmentRef },
+    /// Moves the log start offset forward (retention, DeleteRecords); segments wholly below it are
+    /// removed from the index and queued in `deleted_objects`.
+    AdvanceLogStart { tp: TopicPartition, offset: i64, now_ms: i64 },
+    /// Forgets objects that the GC has deleted from the object store.
+    ForgetDeletedObjects { keys: Vec<String> },
+    /// Allocates `count` consecutive producer ids; answered with the first.
+    AllocateProducerIds { count: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    Ok,
+    ClusterId(String),
+    ProducerIdStart(i64),
+    /// The epoch in force after `RegisterBroker`.
+    Incarnation(u64),
+    /// The new log start offset after `AdvanceLogStart`.
+    LogStart(i64),
+    Rejected(Rejection),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("topic already exists")]
+    TopicExists,
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("stale leader epoch {got}, current {current}")]
+    StaleLeaderEpoch { got: i32, current: i32 },
+    #[error("segment does not continue the partition's index: {0}")]
+    NonContiguousSegment(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("wal: {0}")]
+    Wal(#[from] wal::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("metadata is shutting down")]
+    ShuttingDown,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct MetadataOptions {
+    /// Directory for the Raft log and snapshots.
+    pub dir: PathBuf,
+    pub node_id: NodeId,
+    /// Take a snapshot (and purge the log) every this many applied entries.
+    pub snapshot_every: u64,
+    /// fsync the Raft log (false only in tests/benches).
+    pub fsync: bool,
+}
+
+/// A running single-voter metadata node (the controller role of this process).
+pub struct MetadataNode {
+    _p: (),
+}
+
+impl MetadataNode {
+    /// Opens the Raft log + latest snapshot under `opts.dir`, starts openraft with this node as the
+    /// only voter (initializing the membership on first start), and waits until it is leader.
+    pub async fn start(_opts: MetadataOptions) -> Result<MetadataNode> {
+        todo!()
+    }
+
+    pub fn client(&self) -> MetadataClient {
+        todo!()
+    }
+
+    /// Stops Raft; pending proposals fail with [`Error::ShuttingDown`].
+    pub async fn shutdown(self) -> Result<()> {
+        todo!()
+    }
+}
+
+/// The only way the rest of Sluice reads or changes metadata. Cheap to clone.
+#[derive(Clone)]
+pub struct MetadataClient {
+    _p: Arc<()>,
+}
+
+impl MetadataClient {
+    /// Replicates `cmd` and returns the state machine's answer once it is applied (and durable).
+    pub async fn propose(&self, _cmd: Command) -> Result<CommandResponse> {
+        todo!()
+    }
+
+    /// The latest applied state.
+    pub fn state(&self) -> Arc<MetadataState> {
+        todo!()
+    }
+
+    /// Changes whenever a new log entry is applied (value = applied log index).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        todo!()
+    }
+}

@@ -1,0 +1,1 @@
+//! Building an object store from a URL: `file:///path`, `memory://`, `s3://bucket/prefix`.

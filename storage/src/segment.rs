@@ -1,0 +1,1 @@
+//! Segment object format: batches followed by an offset + time index footer.
