@@ -1,0 +1,153 @@
+//! ListOffsets (earliest, latest, by timestamp, max timestamp) and OffsetForLeaderEpoch.
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse,
+};
+use metadata::TopicPartition;
+
+use super::topics::{partition_of, resolve};
+use crate::errors::{storage_error_code, ErrorCode};
+use crate::Broker;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+pub(super) async fn handle(
+    broker: &Broker,
+    _version: i16,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
+    let state = broker.meta.state();
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let meta = resolve(&state, Some(topic.name.as_str()), uuid::Uuid::nil());
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            let response = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_timestamp(-1)
+                .with_offset(-1);
+            let Some((meta, tp)) =
+                meta.and_then(|m| partition_of(m, p.partition_index).map(|tp| (m, tp)))
+            else {
+                partitions
+                    .push(response.with_error_code(ErrorCode::UnknownTopicOrPartition.code()));
+                continue;
+            };
+            let epoch = meta
+                .partitions
+                .get(tp.partition as usize)
+                .map_or(0, |m| m.leader_epoch);
+            if p.current_leader_epoch >= 0 && p.current_leader_epoch < epoch {
+                partitions.push(response.with_error_code(ErrorCode::FencedLeaderEpoch.code()));
+                continue;
+            }
+            if p.current_leader_epoch > epoch {
+                partitions.push(response.with_error_code(ErrorCode::UnknownLeaderEpoch.code()));
+                continue;
+            }
+            let response = response.with_leader_epoch(epoch);
+            partitions.push(match lookup(broker, tp, p.timestamp).await {
+                Ok((offset, timestamp)) => response.with_offset(offset).with_timestamp(timestamp),
+                Err(code) => response.with_error_code(code.code()),
+            });
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// (offset, timestamp) for a ListOffsets query; (-1, -1) when no record matches.
+async fn lookup(
+    broker: &Broker,
+    tp: TopicPartition,
+    timestamp: i64,
+) -> Result<(i64, i64), ErrorCode> {
+    let store = &broker.store;
+    let offsets = store.offsets(tp).map_err(|e| storage_error_code(&e))?;
+    match timestamp {
+        // With no transactions, the last stable offset equals the high watermark.
+        LATEST | LATEST_TIERED => Ok((offsets.high_watermark, -1)),
+        EARLIEST | EARLIEST_LOCAL => Ok((offsets.log_start_offset, -1)),
+        MAX_TIMESTAMP => match store.max_timestamp(tp).await {
+            Ok(Some((offset, ts))) => Ok((offset, ts)),
+            Ok(None) => Ok((-1, -1)),
+            Err(e) => Err(storage_error_code(&e)),
+        },
+        ts if ts < 0 => Err(ErrorCode::InvalidRequest),
+        ts => match store.offset_for_timestamp(tp, ts).await {
+            Ok(Some((offset, found))) => Ok((offset, found)),
+            Ok(None) => Ok((-1, -1)),
+            Err(e) => Err(storage_error_code(&e)),
+        },
+    }
+}
+
+/// Sluice keeps no per-epoch offset history yet: the current epoch (and any earlier one) ends at the
+/// log end, so clients never detect a truncation that cannot happen (data is never rewritten).
+pub(super) async fn offset_for_leader_epoch(
+    broker: &Broker,
+    _version: i16,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let state = broker.meta.state();
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let meta = resolve(&state, Some(topic.topic.as_str()), uuid::Uuid::nil());
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let response = EpochEndOffset::default()
+                        .with_partition(p.partition)
+                        .with_leader_epoch(-1)
+                        .with_end_offset(-1);
+                    let Some((meta, tp)) =
+                        meta.and_then(|m| partition_of(m, p.partition).map(|tp| (m, tp)))
+                    else {
+                        return response.with_error_code(ErrorCode::UnknownTopicOrPartition.code());
+                    };
+                    let epoch = meta
+                        .partitions
+                        .get(tp.partition as usize)
+                        .map_or(0, |m| m.leader_epoch);
+                    if p.current_leader_epoch >= 0 && p.current_leader_epoch < epoch {
+                        return response.with_error_code(ErrorCode::FencedLeaderEpoch.code());
+                    }
+                    if p.current_leader_epoch > epoch {
+                        return response.with_error_code(ErrorCode::UnknownLeaderEpoch.code());
+                    }
+                    if p.leader_epoch > epoch {
+                        return response;
+                    }
+                    match broker.store.offsets(tp) {
+                        Ok(offsets) => response
+                            .with_leader_epoch(p.leader_epoch)
+                            .with_end_offset(offsets.high_watermark),
+                        Err(e) => response.with_error_code(storage_error_code(&e).code()),
+                    }
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(topic.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}

@@ -1,0 +1,170 @@
+//! Produce: validate every batch, append through the log store, answer once durable.
+//!
+//! All partitions of a request are appended concurrently, so the WAL group-commits them together.
+//! `acks=1` and `acks=-1` both mean "durable in the WAL"; `acks=0` does the same work without answer.
+
+use bytes::Bytes;
+use futures::future::join_all;
+use kafka_protocol::messages::produce_request::PartitionProduceData;
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+use storage::batch;
+
+use super::topics::{partition_of, resolve};
+use crate::configs::{max_message_bytes, timestamp_type};
+use crate::errors::{batch_error_code, storage_error_code, ErrorCode};
+use crate::Broker;
+
+pub(super) async fn handle(
+    broker: &Broker,
+    version: i16,
+    request: ProduceRequest,
+) -> ProduceResponse {
+    let state = broker.meta.state();
+    let request_error = if !matches!(request.acks, -1..=1) {
+        Some((
+            ErrorCode::InvalidRequiredAcks,
+            "acks must be -1, 0 or 1".to_string(),
+        ))
+    } else if request.transactional_id.is_some() {
+        Some((
+            ErrorCode::TransactionalIdAuthorizationFailed,
+            "transactions are not supported by Sluice yet".to_string(),
+        ))
+    } else {
+        None
+    };
+
+    let mut topic_futures = Vec::with_capacity(request.topic_data.len());
+    for topic_data in request.topic_data {
+        let topic = resolve(&state, Some(topic_data.name.as_str()), topic_data.topic_id);
+        let unknown_code = if version >= 13 {
+            ErrorCode::UnknownTopicId
+        } else {
+            ErrorCode::UnknownTopicOrPartition
+        };
+        let request_error = request_error.clone();
+        let partitions = topic_data.partition_data.into_iter().map(move |data| {
+            let index = data.index;
+            let target = topic.and_then(|t| partition_of(t, index).map(|tp| (t, tp)));
+            let request_error = request_error.clone();
+            async move {
+                if let Some((code, message)) = request_error {
+                    return error_response(index, code, message);
+                }
+                let Some((topic, tp)) = target else {
+                    return error_response(
+                        index,
+                        unknown_code,
+                        "unknown topic or partition".into(),
+                    );
+                };
+                let leader_epoch = topic
+                    .partitions
+                    .get(tp.partition as usize)
+                    .map_or(-1, |p| p.leader_epoch);
+                let mut response = append_partition(broker, topic, tp, data).await;
+                response.current_leader = LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(node_id_i32(broker)))
+                    .with_leader_epoch(leader_epoch);
+                response
+            }
+        });
+        let name = topic_data.name;
+        let topic_id = topic_data.topic_id;
+        topic_futures.push(async move {
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_topic_id(topic_id)
+                .with_partition_responses(join_all(partitions).await)
+        });
+    }
+    ProduceResponse::default().with_responses(join_all(topic_futures).await)
+}
+
+fn node_id_i32(broker: &Broker) -> i32 {
+    i32::try_from(broker.config.node_id).unwrap_or(i32::MAX)
+}
+
+fn error_response(index: i32, code: ErrorCode, message: String) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(code.code())
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
+        .with_error_message(Some(StrBytes::from_string(message)))
+}
+
+/// Validates every batch of one partition first (nothing is appended if any is bad), then appends
+/// them in order.
+async fn append_partition(
+    broker: &Broker,
+    topic: &metadata::TopicMeta,
+    tp: metadata::TopicPartition,
+    data: PartitionProduceData,
+) -> PartitionProduceResponse {
+    let index = data.index;
+    let records: Bytes = data.records.unwrap_or_default();
+    let batches = match batch::split_and_validate(&records) {
+        Ok(batches) => batches,
+        Err(error) => return error_response(index, batch_error_code(&error), error.to_string()),
+    };
+    let max_bytes = max_message_bytes(&topic.configs);
+    for (header, bytes) in &batches {
+        if bytes.len() > max_bytes {
+            return error_response(
+                index,
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "batch of {} bytes exceeds max.message.bytes={max_bytes}",
+                    bytes.len()
+                ),
+            );
+        }
+        if header.is_control() {
+            return error_response(
+                index,
+                ErrorCode::InvalidRecord,
+                "clients may not produce control batches".into(),
+            );
+        }
+        if header.is_transactional() {
+            return error_response(
+                index,
+                ErrorCode::InvalidTxnState,
+                "transactional batches are not supported by Sluice yet".into(),
+            );
+        }
+    }
+    let timestamp_type = timestamp_type(&topic.configs);
+    let mut first: Option<storage::AppendResult> = None;
+    for (_, bytes) in batches {
+        match broker
+            .store
+            .append(tp, bytes::BytesMut::from(bytes), timestamp_type)
+            .await
+        {
+            Ok(result) => {
+                first.get_or_insert(result);
+            }
+            Err(error) => {
+                tracing::debug!(topic = %topic.name, partition = tp.partition, %error, "append failed");
+                return error_response(index, storage_error_code(&error), error.to_string());
+            }
+        }
+    }
+    let result = first.unwrap_or(storage::AppendResult {
+        base_offset: -1,
+        log_append_time_ms: -1,
+        log_start_offset: -1,
+    });
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_base_offset(result.base_offset)
+        .with_log_append_time_ms(result.log_append_time_ms)
+        .with_log_start_offset(result.log_start_offset)
+}

@@ -1,0 +1,292 @@
+//! `sluice serve` settings: command-line flags, `SLUICE_*` environment variables and a TOML file.
+//! Precedence: flag > environment > file > built-in default. Flag names are the command-line contract
+//! of DESIGN.md; operators and external test scripts rely on them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum WalKind {
+    /// Append + fsync on a local path (the embedded default).
+    File,
+    /// One object PUT per group commit: not built yet (S3 WAL issue).
+    Object,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// TOML file with the same settings (snake_case keys, e.g. `data_dir = "..."`).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Local data directory (metadata Raft log, file WAL, default object store).
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    pub(crate) node_id: Option<u64>,
+    /// Cluster id to create the cluster with; must match the one stored in the object store.
+    #[arg(long, env = "SLUICE_CLUSTER_ID")]
+    pub(crate) cluster_id: Option<String>,
+    /// Kafka listener address (port 0 picks a free port).
+    #[arg(long, env = "SLUICE_KAFKA_LISTENER")]
+    pub(crate) kafka_listener: Option<String>,
+    /// HOST:PORT advertised to Kafka clients (default: the bound listener address).
+    #[arg(long, env = "SLUICE_ADVERTISED_KAFKA")]
+    pub(crate) advertised_kafka: Option<String>,
+    /// Object store URL: file:///path, memory://, s3://bucket/prefix.
+    #[arg(long, env = "SLUICE_OBJECT_STORE")]
+    pub(crate) object_store: Option<String>,
+    #[arg(long, env = "SLUICE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "SLUICE_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// WAL backend.
+    #[arg(long, env = "SLUICE_WAL", value_enum)]
+    pub(crate) wal: Option<WalKind>,
+    /// fsync the WAL (turning it off trades durability away; benchmarks only).
+    #[arg(long, env = "SLUICE_WAL_FSYNC")]
+    pub(crate) wal_fsync: Option<bool>,
+    /// Write the bound addresses as JSON to this file once serving.
+    #[arg(long, env = "SLUICE_READY_FILE")]
+    pub(crate) ready_file: Option<PathBuf>,
+    /// `num.partitions`: partitions of auto-created topics and CreateTopics with -1.
+    #[arg(long, env = "SLUICE_DEFAULT_PARTITIONS")]
+    pub(crate) default_partitions: Option<u32>,
+    /// `auto.create.topics.enable`.
+    #[arg(long, env = "SLUICE_AUTO_CREATE_TOPICS")]
+    pub(crate) auto_create_topics: Option<bool>,
+    /// `socket.request.max.bytes`.
+    #[arg(long, env = "SLUICE_MAX_REQUEST_BYTES")]
+    pub(crate) max_request_bytes: Option<usize>,
+    /// WAL data of a partition moves to a segment object at this size...
+    #[arg(long, env = "SLUICE_SEGMENT_BYTES")]
+    pub(crate) segment_bytes: Option<u64>,
+    /// ...or at this age (milliseconds).
+    #[arg(long, env = "SLUICE_SEGMENT_MS")]
+    pub(crate) segment_ms: Option<u64>,
+    /// Bytes of recent batches kept in memory for tailing consumers.
+    #[arg(long, env = "SLUICE_TAIL_CACHE_BYTES")]
+    pub(crate) tail_cache_bytes: Option<usize>,
+    /// How often retention and object GC run (milliseconds).
+    #[arg(long, env = "SLUICE_HOUSEKEEPING_MS")]
+    pub(crate) housekeeping_ms: Option<u64>,
+    /// Grace period before unreferenced objects are deleted (milliseconds).
+    #[arg(long, env = "SLUICE_GC_GRACE_MS")]
+    pub(crate) gc_grace_ms: Option<u64>,
+    /// Failure injection for tests: while a file exists at this path, every WAL fsync fails.
+    #[arg(long, env = "SLUICE_FAIL_FSYNC_FILE", hide = true)]
+    pub(crate) fail_fsync_file: Option<PathBuf>,
+}
+
+/// The same settings as read from the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    node_id: Option<u64>,
+    cluster_id: Option<String>,
+    kafka_listener: Option<String>,
+    advertised_kafka: Option<String>,
+    object_store: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    aws_access_key_id: Option<String>,
+    aws_secret_access_key: Option<String>,
+    wal: Option<WalKind>,
+    wal_fsync: Option<bool>,
+    ready_file: Option<PathBuf>,
+    default_partitions: Option<u32>,
+    auto_create_topics: Option<bool>,
+    max_request_bytes: Option<usize>,
+    segment_bytes: Option<u64>,
+    segment_ms: Option<u64>,
+    tail_cache_bytes: Option<usize>,
+    housekeeping_ms: Option<u64>,
+    gc_grace_ms: Option<u64>,
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub(crate) struct ServeConfig {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) node_id: u64,
+    pub(crate) cluster_id: Option<String>,
+    pub(crate) kafka_listener: String,
+    pub(crate) advertised_kafka: Option<String>,
+    pub(crate) object_store: String,
+    pub s3: storage::objects::S3Options,
+    pub(crate) wal: WalKind,
+    pub(crate) wal_fsync: bool,
+    pub(crate) ready_file: Option<PathBuf>,
+    pub(crate) default_partitions: u32,
+    pub(crate) auto_create_topics: bool,
+    pub(crate) max_request_bytes: usize,
+    pub(crate) segment_bytes: u64,
+    pub(crate) segment_ms: u64,
+    pub(crate) tail_cache_bytes: usize,
+    pub(crate) housekeeping_ms: u64,
+    pub(crate) gc_grace_ms: u64,
+    pub(crate) fail_fsync_file: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    pub(crate) fn resolve(args: ServeArgs) -> anyhow::Result<ServeConfig> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("sluice-data"));
+        let object_store = args
+            .object_store
+            .or(file.object_store)
+            .unwrap_or_else(|| "file://".to_string());
+        let config = ServeConfig {
+            node_id: args.node_id.or(file.node_id).unwrap_or(1),
+            cluster_id: args.cluster_id.or(file.cluster_id),
+            kafka_listener: args
+                .kafka_listener
+                .or(file.kafka_listener)
+                .unwrap_or_else(|| "127.0.0.1:9092".to_string()),
+            advertised_kafka: args.advertised_kafka.or(file.advertised_kafka),
+            object_store,
+            s3: storage::objects::S3Options {
+                endpoint: args.s3_endpoint.or(file.s3_endpoint),
+                region: args.s3_region.or(file.s3_region),
+                access_key_id: std::env::var("AWS_ACCESS_KEY_ID")
+                    .ok()
+                    .or(file.aws_access_key_id),
+                secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY")
+                    .ok()
+                    .or(file.aws_secret_access_key),
+            },
+            wal: args.wal.or(file.wal).unwrap_or(WalKind::File),
+            wal_fsync: args.wal_fsync.or(file.wal_fsync).unwrap_or(true),
+            ready_file: args.ready_file.or(file.ready_file),
+            default_partitions: args
+                .default_partitions
+                .or(file.default_partitions)
+                .unwrap_or(1),
+            auto_create_topics: args
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(true),
+            max_request_bytes: args
+                .max_request_bytes
+                .or(file.max_request_bytes)
+                .unwrap_or(100 * 1024 * 1024),
+            segment_bytes: args
+                .segment_bytes
+                .or(file.segment_bytes)
+                .unwrap_or(16 * 1024 * 1024),
+            segment_ms: args.segment_ms.or(file.segment_ms).unwrap_or(30_000),
+            tail_cache_bytes: args
+                .tail_cache_bytes
+                .or(file.tail_cache_bytes)
+                .unwrap_or(64 * 1024 * 1024),
+            housekeeping_ms: args
+                .housekeeping_ms
+                .or(file.housekeeping_ms)
+                .unwrap_or(5_000),
+            gc_grace_ms: args.gc_grace_ms.or(file.gc_grace_ms).unwrap_or(60_000),
+            fail_fsync_file: args.fail_fsync_file,
+            data_dir,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.wal == WalKind::Object {
+            bail!("--wal object is not available yet: this build has the file WAL only");
+        }
+        if self.default_partitions == 0 {
+            bail!("--default-partitions must be at least 1");
+        }
+        if self.node_id > i32::MAX as u64 {
+            bail!("--node-id must fit a Kafka broker id (0..={})", i32::MAX);
+        }
+        if self.max_request_bytes < 1024 {
+            bail!("--max-request-bytes must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// The address to advertise, given the address the Kafka listener is bound to.
+    pub(crate) fn advertised(&self, bound: SocketAddr) -> anyhow::Result<(String, u16)> {
+        if let Some(advertised) = &self.advertised_kafka {
+            let (host, port) = advertised
+                .rsplit_once(':')
+                .with_context(|| format!("--advertised-kafka '{advertised}' is not HOST:PORT"))?;
+            let port: u16 = port
+                .parse()
+                .with_context(|| format!("bad port in '{advertised}'"))?;
+            return Ok((host.trim_matches(['[', ']']).to_string(), port));
+        }
+        let host = if bound.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            bound.ip().to_string()
+        };
+        Ok((host, bound.port()))
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        std::fs::write(
+            &file,
+            "node_id = 7\ndefault_partitions = 3\nkafka_listener = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let cli = TestCli::parse_from([
+            "sluice",
+            "--config",
+            file.to_str().unwrap(),
+            "--kafka-listener",
+            "127.0.0.1:0",
+        ]);
+        let config = ServeConfig::resolve(cli.serve).unwrap();
+        assert_eq!(config.node_id, 7);
+        assert_eq!(config.default_partitions, 3);
+        assert_eq!(config.kafka_listener, "127.0.0.1:0");
+        assert_eq!(config.data_dir, PathBuf::from("sluice-data"));
+        assert!(config.auto_create_topics);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_object_wal_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "no_such_key = 1\n").unwrap();
+        let cli = TestCli::parse_from(["sluice", "--config", file.to_str().unwrap()]);
+        assert!(ServeConfig::resolve(cli.serve).is_err());
+        let cli = TestCli::parse_from(["sluice", "--wal", "object"]);
+        assert!(ServeConfig::resolve(cli.serve).is_err());
+    }
+}

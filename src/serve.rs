@@ -1,0 +1,179 @@
+//! `sluice serve`: start metadata, storage and the Kafka listener; stop them in reverse order on
+//! SIGINT/SIGTERM (the WAL is flushed and closed before exit).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use broker::{Broker, BrokerConfig};
+use metadata::{Command, CommandResponse, MetadataClient, MetadataNode, MetadataOptions};
+use storage::{LogStore, StorageOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::identity;
+
+/// While a file exists at this path, every WAL fsync fails (test-only failure injection).
+#[derive(Debug)]
+struct FsyncFailpoint(PathBuf);
+
+impl wal::FaultInjector for FsyncFailpoint {
+    fn before_sync(&self) -> std::io::Result<()> {
+        if self.0.exists() {
+            return Err(std::io::Error::other(
+                "injected fsync failure (failpoint file present)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let data_dir = config.data_dir.canonicalize()?;
+
+    let objects =
+        storage::objects::object_store_from_url(&config.object_store, &data_dir, &config.s3)
+            .with_context(|| format!("object store {}", config.object_store))?;
+    let cluster_id = identity::ensure(objects.as_ref(), config.cluster_id.as_deref()).await?;
+
+    let node = MetadataNode::start(MetadataOptions {
+        dir: data_dir.join("metadata"),
+        node_id: config.node_id,
+        snapshot_every: 1024,
+        fsync: config.wal_fsync,
+    })
+    .await
+    .context("cannot start the metadata node")?;
+    let meta = node.client();
+    match meta
+        .propose(Command::InitCluster {
+            cluster_id: cluster_id.clone(),
+        })
+        .await?
+    {
+        CommandResponse::ClusterId(id) if id == cluster_id => {}
+        CommandResponse::ClusterId(id) => bail!(
+            "data dir {} belongs to cluster {id}, but the object store belongs to {cluster_id}",
+            data_dir.display()
+        ),
+        other => bail!("unexpected answer to InitCluster: {other:?}"),
+    }
+
+    let listener = TcpListener::bind(&config.kafka_listener)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.kafka_listener))?;
+    let bound = listener.local_addr()?;
+    tracing::info!("kafka listening on {bound}");
+    let (host, port) = config.advertised(bound)?;
+    meta.propose(Command::RegisterBroker {
+        node_id: config.node_id,
+        host: host.clone(),
+        port,
+    })
+    .await?;
+
+    let mut storage_options = StorageOptions::new(&data_dir, config.node_id, cluster_id.clone());
+    storage_options.wal.fsync = config.wal_fsync;
+    if let Some(path) = &config.fail_fsync_file {
+        storage_options.wal.fault = Some(Arc::new(FsyncFailpoint(path.clone())));
+    }
+    storage_options.segment_bytes = config.segment_bytes;
+    storage_options.segment_max_age = Duration::from_millis(config.segment_ms);
+    storage_options.tail_cache_bytes = config.tail_cache_bytes;
+    storage_options.housekeeping_interval = Duration::from_millis(config.housekeeping_ms.max(10));
+    storage_options.gc_grace = Duration::from_millis(config.gc_grace_ms);
+    let store = LogStore::open(storage_options, objects, meta.clone())
+        .await
+        .context("cannot open the partition logs")?;
+
+    let shutdown = CancellationToken::new();
+    let sync_task = tokio::spawn(sync_topic_settings(
+        meta.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
+
+    let mut broker_config = BrokerConfig::new(config.node_id, host, port);
+    broker_config.auto_create_topics = config.auto_create_topics;
+    broker_config.default_partitions = config.default_partitions;
+    broker_config.max_request_bytes = config.max_request_bytes;
+    let broker = Broker::new(broker_config, store.clone(), meta.clone());
+    let server = tokio::spawn(broker::server::serve(listener, broker, shutdown.clone()));
+
+    if let Some(path) = &config.ready_file {
+        write_ready_file(path, bound, config.node_id, &cluster_id)?;
+    }
+    tracing::info!(node_id = config.node_id, %cluster_id, data_dir = %data_dir.display(), "sluice is serving");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let _ = server.await;
+    let _ = sync_task.await;
+    store
+        .shutdown()
+        .await
+        .context("closing the partition logs")?;
+    node.shutdown()
+        .await
+        .context("stopping the metadata node")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Keeps storage's per-topic settings (retention) in step with the topic configs in metadata, and
+/// drops the in-memory state of deleted topics — whoever changed them.
+async fn sync_topic_settings(meta: MetadataClient, store: LogStore, shutdown: CancellationToken) {
+    let mut watch = meta.watch();
+    let mut known: BTreeSet<uuid::Uuid> = BTreeSet::new();
+    loop {
+        let state = meta.state();
+        let current: BTreeSet<uuid::Uuid> = state.topics.keys().copied().collect();
+        for topic in state.topics.values() {
+            store.set_retention(topic.id, broker::configs::retention(&topic.configs));
+        }
+        for gone in known.difference(&current) {
+            store.drop_topic(*gone);
+        }
+        known = current;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = watch.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+fn write_ready_file(
+    path: &std::path::Path,
+    kafka: std::net::SocketAddr,
+    node_id: u64,
+    cluster_id: &str,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "kafka": kafka.to_string(), "node_id": node_id, "cluster_id": cluster_id });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot write ready file {}", path.display()))?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
