@@ -2,6 +2,9 @@
 //! broker together. `sluice serve` with no flags runs a single node on 127.0.0.1:9092 with its data
 //! under `./sluice-data`.
 
+#[global_allocator]
+static ALLOCATOR: alloc_guard::Guard = alloc_guard::Guard;
+
 mod config;
 mod identity;
 mod serve;

@@ -105,16 +105,15 @@ pub(super) async fn create_topics(
         .await
         {
             Ok((topic_id, _)) => {
-                let mut result = result
-                    .with_topic_id(if request.validate_only {
-                        uuid::Uuid::nil()
-                    } else {
-                        topic_id
-                    })
-                    .with_num_partitions(i32::try_from(partitions).unwrap_or(i32::MAX))
-                    .with_replication_factor(1);
+                let mut result = result;
+                if version >= 7 && !request.validate_only {
+                    result = result.with_topic_id(topic_id);
+                }
                 if version >= 5 {
-                    result = result.with_configs(Some(describe_created(&configs)));
+                    result = result
+                        .with_num_partitions(i32::try_from(partitions).unwrap_or(i32::MAX))
+                        .with_replication_factor(1)
+                        .with_configs(Some(describe_created(&configs)));
                 }
                 results.push(result);
             }
@@ -213,6 +212,14 @@ pub(super) async fn delete_topics(
                     .with_error_message(message(error.to_string())),
             ),
         }
+    }
+    if version < 6 {
+        responses
+            .iter_mut()
+            .for_each(|r| r.topic_id = uuid::Uuid::nil());
+    }
+    if version < 5 {
+        responses.iter_mut().for_each(|r| r.error_message = None);
     }
     DeleteTopicsResponse::default().with_responses(responses)
 }

@@ -73,8 +73,10 @@ pub(super) async fn describe_configs(
                             let mut entry = DescribeConfigsResourceResult::default()
                                 .with_name(StrBytes::from_static_str(def.name))
                                 .with_value(Some(text(value)))
-                                .with_config_source(source)
-                                .with_config_type(def.config_type as i8);
+                                .with_config_source(source);
+                            if version >= 3 {
+                                entry = entry.with_config_type(def.config_type as i8);
+                            }
                             if version >= 3 && request.include_documentation {
                                 entry = entry
                                     .with_documentation(Some(StrBytes::from_static_str(def.doc)));

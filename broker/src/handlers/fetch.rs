@@ -52,7 +52,7 @@ pub(super) async fn handle(broker: &Broker, version: i16, request: FetchRequest)
             w.borrow_and_update();
         }
         let (partitions, total_bytes, any_error) =
-            read_all(broker, &targets, response_limit, read_committed).await;
+            read_all(broker, version, &targets, response_limit, read_committed).await;
         let done = total_bytes >= min_bytes
             || any_error
             || watches.is_empty()
@@ -124,6 +124,7 @@ fn resolve_targets(
 /// Reads every target within the response byte limit. Returns (per-target data, bytes, any error).
 async fn read_all(
     broker: &Broker,
+    version: i16,
     targets: &[Target],
     response_limit: usize,
     read_committed: bool,
@@ -131,6 +132,7 @@ async fn read_all(
     let mut total = 0usize;
     let mut any_error = false;
     let mut out = Vec::with_capacity(targets.len());
+    let node_id = i32::try_from(broker.config.node_id).unwrap_or(i32::MAX);
     for target in targets {
         let mut data = PartitionData::default()
             .with_partition_index(target.partition)
@@ -145,11 +147,11 @@ async fn read_all(
                     .with_last_stable_offset(-1);
             }
             Ok((tp, epoch)) => {
-                data.current_leader = LeaderIdAndEpoch::default()
-                    .with_leader_id(BrokerId(
-                        i32::try_from(broker.config.node_id).unwrap_or(i32::MAX),
-                    ))
-                    .with_leader_epoch(epoch);
+                if version >= 12 {
+                    data.current_leader = LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(node_id))
+                        .with_leader_epoch(epoch);
+                }
                 // KIP-74: the first non-empty partition may exceed the limits by one batch.
                 let budget = target.max_bytes.min(response_limit.saturating_sub(total));
                 let read = if budget == 0 && total > 0 {
@@ -171,7 +173,11 @@ async fn read_all(
                         data = data
                             .with_high_watermark(result.high_watermark)
                             .with_last_stable_offset(result.high_watermark)
-                            .with_log_start_offset(result.log_start_offset)
+                            .with_log_start_offset(if version >= 5 {
+                                result.log_start_offset
+                            } else {
+                                -1
+                            })
                             .with_records(Some(records));
                     }
                     Err(error) => {
@@ -181,7 +187,11 @@ async fn read_all(
                             .with_error_code(storage_error_code(&error).code())
                             .with_high_watermark(offsets.map_or(-1, |o| o.high_watermark))
                             .with_last_stable_offset(offsets.map_or(-1, |o| o.high_watermark))
-                            .with_log_start_offset(offsets.map_or(-1, |o| o.log_start_offset));
+                            .with_log_start_offset(if version >= 5 {
+                                offsets.map_or(-1, |o| o.log_start_offset)
+                            } else {
+                                -1
+                            });
                     }
                 }
             }

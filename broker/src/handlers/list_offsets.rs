@@ -24,7 +24,7 @@ const LATEST_TIERED: i64 = -5;
 
 pub(super) async fn handle(
     broker: &Broker,
-    _version: i16,
+    version: i16,
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let state = broker.meta.state();
@@ -56,7 +56,11 @@ pub(super) async fn handle(
                 partitions.push(response.with_error_code(ErrorCode::UnknownLeaderEpoch.code()));
                 continue;
             }
-            let response = response.with_leader_epoch(epoch);
+            let response = if version >= 4 {
+                response.with_leader_epoch(epoch)
+            } else {
+                response
+            };
             partitions.push(match lookup(broker, tp, p.timestamp).await {
                 Ok((offset, timestamp)) => response.with_offset(offset).with_timestamp(timestamp),
                 Err(code) => response.with_error_code(code.code()),

@@ -36,7 +36,7 @@ pub(super) async fn handle(
     let mut topics = Vec::new();
     match requested {
         None => {
-            topics.extend(state.topics.values().map(|t| topic_response(broker, t)));
+            topics.extend(state.topics.values().map(|t| topic_response(version, t)));
         }
         Some(requested) => {
             for wanted in requested {
@@ -49,14 +49,18 @@ pub(super) async fn handle(
                         .cloned()
                 };
                 if let Some(topic) = found {
-                    topics.push(topic_response(broker, &topic));
+                    topics.push(topic_response(version, &topic));
                     continue;
                 }
                 let Some(name) = name.filter(|_| wanted.topic_id.is_nil()) else {
                     topics.push(
                         MetadataResponseTopic::default()
                             .with_error_code(ErrorCode::UnknownTopicId.code())
-                            .with_topic_id(wanted.topic_id)
+                            .with_topic_id(if version >= 10 {
+                                wanted.topic_id
+                            } else {
+                                uuid::Uuid::nil()
+                            })
                             .with_topic_authorized_operations(OPERATIONS_OMITTED),
                     );
                     continue;
@@ -70,7 +74,7 @@ pub(super) async fn handle(
                     Ok((_, new_state)) => {
                         state = new_state;
                         match state.topic_by_name(&name) {
-                            Some(topic) => topics.push(topic_response(broker, topic)),
+                            Some(topic) => topics.push(topic_response(version, topic)),
                             None => topics.push(error_topic(&name, ErrorCode::LeaderNotAvailable)),
                         }
                     }
@@ -78,7 +82,7 @@ pub(super) async fn handle(
                     Err(e) if e.code == ErrorCode::TopicAlreadyExists => {
                         state = broker.meta.state();
                         match state.topic_by_name(&name) {
-                            Some(topic) => topics.push(topic_response(broker, topic)),
+                            Some(topic) => topics.push(topic_response(version, topic)),
                             None => topics.push(error_topic(&name, ErrorCode::LeaderNotAvailable)),
                         }
                     }
@@ -120,7 +124,7 @@ fn error_topic(name: &str, code: ErrorCode) -> MetadataResponseTopic {
         .with_topic_authorized_operations(OPERATIONS_OMITTED)
 }
 
-fn topic_response(_broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
+fn topic_response(version: i16, topic: &TopicMeta) -> MetadataResponseTopic {
     let partitions = topic
         .partitions
         .iter()
@@ -130,14 +134,18 @@ fn topic_response(_broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic 
             MetadataResponsePartition::default()
                 .with_partition_index(i32::try_from(index).unwrap_or(i32::MAX))
                 .with_leader_id(owner)
-                .with_leader_epoch(p.leader_epoch)
+                .with_leader_epoch(if version >= 7 { p.leader_epoch } else { -1 })
                 .with_replica_nodes(vec![owner])
                 .with_isr_nodes(vec![owner])
         })
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
-        .with_topic_id(topic.id)
+        .with_topic_id(if version >= 10 {
+            topic.id
+        } else {
+            uuid::Uuid::nil()
+        })
         .with_partitions(partitions)
         .with_topic_authorized_operations(OPERATIONS_OMITTED)
 }

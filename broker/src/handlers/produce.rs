@@ -82,7 +82,27 @@ pub(super) async fn handle(
                 .with_partition_responses(join_all(partitions).await)
         });
     }
-    ProduceResponse::default().with_responses(join_all(topic_futures).await)
+    let mut responses = join_all(topic_futures).await;
+    for partition in responses
+        .iter_mut()
+        .flat_map(|t| t.partition_responses.iter_mut())
+    {
+        for_version(partition, version);
+    }
+    ProduceResponse::default().with_responses(responses)
+}
+
+/// Clears the fields the negotiated version does not have (the encoder refuses them).
+fn for_version(response: &mut PartitionProduceResponse, version: i16) {
+    if version < 10 {
+        response.current_leader = LeaderIdAndEpoch::default();
+    }
+    if version < 8 {
+        response.error_message = None;
+    }
+    if version < 5 {
+        response.log_start_offset = -1;
+    }
 }
 
 fn node_id_i32(broker: &Broker) -> i32 {
