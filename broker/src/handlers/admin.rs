@@ -257,7 +257,7 @@ pub(super) async fn create_partitions(
             ));
             continue;
         }
-        if let Some(assignments) = &topic.assignments {
+        if let Some(assignments) = topic.assignments.as_ref().filter(|a| !a.is_empty()) {
             if assignments.len() != total as usize - current {
                 results.push(
                     result

@@ -22,13 +22,12 @@ pub(super) async fn init_producer_id(
         return response.with_error_code(ErrorCode::TransactionalIdAuthorizationFailed.code());
     }
     let existing = request.producer_id.0;
-    // An id we never handed out gets a fresh one instead of a bump.
-    if existing >= 0 && existing < broker.meta.state().next_producer_id {
-        if request.producer_epoch >= 0 && request.producer_epoch < i16::MAX - 1 {
-            return response
-                .with_producer_id(ProducerId(existing))
-                .with_producer_epoch(request.producer_epoch + 1);
-        }
+    // KIP-360 bump of an id we handed out; an id we never handed out gets a fresh one instead.
+    let known = existing >= 0 && existing < broker.meta.state().next_producer_id;
+    if known && request.producer_epoch >= 0 && request.producer_epoch < i16::MAX - 1 {
+        return response
+            .with_producer_id(ProducerId(existing))
+            .with_producer_epoch(request.producer_epoch + 1);
     }
     match broker
         .meta
