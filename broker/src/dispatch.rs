@@ -9,7 +9,9 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader,
+};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::errors::ErrorCode;
@@ -41,27 +43,6 @@ pub enum DispatchError {
     },
     #[error("cannot encode response: {0}")]
     Encode(String),
-}
-
-/// Decodes a request body of type `T`, failing on trailing garbage.
-pub(crate) fn decode_body<T: Decodable>(
-    api: ApiKey,
-    version: i16,
-    body: &mut Bytes,
-) -> Result<T, DispatchError> {
-    let request = T::decode(body, version).map_err(|e| DispatchError::Decode {
-        api,
-        version,
-        reason: e.to_string(),
-    })?;
-    if body.has_remaining() {
-        return Err(DispatchError::Decode {
-            api,
-            version,
-            reason: format!("{} trailing bytes", body.remaining()),
-        });
-    }
-    Ok(request)
 }
 
 /// Encodes a response header + body for `api` at `version`.
@@ -111,20 +92,35 @@ pub async fn handle_frame(broker: &Broker, payload: Bytes) -> Outcome {
     }
 }
 
-async fn dispatch(broker: &Broker, mut payload: Bytes) -> Result<Option<Bytes>, DispatchError> {
+/// A request decoded from its frame, ready for a handler.
+#[derive(Debug)]
+pub enum Decoded {
+    Request {
+        api: ApiKey,
+        version: i16,
+        header: RequestHeader,
+        /// `None` only for an ApiVersions body that did not decode: Kafka still answers it.
+        body: Option<Box<RequestKind>>,
+    },
+    /// An API key or version outside [`SUPPORTED`]: answer UNSUPPORTED_VERSION.
+    Unsupported { api_key: i16, correlation_id: i32 },
+}
+
+/// Decodes a request payload without doing anything with it (I/O-free; the fuzz target's entry).
+pub fn decode_request(mut payload: Bytes) -> Result<Decoded, DispatchError> {
     let prefix = request_prefix(&payload)?;
     if !is_supported(prefix.api_key, prefix.api_version) {
-        return Ok(Some(unsupported_version(
-            prefix.api_key,
-            prefix.correlation_id,
-        )));
+        return Ok(Decoded::Unsupported {
+            api_key: prefix.api_key,
+            correlation_id: prefix.correlation_id,
+        });
     }
+    let version = prefix.api_version;
     let api = ApiKey::try_from(prefix.api_key).map_err(|()| DispatchError::Decode {
         api: ApiKey::ApiVersions,
-        version: prefix.api_version,
+        version,
         reason: format!("unknown api key {}", prefix.api_key),
     })?;
-    let version = prefix.api_version;
     let header =
         RequestHeader::decode(&mut payload, api.request_header_version(version)).map_err(|e| {
             DispatchError::Decode {
@@ -133,7 +129,50 @@ async fn dispatch(broker: &Broker, mut payload: Bytes) -> Result<Option<Bytes>, 
                 reason: format!("header: {e}"),
             }
         })?;
-    handlers::handle(broker, api, version, header, payload).await
+    let body = RequestKind::decode(api, &mut payload, version)
+        .map_err(|e| DispatchError::Decode {
+            api,
+            version,
+            reason: e.to_string(),
+        })
+        .and_then(|body| {
+            if payload.has_remaining() {
+                return Err(DispatchError::Decode {
+                    api,
+                    version,
+                    reason: format!("{} trailing bytes", payload.remaining()),
+                });
+            }
+            Ok(body)
+        });
+    let body = match body {
+        Ok(body) => Some(Box::new(body)),
+        // The ApiVersions body (client name/version) is informational; a body that doesn't decode
+        // still gets the version list, as Kafka does, so the client can pick a version.
+        Err(_) if api == ApiKey::ApiVersions => None,
+        Err(error) => return Err(error),
+    };
+    Ok(Decoded::Request {
+        api,
+        version,
+        header,
+        body,
+    })
+}
+
+async fn dispatch(broker: &Broker, payload: Bytes) -> Result<Option<Bytes>, DispatchError> {
+    match decode_request(payload)? {
+        Decoded::Unsupported {
+            api_key,
+            correlation_id,
+        } => Ok(Some(unsupported_version(api_key, correlation_id))),
+        Decoded::Request {
+            api,
+            version,
+            header,
+            body,
+        } => handlers::handle(broker, api, version, header.correlation_id, body).await,
+    }
 }
 
 /// Answer to an API key or version we do not support.

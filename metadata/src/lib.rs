@@ -12,6 +12,12 @@
 //! The Raft log is kept by the `wal` crate under `{dir}/raft-log`; snapshots are our own versioned
 //! serde format (see `snapshot` module) under `{dir}/snapshots`.
 
+mod apply;
+#[cfg(test)]
+mod node_tests;
+mod raft;
+mod snapshot;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +26,14 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub type NodeId = u64;
+
+/// Upper bound on the partitions of one topic; `CreateTopic`/`CreatePartitions` beyond it are
+/// rejected (a bad request must not be able to exhaust the controller's memory).
+pub const MAX_PARTITIONS_PER_TOPIC: u32 = 100_000;
+
+/// Upper bound on the encoded size of one command; `propose` answers a larger one with
+/// [`Rejection::Invalid`] without replicating it.
+pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
 
 /// A topic id and a partition index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -58,7 +72,10 @@ pub struct PartitionMeta {
 impl PartitionMeta {
     /// One past the last offset held in segment objects (= where data still only in the WAL starts).
     pub fn segmented_end(&self) -> i64 {
-        self.segments.last().map(|s| s.end_offset).unwrap_or(self.log_start_offset)
+        self.segments
+            .last()
+            .map(|s| s.end_offset)
+            .unwrap_or(self.log_start_offset)
     }
 }
 
@@ -98,7 +115,10 @@ impl MetadataState {
         self.topic_ids.get(name).and_then(|id| self.topics.get(id))
     }
     pub fn partition(&self, tp: TopicPartition) -> Option<&PartitionMeta> {
-        self.topics.get(&tp.topic_id)?.partitions.get(usize::try_from(tp.partition).ok()?)
+        self.topics
+            .get(&tp.topic_id)?
+            .partitions
+            .get(usize::try_from(tp.partition).ok()?)
     }
 }
 
@@ -107,9 +127,15 @@ impl MetadataState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Sets the cluster id if none is set yet (answered with the id in force).
-    InitCluster { cluster_id: String },
+    InitCluster {
+        cluster_id: String,
+    },
     /// Registers (or re-registers after restart) a broker; bumps the leader epoch of every partition it owns.
-    RegisterBroker { node_id: NodeId, host: String, port: u16 },
+    RegisterBroker {
+        node_id: NodeId,
+        host: String,
+        port: u16,
+    },
     CreateTopic {
         name: String,
         topic_id: Uuid,
@@ -118,21 +144,46 @@ pub enum Command {
         owner: NodeId,
         now_ms: i64,
     },
-    DeleteTopic { topic_id: Uuid, now_ms: i64 },
+    DeleteTopic {
+        topic_id: Uuid,
+        now_ms: i64,
+    },
     /// Grows a topic to `total` partitions (never shrinks).
-    CreatePartitions { topic_id: Uuid, total: u32, owner: NodeId },
+    CreatePartitions {
+        topic_id: Uuid,
+        total: u32,
+        owner: NodeId,
+    },
     /// Replaces the topic's explicitly-set configs.
-    SetTopicConfigs { topic_id: Uuid, configs: BTreeMap<String, String> },
-    /// Appends a segment to a partition's index. Rejected if `leader_epoch` is stale or the segment
-    /// does not start exactly at the partition's `segmented_end()` (or overlaps its log start).
-    AddSegment { tp: TopicPartition, leader_epoch: i32, segment: SegmentRef },
+    SetTopicConfigs {
+        topic_id: Uuid,
+        configs: BTreeMap<String, String>,
+    },
+    /// Appends a segment to a partition's index. Rejected if `leader_epoch` is not the partition's
+    /// current epoch (stale: [`Rejection::StaleLeaderEpoch`]), or the segment does not start exactly
+    /// at the partition's `segmented_end()`. When the index is empty, the segment may start below
+    /// the log start (which can lie inside a batch after DeleteRecords) but must cover it: it is
+    /// rejected if it starts above the log start or ends at/below it.
+    AddSegment {
+        tp: TopicPartition,
+        leader_epoch: i32,
+        segment: SegmentRef,
+    },
     /// Moves the log start offset forward (retention, DeleteRecords); segments wholly below it are
     /// removed from the index and queued in `deleted_objects`.
-    AdvanceLogStart { tp: TopicPartition, offset: i64, now_ms: i64 },
+    AdvanceLogStart {
+        tp: TopicPartition,
+        offset: i64,
+        now_ms: i64,
+    },
     /// Forgets objects that the GC has deleted from the object store.
-    ForgetDeletedObjects { keys: Vec<String> },
+    ForgetDeletedObjects {
+        keys: Vec<String>,
+    },
     /// Allocates `count` consecutive producer ids; answered with the first.
-    AllocateProducerIds { count: i64 },
+    AllocateProducerIds {
+        count: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,45 +241,60 @@ pub struct MetadataOptions {
 
 /// A running single-voter metadata node (the controller role of this process).
 pub struct MetadataNode {
-    _p: (),
+    inner: Arc<raft::RaftNode>,
 }
 
 impl MetadataNode {
     /// Opens the Raft log + latest snapshot under `opts.dir`, starts openraft with this node as the
     /// only voter (initializing the membership on first start), and waits until it is leader.
-    pub async fn start(_opts: MetadataOptions) -> Result<MetadataNode> {
-        todo!()
+    pub async fn start(opts: MetadataOptions) -> Result<MetadataNode> {
+        let inner = raft::RaftNode::start(&opts).await?;
+        Ok(MetadataNode {
+            inner: Arc::new(inner),
+        })
     }
 
     pub fn client(&self) -> MetadataClient {
-        todo!()
+        MetadataClient {
+            inner: self.inner.clone(),
+        }
     }
 
     /// Stops Raft; pending proposals fail with [`Error::ShuttingDown`].
     pub async fn shutdown(self) -> Result<()> {
-        todo!()
+        self.inner.shutdown().await
     }
 }
 
 /// The only way the rest of Sluice reads or changes metadata. Cheap to clone.
 #[derive(Clone)]
 pub struct MetadataClient {
-    _p: Arc<()>,
+    inner: Arc<raft::RaftNode>,
 }
 
 impl MetadataClient {
     /// Replicates `cmd` and returns the state machine's answer once it is applied (and durable).
-    pub async fn propose(&self, _cmd: Command) -> Result<CommandResponse> {
-        todo!()
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResponse> {
+        // Oversized commands are refused before they reach the log, where a record the WAL cannot
+        // hold would stop Raft for everyone.
+        let size = serde_json::to_vec(&cmd)
+            .map(|bytes| bytes.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_COMMAND_BYTES {
+            return Ok(CommandResponse::Rejected(Rejection::Invalid(format!(
+                "command of {size} bytes exceeds the limit of {MAX_COMMAND_BYTES}"
+            ))));
+        }
+        self.inner.propose(cmd).await
     }
 
     /// The latest applied state.
     pub fn state(&self) -> Arc<MetadataState> {
-        todo!()
+        self.inner.state()
     }
 
     /// Changes whenever a new log entry is applied (value = applied log index).
     pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
-        todo!()
+        self.inner.watch()
     }
 }

@@ -6,6 +6,11 @@
 //! into segment objects by Sluice's own size/time thresholds, retention, DeleteRecords, object GC, and
 //! recovery of WAL data not yet in segments after a restart.
 //!
+//! Private modules: `partition` (offset assignment, in-flight appends, high watermark, WAL index),
+//! `wal_record` (the routing header in front of each batch in the WAL), `tail_cache`, `read` (fetch
+//! and timestamp lookups), `segment_reader` (footer cache, ranged scans), `segment_writer` (WAL →
+//! segment objects + WAL checkpoint), `housekeeping` (retention + object GC), `recovery` (WAL replay).
+//!
 //! Architecture invariant: a record is acknowledged (its append returns `Ok`) only after the WAL
 //! reports it durable; the high watermark never passes a record that is not durable.
 //! Architecture invariant: `storage` never depends on `broker`.
@@ -14,20 +19,48 @@ pub mod batch;
 pub mod objects;
 pub mod segment;
 
+mod housekeeping;
+mod partition;
+mod read;
+mod recovery;
+mod segment_reader;
+mod segment_writer;
+#[cfg(test)]
+mod store_tests;
+mod tail_cache;
+#[cfg(test)]
+mod test_support;
+mod wal_record;
+
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use metadata::{MetadataClient, NodeId, TopicPartition};
+use metadata::{Command, CommandResponse, MetadataClient, NodeId, TopicPartition};
 use object_store::ObjectStore;
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wal::Wal;
+
+use crate::batch::{BatchError, BatchHeader};
+use crate::partition::{Partition, PartitionState};
+use crate::segment_reader::SegmentReader;
+use crate::tail_cache::TailCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
     #[error("offset {offset} out of range [{log_start}, {high_watermark}]")]
-    OffsetOutOfRange { offset: i64, log_start: i64, high_watermark: i64 },
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        high_watermark: i64,
+    },
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] batch::BatchError),
     #[error("wal: {0}")]
@@ -67,7 +100,11 @@ pub struct StorageOptions {
 }
 
 impl StorageOptions {
-    pub fn new(data_dir: impl Into<PathBuf>, node_id: NodeId, cluster_id: impl Into<String>) -> Self {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        node_id: NodeId,
+        cluster_id: impl Into<String>,
+    ) -> Self {
         let data_dir = data_dir.into();
         StorageOptions {
             wal: wal::WalOptions::new(data_dir.join("wal")),
@@ -125,78 +162,345 @@ pub struct Retention {
 /// All partition logs of this broker. Cheap to clone.
 #[derive(Clone)]
 pub struct LogStore {
-    _p: Arc<()>,
+    inner: Arc<Inner>,
+}
+
+/// Shared state of a [`LogStore`] and its background tasks.
+pub(crate) struct Inner {
+    pub(crate) opts: StorageOptions,
+    pub(crate) objects: Arc<dyn ObjectStore>,
+    pub(crate) meta: MetadataClient,
+    pub(crate) wal: Wal,
+    pub(crate) partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
+    /// Topics forgotten by `drop_topic`: never lazily re-created from a stale metadata view.
+    dropped_topics: Mutex<HashSet<uuid::Uuid>>,
+    pub(crate) retention: Mutex<HashMap<uuid::Uuid, Retention>>,
+    pub(crate) tail: TailCache,
+    pub(crate) segments: SegmentReader,
+    /// Woken when a partition's WAL-only bytes reach `segment_bytes`.
+    pub(crate) writer_wake: Notify,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every mutex here guards plain data that stays consistent across a panic; keep serving.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    /// The partition's state, created from metadata on first use.
+    pub(crate) fn partition(&self, tp: TopicPartition) -> Result<Arc<Partition>> {
+        if let Some(part) = self
+            .partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tp)
+        {
+            return Ok(part.clone());
+        }
+        let state = self.meta.state();
+        let pm = state.partition(tp).ok_or(Error::UnknownTopicOrPartition)?;
+        let mut partitions = self.partitions.write().unwrap_or_else(|e| e.into_inner());
+        // Checked under the write lock: `drop_topic` marks the topic before it takes this lock to
+        // remove its partitions, so a partition is never re-created behind its back.
+        if lock(&self.dropped_topics).contains(&tp.topic_id) {
+            return Err(Error::UnknownTopicOrPartition);
+        }
+        // Everything this broker has in its WAL was loaded by recovery, so a partition seen for the
+        // first time continues right after its segments.
+        let part = partitions
+            .entry(tp)
+            .or_insert_with(|| {
+                Arc::new(Partition::new(
+                    tp,
+                    PartitionState::new(pm.log_start_offset, pm.segmented_end()),
+                ))
+            })
+            .clone();
+        Ok(part)
+    }
+
+    /// The partition's state if it is loaded (background tasks use this to avoid creating state).
+    pub(crate) fn loaded_partition(&self, tp: TopicPartition) -> Option<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tp)
+            .cloned()
+    }
+
+    pub(crate) fn loaded_partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    async fn append(
+        &self,
+        tp: TopicPartition,
+        mut batch: BytesMut,
+        timestamp_type: TimestampType,
+    ) -> Result<AppendResult> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let part = self.partition(tp)?;
+        let header = BatchHeader::parse(&batch)?;
+        if header.total_len() != batch.len() {
+            return Err(BatchError::Malformed(format!(
+                "batch is {} bytes but its header says {}",
+                batch.len(),
+                header.total_len()
+            ))
+            .into());
+        }
+        if header.last_offset_delta < 0 {
+            return Err(BatchError::InvalidRecord("negative lastOffsetDelta".into()).into());
+        }
+
+        let guard = part.append_lock.lock().await;
+        let (base_offset, log_start_offset) = {
+            let st = part.state();
+            if st.poisoned {
+                return Err(Error::Wal(wal::Error::Poisoned));
+            }
+            (st.next_offset, st.log_start_offset)
+        };
+        let last_offset = base_offset + i64::from(header.last_offset_delta);
+        batch::set_base_offset(&mut batch, base_offset);
+        let (log_append_time_ms, max_timestamp) = match timestamp_type {
+            TimestampType::CreateTime => (-1, header.max_timestamp),
+            TimestampType::LogAppendTime => {
+                let now = now_ms();
+                batch::set_log_append_time(&mut batch, now);
+                (now, now)
+            }
+        };
+        let (record, stored) = wal_record::encode(tp, &batch);
+        let (waiter, answer) = oneshot::channel();
+        {
+            let mut st = part.state();
+            let lsn_floor = self.wal.end_lsn();
+            st.begin_append(
+                base_offset,
+                last_offset,
+                max_timestamp,
+                stored.len(),
+                lsn_floor,
+                waiter,
+            );
+        }
+        let pending = match self.wal.submit(record).await {
+            Ok(pending) => pending,
+            Err(err) => {
+                part.state().abort_append(base_offset);
+                return Err(err.into());
+            }
+        };
+        self.tail.insert(tp, base_offset, last_offset, stored);
+        drop(guard);
+
+        let (_, wal_bytes) = part.completed(base_offset, pending.await);
+        if wal_bytes >= self.opts.segment_bytes {
+            self.writer_wake.notify_one();
+        }
+        match answer.await {
+            Ok(Ok(())) => Ok(AppendResult {
+                base_offset,
+                log_append_time_ms,
+                log_start_offset,
+            }),
+            Ok(Err(err)) => Err(Error::Wal(err)),
+            Err(_) => Err(Error::ShuttingDown),
+        }
+    }
+
+    async fn delete_records(&self, tp: TopicPartition, offset: i64) -> Result<i64> {
+        let part = self.partition(tp)?;
+        let (log_start, high_watermark) = part.offsets();
+        // Kafka's DeleteRecords uses -1 for "up to the high watermark".
+        let offset = if offset == -1 { high_watermark } else { offset };
+        if offset < 0 || offset > high_watermark {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start,
+                high_watermark,
+            });
+        }
+        if offset <= log_start {
+            return Ok(log_start);
+        }
+        let response = self
+            .meta
+            .propose(Command::AdvanceLogStart {
+                tp,
+                offset,
+                now_ms: now_ms(),
+            })
+            .await?;
+        match response {
+            CommandResponse::LogStart(new_start) => Ok(part.advance_log_start(new_start)),
+            CommandResponse::Rejected(rejection) => Err(rejection.into()),
+            _ => Ok(part.advance_log_start(offset)),
+        }
+    }
 }
 
 impl LogStore {
     /// Opens the WAL, replays records not yet in segment objects (per the metadata index) and starts
     /// the background tasks (segment writer, retention, GC).
     pub async fn open(
-        _opts: StorageOptions,
-        _objects: Arc<dyn ObjectStore>,
-        _meta: MetadataClient,
+        opts: StorageOptions,
+        objects: Arc<dyn ObjectStore>,
+        meta: MetadataClient,
     ) -> Result<LogStore> {
-        todo!()
+        let wal = Wal::open(opts.wal.clone())?;
+        let inner = Arc::new(Inner {
+            tail: TailCache::new(opts.tail_cache_bytes),
+            segments: SegmentReader::new(objects.clone()),
+            opts,
+            objects,
+            meta,
+            wal,
+            partitions: RwLock::new(HashMap::new()),
+            dropped_topics: Mutex::new(HashSet::new()),
+            retention: Mutex::new(HashMap::new()),
+            writer_wake: Notify::new(),
+            cancel: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        });
+        // Replay reads the whole WAL with blocking file I/O: keep it off the async workers.
+        let replay = {
+            let inner = inner.clone();
+            tokio::task::spawn_blocking(move || recovery::recover(&inner))
+        };
+        let recovered = match replay.await {
+            Ok(result) => result.map(|_| ()),
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(Error::ShuttingDown),
+        };
+        if let Err(err) = recovered {
+            // Do not leave the WAL writer running behind a failed open.
+            let _ = inner.wal.close().await;
+            return Err(err);
+        }
+        let writer = tokio::spawn(segment_writer::run(inner.clone(), inner.cancel.clone()));
+        let housekeeping = tokio::spawn(housekeeping::run(inner.clone(), inner.cancel.clone()));
+        lock(&inner.tasks).extend([writer, housekeeping]);
+        Ok(LogStore { inner })
     }
 
     /// Assigns offsets to one validated batch (rewriting its `baseOffset`; for LogAppendTime also its
     /// max timestamp + CRC), writes it to the WAL and returns once it is durable.
+    ///
+    /// The work runs in its own task: if the caller stops waiting, the append still completes and
+    /// its bookkeeping stays consistent.
     pub async fn append(
         &self,
-        _tp: TopicPartition,
-        _batch: BytesMut,
-        _timestamp_type: TimestampType,
+        tp: TopicPartition,
+        batch: BytesMut,
+        timestamp_type: TimestampType,
     ) -> Result<AppendResult> {
-        todo!()
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move { inner.append(tp, batch, timestamp_type).await });
+        match task.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(Error::ShuttingDown),
+        }
     }
 
     /// Reads whole batches starting with the one containing `offset`, up to about `max_bytes` (at least
     /// one batch is returned when any exists, as Kafka does). Reads never go past the high watermark.
-    pub async fn read(&self, _tp: TopicPartition, _offset: i64, _max_bytes: usize) -> Result<ReadResult> {
-        todo!()
+    pub async fn read(
+        &self,
+        tp: TopicPartition,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
+        self.inner.read(tp, offset, max_bytes).await
     }
 
-    pub fn offsets(&self, _tp: TopicPartition) -> Result<PartitionOffsets> {
-        todo!()
+    pub fn offsets(&self, tp: TopicPartition) -> Result<PartitionOffsets> {
+        let (log_start_offset, high_watermark) = self.inner.partition(tp)?.offsets();
+        Ok(PartitionOffsets {
+            log_start_offset,
+            high_watermark,
+        })
     }
 
     /// Earliest offset whose record timestamp is >= `timestamp`, with that timestamp; `None` past the end.
     pub async fn offset_for_timestamp(
         &self,
-        _tp: TopicPartition,
-        _timestamp: i64,
+        tp: TopicPartition,
+        timestamp: i64,
     ) -> Result<Option<(i64, i64)>> {
-        todo!()
+        self.inner.offset_for_timestamp(tp, timestamp).await
     }
 
     /// Largest timestamp in the partition and the offset it belongs to (batch granularity: the last
     /// offset of the batch with the largest max timestamp).
-    pub async fn max_timestamp(&self, _tp: TopicPartition) -> Result<Option<(i64, i64)>> {
-        todo!()
+    pub async fn max_timestamp(&self, tp: TopicPartition) -> Result<Option<(i64, i64)>> {
+        self.inner.max_timestamp(tp).await
     }
 
     /// Moves the log start offset to `offset` (DeleteRecords); returns the new low watermark.
-    pub async fn delete_records(&self, _tp: TopicPartition, _offset: i64) -> Result<i64> {
-        todo!()
+    /// `-1` means the high watermark (as in Kafka's DeleteRecords); beyond it is `OffsetOutOfRange`.
+    pub async fn delete_records(&self, tp: TopicPartition, offset: i64) -> Result<i64> {
+        self.inner.delete_records(tp, offset).await
     }
 
     /// Changes whenever the partition's high watermark moves (long-poll fetches wait on this).
-    pub fn hw_watch(&self, _tp: TopicPartition) -> Result<tokio::sync::watch::Receiver<i64>> {
-        todo!()
+    pub fn hw_watch(&self, tp: TopicPartition) -> Result<tokio::sync::watch::Receiver<i64>> {
+        Ok(self.inner.partition(tp)?.hw_watch())
     }
 
     /// Sets the retention of a topic (called when its configs are created or changed).
-    pub fn set_retention(&self, _topic_id: uuid::Uuid, _retention: Retention) {
-        todo!()
+    pub fn set_retention(&self, topic_id: uuid::Uuid, retention: Retention) {
+        lock(&self.inner.retention).insert(topic_id, retention);
     }
 
     /// Forgets the in-memory state of a deleted topic (its objects are GC'd via metadata).
-    pub fn drop_topic(&self, _topic_id: uuid::Uuid) {
-        todo!()
+    pub fn drop_topic(&self, topic_id: uuid::Uuid) {
+        lock(&self.inner.dropped_topics).insert(topic_id);
+        self.inner
+            .partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|tp, _| tp.topic_id != topic_id);
+        self.inner.tail.remove_topic(topic_id);
+        lock(&self.inner.retention).remove(&topic_id);
     }
 
     /// Stops background tasks and closes the WAL (everything acknowledged is already durable).
     pub async fn shutdown(&self) -> Result<()> {
-        todo!()
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.inner.cancel.cancel();
+        let tasks: Vec<JoinHandle<()>> = lock(&self.inner.tasks).drain(..).collect();
+        for task in tasks {
+            if let Err(err) = task.await {
+                if err.is_panic() {
+                    tracing::error!("storage background task panicked: {err}");
+                }
+            }
+        }
+        self.inner.wal.close().await?;
+        Ok(())
     }
 }

@@ -12,68 +12,65 @@ mod producer_id;
 mod topics;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::messages::{ApiKey, RequestKind};
 
-use crate::dispatch::{api_versions_body, decode_body, encode_response, DispatchError};
+use crate::dispatch::{api_versions_body, encode_response, DispatchError};
 use crate::errors::ErrorCode;
 use crate::Broker;
 
-/// Decodes the body of `api`, runs its handler, encodes the answer.
+/// Runs the handler of a decoded request and encodes its answer (`None`: no answer, acks=0).
 pub(crate) async fn handle(
     broker: &Broker,
     api: ApiKey,
     version: i16,
-    header: RequestHeader,
-    mut body: Bytes,
+    correlation_id: i32,
+    body: Option<Box<RequestKind>>,
 ) -> Result<Option<Bytes>, DispatchError> {
-    let correlation_id = header.correlation_id;
-    macro_rules! call {
-        ($handler:expr) => {{
-            let request = decode_body(api, version, &mut body)?;
-            let response = $handler(broker, version, request).await;
-            encode_response(api, version, correlation_id, &response).map(Some)
-        }};
+    macro_rules! answer {
+        ($response:expr) => {
+            encode_response(api, version, correlation_id, &$response).map(Some)
+        };
     }
-    match api {
-        ApiKey::ApiVersions => {
-            // The body (client software name/version) is informational; a body that doesn't decode
-            // still gets the version list, as Kafka does, so the client can pick a version.
-            let _ = decode_body::<kafka_protocol::messages::ApiVersionsRequest>(
-                api, version, &mut body,
-            );
-            encode_response(
-                api,
-                version,
-                correlation_id,
-                &api_versions_body(ErrorCode::None),
-            )
-            .map(Some)
-        }
-        ApiKey::Produce => {
-            let request: kafka_protocol::messages::ProduceRequest =
-                decode_body(api, version, &mut body)?;
+    let Some(body) = body else {
+        return answer!(api_versions_body(ErrorCode::None));
+    };
+    match *body {
+        RequestKind::ApiVersions(_) => answer!(api_versions_body(ErrorCode::None)),
+        RequestKind::Produce(request) => {
             let acks = request.acks;
             let response = produce::handle(broker, version, request).await;
             if acks == 0 {
                 return Ok(None);
             }
-            encode_response(api, version, correlation_id, &response).map(Some)
+            answer!(response)
         }
-        ApiKey::Fetch => call!(fetch::handle),
-        ApiKey::ListOffsets => call!(list_offsets::handle),
-        ApiKey::Metadata => call!(metadata::handle),
-        ApiKey::CreateTopics => call!(admin::create_topics),
-        ApiKey::DeleteTopics => call!(admin::delete_topics),
-        ApiKey::CreatePartitions => call!(admin::create_partitions),
-        ApiKey::DeleteRecords => call!(admin::delete_records),
-        ApiKey::DescribeConfigs => call!(configs::describe_configs),
-        ApiKey::AlterConfigs => call!(configs::alter_configs),
-        ApiKey::IncrementalAlterConfigs => call!(configs::incremental_alter_configs),
-        ApiKey::DescribeCluster => call!(cluster::describe_cluster),
-        ApiKey::OffsetForLeaderEpoch => call!(list_offsets::offset_for_leader_epoch),
-        ApiKey::InitProducerId => call!(producer_id::init_producer_id),
-        other => Err(DispatchError::Decode {
-            api: other,
+        RequestKind::Fetch(r) => answer!(fetch::handle(broker, version, r).await),
+        RequestKind::ListOffsets(r) => answer!(list_offsets::handle(broker, version, r).await),
+        RequestKind::Metadata(r) => answer!(metadata::handle(broker, version, r).await),
+        RequestKind::CreateTopics(r) => answer!(admin::create_topics(broker, version, r).await),
+        RequestKind::DeleteTopics(r) => answer!(admin::delete_topics(broker, version, r).await),
+        RequestKind::CreatePartitions(r) => {
+            answer!(admin::create_partitions(broker, version, r).await)
+        }
+        RequestKind::DeleteRecords(r) => answer!(admin::delete_records(broker, version, r).await),
+        RequestKind::DescribeConfigs(r) => {
+            answer!(configs::describe_configs(broker, version, r).await)
+        }
+        RequestKind::AlterConfigs(r) => answer!(configs::alter_configs(broker, version, r).await),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            answer!(configs::incremental_alter_configs(broker, version, r).await)
+        }
+        RequestKind::DescribeCluster(r) => {
+            answer!(cluster::describe_cluster(broker, version, r).await)
+        }
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            answer!(list_offsets::offset_for_leader_epoch(broker, version, r).await)
+        }
+        RequestKind::InitProducerId(r) => {
+            answer!(producer_id::init_producer_id(broker, version, r).await)
+        }
+        _ => Err(DispatchError::Decode {
+            api,
             version,
             reason: "api is listed as supported but has no handler".into(),
         }),

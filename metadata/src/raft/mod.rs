@@ -1,0 +1,191 @@
+//! Everything openraft-specific lives in this module (type config, log storage, state machine,
+//! network), so an openraft upgrade touches only these files. The rest of the crate sees
+//! [`RaftNode`]: start, propose, read, watch, shut down — no openraft types.
+
+mod codec;
+mod log_store;
+mod network;
+mod state_machine;
+mod types;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+use self::log_store::LogStore;
+use self::network::SingleNodeNetwork;
+use self::state_machine::{Published, StateMachine};
+use self::types::{Request, TypeConfig};
+use crate::snapshot::SnapshotStore;
+use crate::{Command, CommandResponse, Error, MetadataOptions, MetadataState, Result};
+
+/// How long `start` waits for this node to become leader and catch up before giving up.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) struct RaftNode {
+    node_id: u64,
+    raft: Raft<TypeConfig, StateMachine>,
+    wal: wal::Wal,
+    snapshots: Arc<SnapshotStore>,
+    published: Published,
+    applied: watch::Receiver<u64>,
+}
+
+fn raft_config(opts: &MetadataOptions) -> Result<Config> {
+    let config = Config {
+        cluster_name: "sluice-metadata".to_owned(),
+        // One voter: elections only happen at startup, and nobody waits on heartbeats.
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        heartbeat_interval: 50,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every.max(1)),
+        // Snapshots are the only way to catch up (there are no followers to feed from the log),
+        // so everything a snapshot covers can go.
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map_err(|e| Error::Raft(format!("invalid raft config: {e}")))
+}
+
+impl RaftNode {
+    pub(crate) async fn start(opts: &MetadataOptions) -> Result<RaftNode> {
+        let node_id = opts.node_id;
+        std::fs::create_dir_all(&opts.dir)?;
+        let snapshots = Arc::new(SnapshotStore::open(opts.dir.join("snapshots"), opts.fsync)?);
+        let (state_machine, published, applied) = StateMachine::recover(snapshots.clone())?;
+        let (log_store, wal) = LogStore::open(opts.dir.join("raft-log"), opts.fsync)?;
+        let config = Arc::new(raft_config(opts)?);
+        let raft = Raft::new(node_id, config, SingleNodeNetwork, log_store, state_machine)
+            .await
+            .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
+        let node = RaftNode {
+            node_id,
+            raft,
+            wal,
+            snapshots,
+            published,
+            applied,
+        };
+        if let Err(error) = node.become_leader().await {
+            // Do not leave the raft task and the WAL writer running behind a failed start.
+            if let Err(shutdown_error) = node.shutdown().await {
+                tracing::warn!(%shutdown_error, "shutting down after a failed start");
+            }
+            return Err(error);
+        }
+        Ok(node)
+    }
+
+    /// Initializes the single-voter membership on first start, then waits until this node leads
+    /// and has applied every entry of its log.
+    async fn become_leader(&self) -> Result<()> {
+        let node_id = self.node_id;
+        let initialized = self.raft.is_initialized().await.map_err(fatal_error)?;
+        if !initialized {
+            tracing::info!(node_id, "initializing single-voter metadata cluster");
+            let members = BTreeMap::from([(node_id, BasicNode::default())]);
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
+        } else {
+            let voters: Vec<u64> = self
+                .raft
+                .with_raft_state(|st| st.membership_state.effective().voter_ids().collect())
+                .await
+                .map_err(fatal_error)?;
+            if !voters.contains(&node_id) {
+                return Err(Error::Raft(format!(
+                    "this metadata directory belongs to voters {voters:?}, not to node {node_id}"
+                )));
+            }
+        }
+        let metrics = self
+            .raft
+            .wait(Some(STARTUP_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.state == ServerState::Leader
+                        && m.current_leader == Some(node_id)
+                        && m.last_applied.map(|id| id.index) >= m.last_log_index
+                },
+                "leader with everything applied",
+            )
+            .await
+            .map_err(|e| Error::Raft(format!("waiting for leadership: {e}")))?;
+        tracing::info!(
+            node_id,
+            term = metrics.current_term,
+            last_applied = ?metrics.last_applied,
+            "metadata node is leader"
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn propose(&self, command: Command) -> Result<CommandResponse> {
+        match self.raft.client_write(Request(command)).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::Fatal(fatal)) => Err(fatal_error(fatal)),
+            Err(RaftError::APIError(error)) => Err(api_error(error)),
+        }
+    }
+
+    pub(crate) fn state(&self) -> Arc<MetadataState> {
+        state_machine::read_published(&self.published)
+    }
+
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        let mut receiver = self.applied.clone();
+        // A new watcher starts from "now": only later applies wake it.
+        receiver.mark_unchanged();
+        receiver
+    }
+
+    /// `(snapshot index, purged index)` as Raft sees them; for tests of the snapshot/purge path.
+    #[cfg(test)]
+    pub(crate) fn log_progress(&self) -> (Option<u64>, Option<u64>) {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        (
+            metrics.snapshot.map(|id| id.index),
+            metrics.purged.map(|id| id.index),
+        )
+    }
+
+    /// Stops Raft (later proposals fail with [`Error::ShuttingDown`]) and closes the WAL.
+    pub(crate) async fn shutdown(&self) -> Result<()> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| Error::Raft(format!("raft shutdown: {e}")))?;
+        // A snapshot build may still run on its own task; let it finish writing (or refuse it).
+        let snapshots = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || snapshots.close())
+            .await
+            .map_err(|e| Error::Storage(format!("closing the snapshot store: {e}")))?;
+        match self.wal.close().await {
+            Ok(()) | Err(wal::Error::Closed) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+fn fatal_error(fatal: Fatal<TypeConfig>) -> Error {
+    match fatal {
+        Fatal::Stopped => Error::ShuttingDown,
+        Fatal::StorageError(error) => Error::Storage(error.to_string()),
+        other => Error::Raft(other.to_string()),
+    }
+}
+
+fn api_error(error: ClientWriteError<TypeConfig>) -> Error {
+    Error::Raft(error.to_string())
+}

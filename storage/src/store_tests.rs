@@ -1,0 +1,760 @@
+//! LogStore end to end against a real metadata node, a real WAL and a local-filesystem object store.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use metadata::{Command, TopicPartition};
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStoreExt;
+
+use crate::batch::BatchHeader;
+use crate::test_support::{build_batch, simple_batch, stored, wait_until, Harness};
+use crate::{Error, Retention, TimestampType};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn tp(topic_id: uuid::Uuid, partition: i32) -> TopicPartition {
+    TopicPartition {
+        topic_id,
+        partition,
+    }
+}
+
+/// Appends `batches` in order and returns what each should look like when read back.
+async fn append_all(h: &Harness, tp: TopicPartition, batches: &[BytesMut]) -> Vec<Vec<u8>> {
+    let mut expected = Vec::new();
+    for batch in batches {
+        let result = h
+            .store
+            .append(tp, batch.clone(), TimestampType::CreateTime)
+            .await
+            .expect("append");
+        expected.push(stored(batch, result.base_offset));
+    }
+    expected
+}
+
+/// Reads the whole log from `from` in calls of `max_bytes` and returns the batches.
+async fn read_all(h: &Harness, tp: TopicPartition, from: i64, max_bytes: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut next = from;
+    for _ in 0..10_000 {
+        let result = h.store.read(tp, next, max_bytes).await.expect("read");
+        if result.batches.is_empty() {
+            assert_eq!(next, result.high_watermark);
+            return out;
+        }
+        for batch in result.batches {
+            let header = BatchHeader::parse(&batch).expect("header");
+            next = header.last_offset() + 1;
+            out.push(batch.to_vec());
+        }
+    }
+    panic!("read_all did not finish");
+}
+
+#[tokio::test]
+async fn append_assigns_dense_offsets_and_reads_back_exactly() {
+    let h = Harness::start(|_| {}).await;
+    let topic = h.create_topic("t", 2).await;
+    let p0 = tp(topic, 0);
+    let batches: Vec<BytesMut> = (1..=20)
+        .map(|n| simple_batch(n % 4 + 1, 30, 1_000 + n as i64))
+        .collect();
+    let mut next = 0;
+    let mut expected = Vec::new();
+    for batch in &batches {
+        let result = h
+            .store
+            .append(p0, batch.clone(), TimestampType::CreateTime)
+            .await
+            .unwrap();
+        assert_eq!(result.base_offset, next);
+        assert_eq!(result.log_append_time_ms, -1);
+        assert_eq!(result.log_start_offset, 0);
+        next += i64::from(BatchHeader::parse(batch).unwrap().record_count);
+        expected.push(stored(batch, result.base_offset));
+    }
+    let offsets = h.store.offsets(p0).unwrap();
+    assert_eq!(
+        (offsets.log_start_offset, offsets.high_watermark),
+        (0, next)
+    );
+    // The other partition is independent.
+    assert_eq!(h.store.offsets(tp(topic, 1)).unwrap().high_watermark, 0);
+
+    assert_eq!(read_all(&h, p0, 0, 1 << 20).await, expected);
+    // One batch at a time (max_bytes smaller than any batch still yields one).
+    assert_eq!(read_all(&h, p0, 0, 1).await, expected);
+    // An offset inside a batch returns that whole batch.
+    let second = BatchHeader::parse(&expected[1]).unwrap();
+    let inside = h.store.read(p0, second.last_offset(), 1).await.unwrap();
+    assert_eq!(inside.batches.len(), 1);
+    assert_eq!(inside.batches[0].to_vec(), expected[1]);
+    // At the high watermark: empty; past it or unknown: errors.
+    let at_end = h.store.read(p0, next, 1 << 20).await.unwrap();
+    assert!(at_end.batches.is_empty());
+    assert_eq!(at_end.high_watermark, next);
+    assert!(matches!(
+        h.store.read(p0, next + 1, 100).await,
+        Err(Error::OffsetOutOfRange { offset, log_start: 0, high_watermark }) if offset == next + 1 && high_watermark == next
+    ));
+    let unknown = tp(uuid::Uuid::new_v4(), 0);
+    assert!(matches!(
+        h.store.read(unknown, 0, 100).await,
+        Err(Error::UnknownTopicOrPartition)
+    ));
+    assert!(matches!(
+        h.store
+            .append(unknown, simple_batch(1, 1, 1), TimestampType::CreateTime)
+            .await,
+        Err(Error::UnknownTopicOrPartition)
+    ));
+    assert!(matches!(
+        h.store.offsets(tp(topic, 2)),
+        Err(Error::UnknownTopicOrPartition)
+    ));
+    // A buffer that is not exactly one batch is refused before anything is assigned.
+    let mut torn = simple_batch(1, 10, 1);
+    torn.truncate(torn.len() - 1);
+    assert!(matches!(
+        h.store.append(p0, torn, TimestampType::CreateTime).await,
+        Err(Error::InvalidBatch(_))
+    ));
+    assert_eq!(h.store.offsets(p0).unwrap().high_watermark, next);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn log_append_time_rewrites_timestamp_and_crc() {
+    let h = Harness::start(|_| {}).await;
+    let p0 = tp(h.create_topic("t", 1).await, 0);
+    let before = crate::now_ms();
+    let result = h
+        .store
+        .append(p0, simple_batch(3, 10, 5), TimestampType::LogAppendTime)
+        .await
+        .unwrap();
+    assert!(result.log_append_time_ms >= before);
+    let read = h.store.read(p0, 0, 1 << 20).await.unwrap();
+    let header = crate::batch::validate(&read.batches[0]).expect("CRC recomputed");
+    assert_eq!(header.max_timestamp, result.log_append_time_ms);
+    assert_ne!(header.attributes & 0x08, 0);
+    assert_eq!(
+        h.store
+            .offset_for_timestamp(p0, result.log_append_time_ms)
+            .await
+            .unwrap(),
+        Some((0, result.log_append_time_ms))
+    );
+    h.stop().await;
+}
+
+/// Tiny tail cache and segment size: the log ends up in segment objects, WAL-only and tail-cached
+/// batches; reads across all three are byte-exact, and survive a restart.
+#[tokio::test]
+async fn reads_from_tail_cache_wal_and_segments_and_recovers() {
+    let batch = simple_batch(1, 100, 1_000);
+    let batch_len = batch.len();
+    let mut h = Harness::start(|o| {
+        o.segment_bytes = 10 * batch_len as u64;
+        o.segment_max_age = Duration::from_secs(3600);
+        o.tail_cache_bytes = 3 * batch_len;
+        // Small WAL files so the checkpoint can delete some.
+        o.wal.file_bytes = 4 * 1024;
+    })
+    .await;
+    let p0 = tp(h.create_topic("t", 1).await, 0);
+    let batches: Vec<BytesMut> = (0..55).map(|i| simple_batch(1, 100, 1_000 + i)).collect();
+    let expected = append_all(&h, p0, &batches).await;
+    wait_until(WAIT, "five segments", || async {
+        h.segmented_end(p0) == 50
+    })
+    .await;
+    wait_until(WAIT, "WAL index trimmed", || async {
+        let part = h.store.inner.loaded_partition(p0).unwrap();
+        let st = part.state();
+        st.wal_index.keys().copied().collect::<Vec<_>>() == vec![50, 51, 52, 53, 54]
+    })
+    .await;
+    let segments = h.segments(p0);
+    assert_eq!(segments.len(), 5);
+    assert!(segments.iter().all(|s| s.end_offset - s.base_offset == 10));
+    // Which path holds what: 50 and 51 only in the WAL, 52..55 in the tail cache.
+    let tail = &h.store.inner.tail;
+    assert!(tail.get(p0, 49).is_none() && tail.get(p0, 50).is_none() && tail.get(p0, 51).is_none());
+    assert!(tail.get(p0, 52).is_some() && tail.get(p0, 54).is_some());
+    // The checkpoint let the WAL drop files whose records are all in segments.
+    wait_until(WAIT, "WAL truncated", || async {
+        h.store.inner.wal.start_lsn() > 0
+    })
+    .await;
+
+    assert_eq!(read_all(&h, p0, 0, 1 << 20).await, expected);
+    assert_eq!(read_all(&h, p0, 0, 1).await, expected);
+    assert_eq!(read_all(&h, p0, 3, 5 * batch_len).await, expected[3..]);
+    for offset in [0, 9, 10, 37, 49, 50, 51, 52, 54] {
+        let read = h.store.read(p0, offset, 1).await.unwrap();
+        assert_eq!(read.batches.len(), 1);
+        assert_eq!(
+            read.batches[0].to_vec(),
+            expected[offset as usize],
+            "offset {offset}"
+        );
+    }
+    // A read that spans segment → WAL → tail cache in one call.
+    let spanning = h.store.read(p0, 48, 1 << 20).await.unwrap();
+    let got: Vec<Vec<u8>> = spanning.batches.iter().map(|b| b.to_vec()).collect();
+    assert_eq!(got, expected[48..]);
+    // Every segment object is as indexed: data then a footer that parses.
+    for seg in &segments {
+        let object = h
+            .objects
+            .get(&ObjectPath::from(seg.key.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let footer =
+            crate::segment::SegmentFooter::parse(&object[seg.data_len as usize..]).unwrap();
+        assert_eq!(footer.end_offset, seg.end_offset);
+        let data: Vec<u8> = expected[seg.base_offset as usize..seg.end_offset as usize].concat();
+        assert_eq!(&object[..seg.data_len as usize], &data[..]);
+    }
+
+    h.restart().await;
+    let offsets = h.store.offsets(p0).unwrap();
+    assert_eq!((offsets.log_start_offset, offsets.high_watermark), (0, 55));
+    {
+        let part = h
+            .store
+            .inner
+            .loaded_partition(p0)
+            .expect("recovered from the WAL");
+        assert_eq!(
+            part.state().wal_index.keys().copied().collect::<Vec<_>>(),
+            vec![50, 51, 52, 53, 54]
+        );
+    }
+    assert_eq!(read_all(&h, p0, 0, 1 << 20).await, expected);
+    // Offsets continue densely after the restart.
+    let more = simple_batch(2, 100, 2_000);
+    let result = h
+        .store
+        .append(p0, more.clone(), TimestampType::CreateTime)
+        .await
+        .unwrap();
+    assert_eq!(result.base_offset, 55);
+    let mut all = expected.clone();
+    all.push(stored(&more, 55));
+    assert_eq!(read_all(&h, p0, 0, 1 << 20).await, all);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn age_threshold_moves_wal_data_to_segments_and_restart_keeps_it() {
+    let mut h = Harness::start(|o| {
+        o.segment_max_age = Duration::from_millis(100);
+    })
+    .await;
+    let topic = h.create_topic("t", 3).await;
+    let mut expected = Vec::new();
+    for p in 0..3 {
+        let batches: Vec<BytesMut> = (0..5).map(|i| simple_batch(2, 20, 100 * i)).collect();
+        expected.push(append_all(&h, tp(topic, p), &batches).await);
+    }
+    wait_until(WAIT, "all partitions segmented", || async {
+        (0..3).all(|p| h.segmented_end(tp(topic, p)) == 10)
+    })
+    .await;
+    h.restart().await;
+    for p in 0..3 {
+        assert_eq!(h.store.offsets(tp(topic, p)).unwrap().high_watermark, 10);
+        assert_eq!(
+            read_all(&h, tp(topic, p), 0, 1 << 20).await,
+            expected[p as usize]
+        );
+        // Nothing was replayed into the WAL index: everything is in segments.
+        assert!(h
+            .store
+            .inner
+            .loaded_partition(tp(topic, p))
+            .is_none_or(|part| part.state().wal_index.is_empty()));
+    }
+    let result = h
+        .store
+        .append(
+            tp(topic, 1),
+            simple_batch(1, 1, 1),
+            TimestampType::CreateTime,
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.base_offset, 10);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_appends_get_unique_dense_offsets() {
+    let h = Harness::start(|_| {}).await;
+    let topic = h.create_topic("t", 3).await;
+    let mut tasks = Vec::new();
+    for p in 0..3 {
+        for i in 0..40 {
+            let store = h.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let batch = simple_batch(1 + (i % 3), 10, i as i64);
+                let result = store
+                    .append(tp(topic, p), batch.clone(), TimestampType::CreateTime)
+                    .await
+                    .unwrap();
+                (p, result.base_offset, batch.len())
+            }));
+        }
+    }
+    let mut bases: Vec<Vec<i64>> = vec![Vec::new(); 3];
+    for task in tasks {
+        let (p, base, _) = task.await.unwrap();
+        bases[p as usize].push(base);
+    }
+    for p in 0..3 {
+        let hw = h.store.offsets(tp(topic, p)).unwrap().high_watermark;
+        assert_eq!(hw, (0..40).map(|i| 1 + (i % 3) as i64).sum::<i64>());
+        // Batches read back tile [0, hw) exactly.
+        let batches = read_all(&h, tp(topic, p), 0, 1 << 20).await;
+        let mut next = 0;
+        for batch in &batches {
+            let header = BatchHeader::parse(batch).unwrap();
+            assert_eq!(header.base_offset, next);
+            crate::batch::validate(batch).unwrap();
+            next = header.last_offset() + 1;
+        }
+        assert_eq!(next, hw);
+        let mut sorted = bases[p as usize].clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            batches
+                .iter()
+                .map(|b| BatchHeader::parse(b).unwrap().base_offset)
+                .collect::<Vec<_>>()
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn hw_watch_fires_on_append() {
+    let h = Harness::start(|_| {}).await;
+    let p0 = tp(h.create_topic("t", 1).await, 0);
+    let mut watch = h.store.hw_watch(p0).unwrap();
+    assert_eq!(*watch.borrow_and_update(), 0);
+    let store = h.store.clone();
+    let append = tokio::spawn(async move {
+        store
+            .append(p0, simple_batch(4, 1, 1), TimestampType::CreateTime)
+            .await
+    });
+    tokio::time::timeout(WAIT, watch.changed())
+        .await
+        .expect("watch fired")
+        .unwrap();
+    assert_eq!(*watch.borrow_and_update(), 4);
+    append.await.unwrap().unwrap();
+    h.stop().await;
+}
+
+#[derive(Debug, Default)]
+struct FailingDisk {
+    fail: AtomicBool,
+}
+
+impl wal::FaultInjector for FailingDisk {
+    fn before_sync(&self) -> std::io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            Err(std::io::Error::other("injected fsync failure"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn failed_fsync_fails_the_append_and_keeps_the_high_watermark() {
+    let disk = Arc::new(FailingDisk::default());
+    let fault = disk.clone();
+    let h = Harness::start(move |o| {
+        o.wal.fsync = true;
+        o.wal.fault = Some(fault);
+    })
+    .await;
+    let p0 = tp(h.create_topic("t", 1).await, 0);
+    let first = simple_batch(2, 10, 1);
+    h.store
+        .append(p0, first.clone(), TimestampType::CreateTime)
+        .await
+        .unwrap();
+    let mut watch = h.store.hw_watch(p0).unwrap();
+    watch.borrow_and_update();
+    disk.fail.store(true, Ordering::SeqCst);
+    let failed = h
+        .store
+        .append(p0, simple_batch(3, 10, 2), TimestampType::CreateTime)
+        .await;
+    assert!(matches!(failed, Err(Error::Wal(_))), "{failed:?}");
+    assert_eq!(h.store.offsets(p0).unwrap().high_watermark, 2);
+    assert!(!watch.has_changed().unwrap());
+    // The WAL is out until restart, even when the disk is fine again.
+    disk.fail.store(false, Ordering::SeqCst);
+    let later = h
+        .store
+        .append(p0, simple_batch(1, 10, 3), TimestampType::CreateTime)
+        .await;
+    assert!(matches!(later, Err(Error::Wal(_))), "{later:?}");
+    assert_eq!(h.store.offsets(p0).unwrap().high_watermark, 2);
+    // What was acknowledged is still readable; nothing beyond it is.
+    let read = h.store.read(p0, 0, 1 << 20).await.unwrap();
+    assert_eq!(read.batches.len(), 1);
+    assert_eq!(read.batches[0].to_vec(), stored(&first, 0));
+    assert!(h
+        .store
+        .read(p0, 2, 1 << 20)
+        .await
+        .unwrap()
+        .batches
+        .is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn delete_records_moves_log_start_and_survives_restart() {
+    let mut h = Harness::start(|_| {}).await;
+    let p0 = tp(h.create_topic("t", 1).await, 0);
+    let batches: Vec<BytesMut> = (0..10).map(|i| simple_batch(1, 10, i)).collect();
+    let expected = append_all(&h, p0, &batches).await;
+    assert_eq!(h.store.delete_records(p0, 5).await.unwrap(), 5);
+    assert_eq!(
+        h.store.delete_records(p0, 3).await.unwrap(),
+        5,
+        "never moves back"
+    );
+    assert!(matches!(
+        h.store.read(p0, 4, 100).await,
+        Err(Error::OffsetOutOfRange { log_start: 5, .. })
+    ));
+    let read = h.store.read(p0, 5, 1 << 20).await.unwrap();
+    assert_eq!(read.log_start_offset, 5);
+    assert_eq!(
+        read.batches.iter().map(|b| b.to_vec()).collect::<Vec<_>>(),
+        expected[5..]
+    );
+    assert!(matches!(
+        h.store.delete_records(p0, 11).await,
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(h.meta.state().partition(p0).unwrap().log_start_offset, 5);
+
+    h.restart().await;
+    assert_eq!(h.store.offsets(p0).unwrap().log_start_offset, 5);
+    assert_eq!(read_all(&h, p0, 5, 1 << 20).await, expected[5..]);
+    // -1 = up to the high watermark; then the log is empty and continues at 10.
+    assert_eq!(h.store.delete_records(p0, -1).await.unwrap(), 10);
+    h.restart().await;
+    let offsets = h.store.offsets(p0).unwrap();
+    assert_eq!((offsets.log_start_offset, offsets.high_watermark), (10, 10));
+    let result = h
+        .store
+        .append(p0, simple_batch(1, 1, 1), TimestampType::CreateTime)
+        .await
+        .unwrap();
+    assert_eq!(result.base_offset, 10);
+    h.stop().await;
+}
+
+async fn object_exists(h: &Harness, key: &str) -> bool {
+    match h.objects.head(&ObjectPath::from(key)).await {
+        Ok(_) => true,
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(err) => panic!("head {key}: {err}"),
+    }
+}
+
+#[tokio::test]
+async fn time_retention_deletes_old_segments_after_grace() {
+    let h = Harness::start(|o| {
+        o.segment_max_age = Duration::from_millis(50);
+        o.gc_grace = Duration::from_millis(1_000);
+    })
+    .await;
+    let topic = h.create_topic("t", 1).await;
+    let p0 = tp(topic, 0);
+    let now = crate::now_ms();
+    let old: Vec<BytesMut> = (0..6)
+        .map(|i| simple_batch(1, 10, now - 3_600_000 + i))
+        .collect();
+    append_all(&h, p0, &old).await;
+    wait_until(WAIT, "old data segmented", || async {
+        h.segmented_end(p0) == 6
+    })
+    .await;
+    let fresh: Vec<BytesMut> = (0..4).map(|i| simple_batch(1, 10, now + i)).collect();
+    let fresh_expected = append_all(&h, p0, &fresh).await;
+    wait_until(WAIT, "new data segmented", || async {
+        h.segmented_end(p0) == 10
+    })
+    .await;
+    let old_keys: Vec<String> = h
+        .segments(p0)
+        .into_iter()
+        .filter(|s| s.end_offset <= 6)
+        .map(|s| s.key)
+        .collect();
+    let fresh_keys: Vec<String> = h
+        .segments(p0)
+        .into_iter()
+        .filter(|s| s.base_offset >= 6)
+        .map(|s| s.key)
+        .collect();
+    assert!(!old_keys.is_empty() && !fresh_keys.is_empty());
+
+    h.store.set_retention(
+        topic,
+        Retention {
+            ms: 60_000,
+            bytes: -1,
+        },
+    );
+    wait_until(WAIT, "log start advanced", || async {
+        h.store.offsets(p0).unwrap().log_start_offset == 6
+    })
+    .await;
+    // Not before the grace period... (removal and this check are well inside 1 s)
+    assert!(object_exists(&h, &old_keys[0]).await);
+    // ...but after it.
+    wait_until(WAIT, "old objects deleted", || async {
+        for key in &old_keys {
+            if object_exists(&h, key).await {
+                return false;
+            }
+        }
+        h.meta.state().deleted_objects.is_empty()
+    })
+    .await;
+    for key in &fresh_keys {
+        assert!(object_exists(&h, key).await);
+    }
+    assert!(matches!(
+        h.store.read(p0, 0, 100).await,
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(read_all(&h, p0, 6, 1 << 20).await, fresh_expected);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn size_retention_keeps_at_least_retention_bytes() {
+    let batch_len = simple_batch(1, 100, 0).len();
+    let h = Harness::start(|o| {
+        o.segment_bytes = 10 * batch_len as u64;
+        o.segment_max_age = Duration::from_secs(3600);
+        o.gc_grace = Duration::from_millis(0);
+    })
+    .await;
+    let topic = h.create_topic("t", 1).await;
+    let p0 = tp(topic, 0);
+    let batches: Vec<BytesMut> = (0..40).map(|i| simple_batch(1, 100, i)).collect();
+    let expected = append_all(&h, p0, &batches).await;
+    wait_until(WAIT, "four segments", || async {
+        h.segmented_end(p0) == 40
+    })
+    .await;
+    let segments = h.segments(p0);
+    assert_eq!(segments.len(), 4);
+    let seg_len = segments[0].data_len as i64;
+    h.store.set_retention(
+        topic,
+        Retention {
+            ms: -1,
+            bytes: 2 * seg_len,
+        },
+    );
+    wait_until(WAIT, "log start advanced", || async {
+        h.store.offsets(p0).unwrap().log_start_offset == 20
+    })
+    .await;
+    wait_until(WAIT, "objects deleted", || async {
+        !object_exists(&h, &segments[0].key).await && !object_exists(&h, &segments[1].key).await
+    })
+    .await;
+    assert!(object_exists(&h, &segments[2].key).await && object_exists(&h, &segments[3].key).await);
+    // Stable: the remaining two segments are exactly the limit.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.store.offsets(p0).unwrap().log_start_offset, 20);
+    assert_eq!(read_all(&h, p0, 20, 1 << 20).await, expected[20..]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn timestamp_lookups_cover_segments_and_wal() {
+    let batch_len = build_batch(&[(0, vec![0; 20]), (10, vec![0; 20]), (20, vec![0; 20])]).len();
+    let h = Harness::start(|o| {
+        o.segment_bytes = 4 * batch_len as u64;
+        o.segment_max_age = Duration::from_secs(3600);
+    })
+    .await;
+    let p0 = tp(h.create_topic("t", 1).await, 0);
+    assert_eq!(h.store.offset_for_timestamp(p0, 0).await.unwrap(), None);
+    assert_eq!(h.store.max_timestamp(p0).await.unwrap(), None);
+    // Batch i holds offsets 3i..3i+3 with timestamps 1000i, 1000i+10, 1000i+20, except that batch
+    // 5's last record is late (8500).
+    let batches: Vec<BytesMut> = (0..10i64)
+        .map(|i| {
+            let base = 1_000 * i;
+            let last = if i == 5 { 8_500 } else { base + 20 };
+            build_batch(&[
+                (base, vec![0; 20]),
+                (base + 10, vec![0; 20]),
+                (last, vec![0; 20]),
+            ])
+        })
+        .collect();
+    append_all(&h, p0, &batches[..8]).await;
+    wait_until(WAIT, "two segments", || async { h.segmented_end(p0) == 24 }).await;
+    // Everything is in segments: the maximum is batch 5's.
+    assert_eq!(h.store.max_timestamp(p0).await.unwrap(), Some((8_500, 17)));
+    append_all(&h, p0, &batches[8..]).await;
+    assert_eq!(h.segmented_end(p0), 24, "offsets 24..30 stay in the WAL");
+
+    // In a segment: the exact record, not just the batch.
+    assert_eq!(
+        h.store.offset_for_timestamp(p0, 2_005).await.unwrap(),
+        Some((7, 2_010))
+    );
+    assert_eq!(
+        h.store.offset_for_timestamp(p0, 0).await.unwrap(),
+        Some((0, 0))
+    );
+    // The late record (offset 17) comes before batch 6's earlier timestamps.
+    assert_eq!(
+        h.store.offset_for_timestamp(p0, 6_000).await.unwrap(),
+        Some((17, 8_500))
+    );
+    // In the WAL.
+    assert_eq!(
+        h.store.offset_for_timestamp(p0, 9_001).await.unwrap(),
+        Some((28, 9_010))
+    );
+    assert_eq!(
+        h.store.offset_for_timestamp(p0, 8_600).await.unwrap(),
+        Some((27, 9_000))
+    );
+    assert_eq!(
+        h.store.offset_for_timestamp(p0, 100_000).await.unwrap(),
+        None
+    );
+    assert_eq!(h.store.max_timestamp(p0).await.unwrap(), Some((9_020, 29)));
+    h.store
+        .append(
+            p0,
+            build_batch(&[(200_000, vec![1]), (1, vec![2])]),
+            TimestampType::CreateTime,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store.max_timestamp(p0).await.unwrap(),
+        Some((200_000, 31))
+    );
+    // Below the log start nothing is found.
+    h.store.delete_records(p0, 8).await.unwrap();
+    assert_eq!(
+        h.store.offset_for_timestamp(p0, 0).await.unwrap(),
+        Some((8, 2_020))
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn dropped_topics_are_unknown_and_their_objects_collected() {
+    let h = Harness::start(|o| {
+        o.segment_max_age = Duration::from_millis(50);
+        o.gc_grace = Duration::from_millis(0);
+    })
+    .await;
+    let topic = h.create_topic("t", 1).await;
+    let p0 = tp(topic, 0);
+    append_all(&h, p0, &[simple_batch(1, 10, 1), simple_batch(1, 10, 2)]).await;
+    wait_until(WAIT, "segmented", || async { h.segmented_end(p0) == 2 }).await;
+    let keys: Vec<String> = h.segments(p0).into_iter().map(|s| s.key).collect();
+    h.meta
+        .propose(Command::DeleteTopic {
+            topic_id: topic,
+            now_ms: crate::now_ms(),
+        })
+        .await
+        .unwrap();
+    h.store.drop_topic(topic);
+    assert!(matches!(
+        h.store
+            .append(p0, simple_batch(1, 1, 1), TimestampType::CreateTime)
+            .await,
+        Err(Error::UnknownTopicOrPartition)
+    ));
+    assert!(matches!(
+        h.store.read(p0, 0, 100).await,
+        Err(Error::UnknownTopicOrPartition)
+    ));
+    wait_until(WAIT, "objects of the deleted topic collected", || async {
+        for key in &keys {
+            if object_exists(&h, key).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_appends() {
+    let h = Harness::start(|_| {}).await;
+    let p0 = tp(h.create_topic("t", 1).await, 0);
+    h.store
+        .append(p0, simple_batch(1, 1, 1), TimestampType::CreateTime)
+        .await
+        .unwrap();
+    h.store.shutdown().await.unwrap();
+    h.store.shutdown().await.unwrap();
+    assert!(matches!(
+        h.store
+            .append(p0, simple_batch(1, 1, 1), TimestampType::CreateTime)
+            .await,
+        Err(Error::ShuttingDown)
+    ));
+    h.stop().await;
+}
+
+/// Batches bigger than one ranged GET of a segment scan, read from the WAL and from segments.
+#[tokio::test]
+async fn large_batches_round_trip_through_wal_and_segments() {
+    let big = simple_batch(3, 600 * 1024, 1);
+    let h = Harness::start(|o| {
+        o.segment_bytes = 2 * big.len() as u64;
+        o.segment_max_age = Duration::from_secs(3600);
+        o.tail_cache_bytes = 1024;
+    })
+    .await;
+    let p0 = tp(h.create_topic("t", 1).await, 0);
+    let batches: Vec<BytesMut> = (0..5).map(|i| simple_batch(3, 600 * 1024, i)).collect();
+    let expected = append_all(&h, p0, &batches).await;
+    wait_until(WAIT, "two segments", || async { h.segmented_end(p0) == 12 }).await;
+    // 0..12 from segments, 12..15 from the WAL; nothing fits the tail cache.
+    assert!(h.store.inner.tail.get(p0, 12).is_none());
+    assert_eq!(read_all(&h, p0, 0, 1).await, expected);
+    assert_eq!(read_all(&h, p0, 4, 3 * big.len()).await, expected[1..]);
+    h.stop().await;
+}

@@ -1,0 +1,220 @@
+//! Test helpers: building real record batches and running a LogStore against a real metadata node
+//! in a temporary directory.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use metadata::{
+    Command, CommandResponse, MetadataClient, MetadataNode, MetadataOptions, TopicPartition,
+};
+use object_store::local::LocalFileSystem;
+use object_store::ObjectStore;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use crate::{LogStore, StorageOptions};
+
+fn put_varint(buf: &mut BytesMut, value: i64) {
+    let mut v = ((value << 1) ^ (value >> 63)) as u64;
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
+/// An uncompressed v2 batch (base offset 0) with one record per `(timestamp, value)`.
+pub(crate) fn build_batch(records: &[(i64, Vec<u8>)]) -> BytesMut {
+    assert!(!records.is_empty());
+    let base_ts = records[0].0;
+    let max_ts = records.iter().map(|r| r.0).max().unwrap_or(base_ts);
+    let mut body = BytesMut::new();
+    for (i, (ts, value)) in records.iter().enumerate() {
+        let mut rec = BytesMut::new();
+        rec.put_i8(0);
+        put_varint(&mut rec, ts - base_ts);
+        put_varint(&mut rec, i as i64);
+        put_varint(&mut rec, -1); // null key
+        put_varint(&mut rec, value.len() as i64);
+        rec.put_slice(value);
+        put_varint(&mut rec, 0); // headers
+        put_varint(&mut body, rec.len() as i64);
+        body.put_slice(&rec);
+    }
+    let mut batch = BytesMut::new();
+    batch.put_i64(0);
+    batch.put_i32((crate::batch::HEADER_LEN - 12 + body.len()) as i32);
+    batch.put_i32(-1);
+    batch.put_i8(2);
+    batch.put_u32(0);
+    batch.put_i16(0);
+    batch.put_i32(records.len() as i32 - 1);
+    batch.put_i64(base_ts);
+    batch.put_i64(max_ts);
+    batch.put_i64(-1);
+    batch.put_i16(-1);
+    batch.put_i32(-1);
+    batch.put_i32(records.len() as i32);
+    batch.put_slice(&body);
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+/// A batch of `count` records of `value_len` bytes, all at `timestamp`.
+pub(crate) fn simple_batch(count: usize, value_len: usize, timestamp: i64) -> BytesMut {
+    let records: Vec<(i64, Vec<u8>)> = (0..count)
+        .map(|i| (timestamp, vec![(i % 251) as u8; value_len]))
+        .collect();
+    build_batch(&records)
+}
+
+/// What a stored batch looks like: the appended bytes with `baseOffset` rewritten.
+pub(crate) fn stored(batch: &BytesMut, base_offset: i64) -> Vec<u8> {
+    let mut bytes = batch.to_vec();
+    crate::batch::set_base_offset(&mut bytes, base_offset);
+    bytes
+}
+
+pub(crate) const NODE: u64 = 1;
+
+/// A LogStore with a metadata node and a local-filesystem object store under one temp dir.
+pub(crate) struct Harness {
+    pub(crate) dir: TempDir,
+    pub(crate) node: Option<MetadataNode>,
+    pub(crate) meta: MetadataClient,
+    pub(crate) objects: Arc<dyn ObjectStore>,
+    pub(crate) opts: StorageOptions,
+    pub(crate) store: LogStore,
+}
+
+fn meta_options(dir: &TempDir) -> MetadataOptions {
+    MetadataOptions {
+        dir: dir.path().join("meta"),
+        node_id: NODE,
+        snapshot_every: 10_000,
+        fsync: false,
+    }
+}
+
+impl Harness {
+    pub(crate) async fn start(configure: impl FnOnce(&mut StorageOptions)) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = MetadataNode::start(meta_options(&dir))
+            .await
+            .expect("metadata node");
+        let meta = node.client();
+        let objects_dir = dir.path().join("objects");
+        std::fs::create_dir_all(&objects_dir).expect("objects dir");
+        let objects: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(&objects_dir).expect("local store"));
+        let mut opts = StorageOptions::new(dir.path().join("data"), NODE, "test-cluster");
+        opts.wal.fsync = false;
+        opts.housekeeping_interval = Duration::from_millis(50);
+        configure(&mut opts);
+        let store = LogStore::open(opts.clone(), objects.clone(), meta.clone())
+            .await
+            .expect("open store");
+        Harness {
+            dir,
+            node: Some(node),
+            meta,
+            objects,
+            opts,
+            store,
+        }
+    }
+
+    pub(crate) async fn create_topic(&self, name: &str, partitions: u32) -> Uuid {
+        let topic_id = Uuid::new_v4();
+        let response = self
+            .meta
+            .propose(Command::CreateTopic {
+                name: name.to_string(),
+                topic_id,
+                partitions,
+                configs: BTreeMap::new(),
+                owner: NODE,
+                now_ms: crate::now_ms(),
+            })
+            .await
+            .expect("create topic");
+        assert_eq!(response, CommandResponse::Ok);
+        topic_id
+    }
+
+    /// Stops the store and the metadata node and starts both again on the same directories.
+    pub(crate) async fn restart(&mut self) {
+        self.store.shutdown().await.expect("shutdown store");
+        if let Some(node) = self.node.take() {
+            node.shutdown().await.expect("shutdown metadata");
+        }
+        let node = MetadataNode::start(meta_options(&self.dir))
+            .await
+            .expect("metadata node restart");
+        self.meta = node.client();
+        self.node = Some(node);
+        self.store = LogStore::open(self.opts.clone(), self.objects.clone(), self.meta.clone())
+            .await
+            .expect("reopen store");
+    }
+
+    pub(crate) fn segments(&self, tp: TopicPartition) -> Vec<metadata::SegmentRef> {
+        self.meta
+            .state()
+            .partition(tp)
+            .map(|p| p.segments.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn segmented_end(&self, tp: TopicPartition) -> i64 {
+        self.meta
+            .state()
+            .partition(tp)
+            .map(|p| p.segmented_end())
+            .unwrap_or(-1)
+    }
+
+    pub(crate) async fn stop(mut self) {
+        let _ = self.store.shutdown().await;
+        if let Some(node) = self.node.take() {
+            let _ = node.shutdown().await;
+        }
+    }
+}
+
+/// Polls `condition` every 10 ms for up to `timeout`.
+pub(crate) async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn built_batches_are_valid() {
+    let batch = build_batch(&[
+        (1_000, b"a".to_vec()),
+        (900, b"bb".to_vec()),
+        (1_200, vec![]),
+    ]);
+    let header = crate::batch::validate(&batch).expect("valid batch");
+    assert_eq!(header.record_count, 3);
+    assert_eq!(header.max_timestamp, 1_200);
+    let timestamps = crate::batch::record_timestamps(&batch).expect("timestamps");
+    assert_eq!(timestamps, vec![(0, 1_000), (1, 900), (2, 1_200)]);
+}
