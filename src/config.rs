@@ -77,6 +77,15 @@ pub(crate) struct ServeArgs {
     /// Grace period before unreferenced objects are deleted (milliseconds).
     #[arg(long, env = "SLUICE_GC_GRACE_MS")]
     pub(crate) gc_grace_ms: Option<u64>,
+    /// HTTP ingest listener address (port 0 picks a free port).
+    #[arg(long, env = "SLUICE_HTTP_LISTENER")]
+    pub(crate) http_listener: Option<String>,
+    /// Largest HTTP ingest request body (larger ones get 413).
+    #[arg(long, env = "SLUICE_HTTP_MAX_BODY_BYTES")]
+    pub(crate) http_max_body_bytes: Option<usize>,
+    /// How long an answered HTTP `Idempotency-Key` is remembered (milliseconds).
+    #[arg(long, env = "SLUICE_IDEMPOTENCY_TTL_MS")]
+    pub(crate) idempotency_ttl_ms: Option<u64>,
     /// Failure injection for tests: while a file exists at this path, every WAL fsync fails.
     #[arg(long, env = "SLUICE_FAIL_FSYNC_FILE", hide = true)]
     pub(crate) fail_fsync_file: Option<PathBuf>,
@@ -107,6 +116,9 @@ struct FileConfig {
     tail_cache_bytes: Option<usize>,
     housekeeping_ms: Option<u64>,
     gc_grace_ms: Option<u64>,
+    http_listener: Option<String>,
+    http_max_body_bytes: Option<usize>,
+    idempotency_ttl_ms: Option<u64>,
 }
 
 /// Fully resolved settings.
@@ -130,6 +142,9 @@ pub(crate) struct ServeConfig {
     pub(crate) tail_cache_bytes: usize,
     pub(crate) housekeeping_ms: u64,
     pub(crate) gc_grace_ms: u64,
+    pub(crate) http_listener: String,
+    pub(crate) http_max_body_bytes: usize,
+    pub(crate) idempotency_ttl_ms: u64,
     pub(crate) fail_fsync_file: Option<PathBuf>,
 }
 
@@ -195,6 +210,18 @@ impl ServeConfig {
                 .or(file.housekeeping_ms)
                 .unwrap_or(5_000),
             gc_grace_ms: args.gc_grace_ms.or(file.gc_grace_ms).unwrap_or(60_000),
+            http_listener: args
+                .http_listener
+                .or(file.http_listener)
+                .unwrap_or_else(|| "127.0.0.1:8082".to_string()),
+            http_max_body_bytes: args
+                .http_max_body_bytes
+                .or(file.http_max_body_bytes)
+                .unwrap_or(16 * 1024 * 1024),
+            idempotency_ttl_ms: args
+                .idempotency_ttl_ms
+                .or(file.idempotency_ttl_ms)
+                .unwrap_or(24 * 3600 * 1000),
             fail_fsync_file: args.fail_fsync_file,
             data_dir,
         };
@@ -211,6 +238,9 @@ impl ServeConfig {
         }
         if self.node_id > i32::MAX as u64 {
             bail!("--node-id must fit a Kafka broker id (0..={})", i32::MAX);
+        }
+        if self.http_max_body_bytes == 0 || self.http_max_body_bytes > 1024 * 1024 * 1024 {
+            bail!("--http-max-body-bytes must be between 1 and 1 GiB");
         }
         if self.max_request_bytes < 1024 {
             bail!("--max-request-bytes must be at least 1024");
@@ -276,6 +306,7 @@ mod tests {
         assert_eq!(config.default_partitions, 3);
         assert_eq!(config.kafka_listener, "127.0.0.1:0");
         assert_eq!(config.data_dir, PathBuf::from("sluice-data"));
+        assert_eq!(config.http_listener, "127.0.0.1:8082");
         assert!(config.auto_create_topics);
     }
 

@@ -1,5 +1,5 @@
-//! `sluice serve`: start metadata, storage and the Kafka listener; stop them in reverse order on
-//! SIGINT/SIGTERM (the WAL is flushed and closed before exit).
+//! `sluice serve`: start metadata, storage, the Kafka listener and the HTTP ingest listener; stop them in
+//! reverse order on SIGINT/SIGTERM (the WAL is flushed and closed before exit).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -105,15 +105,31 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let broker = Broker::new(broker_config, store.clone(), meta.clone());
     let server = tokio::spawn(broker::server::serve(listener, broker, shutdown.clone()));
 
+    let (ingest, http_server, http_bound) =
+        start_http(&config, &data_dir, &cluster_id, &store, &meta, &shutdown).await?;
+
     if let Some(path) = &config.ready_file {
-        write_ready_file(path, bound, config.node_id, &cluster_id)?;
+        write_ready_file(path, bound, http_bound, config.node_id, &cluster_id)?;
     }
     tracing::info!(node_id = config.node_id, %cluster_id, data_dir = %data_dir.display(), "sluice is serving");
 
     wait_for_signal().await;
     tracing::info!("shutting down");
+    ingest.set_ready(false);
     shutdown.cancel();
     let _ = server.await;
+    // Graceful HTTP shutdown waits for requests in progress; a long v3 stream must not hold the
+    // process forever.
+    if tokio::time::timeout(Duration::from_secs(10), http_server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP requests still running after 10 s; stopping anyway");
+    }
+    ingest
+        .shutdown()
+        .await
+        .context("closing the idempotency store")?;
     let _ = sync_task.await;
     store
         .shutdown()
@@ -148,13 +164,53 @@ async fn sync_topic_settings(meta: MetadataClient, store: LogStore, shutdown: Ca
     }
 }
 
+/// Binds the HTTP ingest listener and starts serving it (ready at once: storage is open).
+async fn start_http(
+    config: &ServeConfig,
+    data_dir: &std::path::Path,
+    cluster_id: &str,
+    store: &LogStore,
+    meta: &MetadataClient,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(
+    ingest::Ingest,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    std::net::SocketAddr,
+)> {
+    let listener = TcpListener::bind(&config.http_listener)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_listener))?;
+    let bound = listener.local_addr()?;
+    tracing::info!("http listening on {bound}");
+    let mut ingest_config = ingest::IngestConfig::new(config.node_id, cluster_id);
+    ingest_config.auto_create_topics = config.auto_create_topics;
+    ingest_config.default_partitions = config.default_partitions;
+    ingest_config.max_body_bytes = config.http_max_body_bytes;
+    ingest_config.inflight_bytes = ingest_config.inflight_bytes.max(config.http_max_body_bytes);
+    ingest_config.data_dir = Some(data_dir.to_path_buf());
+    ingest_config.idempotency_ttl = Duration::from_millis(config.idempotency_ttl_ms);
+    ingest_config.fsync = config.wal_fsync;
+    let ingest = ingest::Ingest::open(ingest_config, store.clone(), meta.clone())
+        .await
+        .context("cannot open HTTP ingest")?;
+    let server = tokio::spawn(ingest::serve(listener, ingest.router(), shutdown.clone()));
+    ingest.set_ready(true);
+    Ok((ingest, server, bound))
+}
+
 fn write_ready_file(
     path: &std::path::Path,
     kafka: std::net::SocketAddr,
+    http: std::net::SocketAddr,
     node_id: u64,
     cluster_id: &str,
 ) -> anyhow::Result<()> {
-    let body = serde_json::json!({ "kafka": kafka.to_string(), "node_id": node_id, "cluster_id": cluster_id });
+    let body = serde_json::json!({
+        "kafka": kafka.to_string(),
+        "http": http.to_string(),
+        "node_id": node_id,
+        "cluster_id": cluster_id,
+    });
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)?;
     std::fs::rename(&tmp, path)
