@@ -81,10 +81,7 @@ impl ApiError {
         ApiError::new(ErrorKind::InvalidPayload, message)
     }
     pub(crate) fn unknown_topic(topic: &str) -> ApiError {
-        ApiError::new(
-            ErrorKind::UnknownTopic,
-            format!("Topic {topic} not found."),
-        )
+        ApiError::new(ErrorKind::UnknownTopic, format!("Topic {topic} not found."))
     }
 
     pub(crate) fn status(&self) -> StatusCode {
@@ -147,9 +144,10 @@ impl ApiError {
             ErrorKind::IdempotencyInFlight => {
                 ("idempotency-in-flight", "Request with this key in progress")
             }
-            ErrorKind::IdempotencyMismatch => {
-                ("idempotency-key-reused", "Idempotency key reused with another request")
-            }
+            ErrorKind::IdempotencyMismatch => (
+                "idempotency-key-reused",
+                "Idempotency key reused with another request",
+            ),
             ErrorKind::Unavailable => ("unavailable", "Service unavailable"),
             ErrorKind::Internal => ("write-failed", "Write failed"),
         }

@@ -32,9 +32,18 @@ use crate::time::now_ms;
 pub(crate) type Fingerprint = [u8; 32];
 
 /// Fingerprint of a request: any difference in method, target, content type or body changes it.
-pub(crate) fn fingerprint(method: &str, target: &str, content_type: &str, body: &[u8]) -> Fingerprint {
+pub(crate) fn fingerprint(
+    method: &str,
+    target: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Fingerprint {
     let mut hasher = Sha256::new();
-    for part in [method.as_bytes(), target.as_bytes(), content_type.as_bytes()] {
+    for part in [
+        method.as_bytes(),
+        target.as_bytes(),
+        content_type.as_bytes(),
+    ] {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
@@ -244,7 +253,11 @@ impl IdempotencyStore {
     }
 
     /// Records the answer of a ticket's request; returns once it is durable.
-    pub(crate) async fn finish(&self, mut ticket: Ticket, response: StoredResponse) -> Result<(), Error> {
+    pub(crate) async fn finish(
+        &self,
+        mut ticket: Ticket,
+        response: StoredResponse,
+    ) -> Result<(), Error> {
         let created_ms = now_ms();
         let lsn = match &self.wal {
             Some(wal) => {
@@ -257,8 +270,8 @@ impl IdempotencyStore {
                     body: String::from_utf8_lossy(&response.body).into_owned(),
                     created_ms,
                 };
-                let bytes = serde_json::to_vec(&record)
-                    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                let bytes =
+                    serde_json::to_vec(&record).map_err(|e| Error::Io(std::io::Error::other(e)))?;
                 wal.append(Bytes::from(bytes)).await?
             }
             None => {
@@ -420,9 +433,10 @@ mod tests {
         let path = dir.path().join("idem");
         let fp = fingerprint("POST", "/x", "", b"body");
         {
-            let store = IdempotencyStore::open(options(Some(path.clone()), Duration::from_secs(60)))
-                .await
-                .unwrap();
+            let store =
+                IdempotencyStore::open(options(Some(path.clone()), Duration::from_secs(60)))
+                    .await
+                    .unwrap();
             let Begin::Proceed(ticket) = store.begin("key", fp) else {
                 panic!()
             };
@@ -430,9 +444,10 @@ mod tests {
             store.close().await.unwrap();
         }
         {
-            let store = IdempotencyStore::open(options(Some(path.clone()), Duration::from_secs(60)))
-                .await
-                .unwrap();
+            let store =
+                IdempotencyStore::open(options(Some(path.clone()), Duration::from_secs(60)))
+                    .await
+                    .unwrap();
             assert_eq!(store.len(), 1);
             match store.begin("key", fp) {
                 Begin::Replay(r) => assert_eq!(r.body, Bytes::from_static(b"kept")),

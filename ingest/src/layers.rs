@@ -31,8 +31,7 @@ use crate::{metrics, Shared};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-pub(crate) static IDEMPOTENT_REPLAYED: HeaderName =
-    HeaderName::from_static("idempotent-replayed");
+pub(crate) static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Per-request facts stamped into audit headers and error bodies.
 #[derive(Debug, Clone)]
@@ -141,7 +140,11 @@ impl InflightBytes {
     fn record(&mut self, permit: OwnedSemaphorePermit, bytes: usize) {
         self.permits.push(permit);
         self.bytes += bytes;
-        let total = self.shared.inflight_used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let total = self
+            .shared
+            .inflight_used
+            .fetch_add(bytes, Ordering::Relaxed)
+            + bytes;
         metrics::inflight_bytes(total);
     }
 }
@@ -212,8 +215,8 @@ pub(crate) async fn read_body(
     let mut stream = body.into_data_stream();
     let mut buffer = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
         if buffer.len() + chunk.len() > limit {
             return Err(too_large(limit));
         }
@@ -265,7 +268,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         return Ok(None);
     };
     match value.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => {
+        Ok(key)
+            if !key.is_empty()
+                && key.len() <= 255
+                && key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') =>
+        {
             Ok(Some(key.to_string()))
         }
         _ => Err(ApiError::bad_request(
@@ -301,11 +308,7 @@ pub(crate) async fn idempotency(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("");
+    let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
     let print = fingerprint(parts.method.as_str(), target, content_type, &body);
     let ticket = match state.shared.idempotency.begin(&key, print) {
         Begin::Proceed(ticket) => ticket,
@@ -330,9 +333,7 @@ pub(crate) async fn idempotency(
             .render(state.style, id.as_deref());
         }
     };
-    let response = next
-        .run(Request::from_parts(parts, Body::from(body)))
-        .await;
+    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     let status = response.status();
     // Only answers that reflect a write are kept: a retry after a 4xx/5xx runs again.
     if !status.is_success() && status.as_u16() != 207 {
@@ -361,14 +362,15 @@ pub(crate) async fn idempotency(
 }
 
 fn replayed(stored: StoredResponse) -> Response {
-    let status = axum::http::StatusCode::from_u16(stored.status)
-        .unwrap_or(axum::http::StatusCode::OK);
+    let status =
+        axum::http::StatusCode::from_u16(stored.status).unwrap_or(axum::http::StatusCode::OK);
     let mut response = (status, stored.body).into_response();
     if let Ok(value) = HeaderValue::from_str(&stored.content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
-    response
-        .headers_mut()
-        .insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+    response.headers_mut().insert(
+        IDEMPOTENT_REPLAYED.clone(),
+        HeaderValue::from_static("true"),
+    );
     response
 }

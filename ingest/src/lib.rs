@@ -27,15 +27,15 @@ pub mod metrics;
 mod native;
 mod openapi;
 mod ops;
+#[cfg(test)]
+mod parser_props;
 pub mod partitioner;
 mod produce;
 mod rest_v2;
 mod rest_v3;
-mod time;
 #[cfg(test)]
 mod router_tests;
-#[cfg(test)]
-mod parser_props;
+mod time;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -113,13 +113,16 @@ impl IngestConfig {
                 "max body bytes must be between 1 and 4 GiB".into(),
             ));
         }
-        if self.inflight_bytes < self.max_body_bytes || self.inflight_bytes > Semaphore::MAX_PERMITS {
+        if self.inflight_bytes < self.max_body_bytes || self.inflight_bytes > Semaphore::MAX_PERMITS
+        {
             return Err(Error::Config(
                 "the in-flight byte budget must be at least the max body size".into(),
             ));
         }
         if self.max_events_per_request == 0 {
-            return Err(Error::Config("max events per request must be at least 1".into()));
+            return Err(Error::Config(
+                "max events per request must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -147,7 +150,11 @@ pub struct Ingest {
 impl Ingest {
     /// Opens the idempotency store (replaying its keys) and prepares the service. Not ready until
     /// [`set_ready`](Ingest::set_ready).
-    pub async fn open(config: IngestConfig, store: LogStore, meta: MetadataClient) -> Result<Ingest, Error> {
+    pub async fn open(
+        config: IngestConfig,
+        store: LogStore,
+        meta: MetadataClient,
+    ) -> Result<Ingest, Error> {
         config.validate()?;
         let idempotency = IdempotencyStore::open(IdempotencyOptions {
             dir: config
@@ -237,7 +244,12 @@ impl Routes {
             list: Vec::new(),
         }
     }
-    fn add(mut self, method: Method, path: &'static str, route: MethodRouter<Arc<Shared>>) -> Routes {
+    fn add(
+        mut self,
+        method: Method,
+        path: &'static str,
+        route: MethodRouter<Arc<Shared>>,
+    ) -> Routes {
         self.list.push((method, path));
         self.router = self.router.route(path, route);
         self
@@ -258,28 +270,40 @@ pub(crate) fn build_router(shared: Arc<Shared>) -> (Router, Vec<(Method, &'stati
     let mut native = Routes::new().add(Method::POST, "/ingest/v1/{topic}", post(native::produce));
     native.router = native
         .router
-        .route_layer(from_fn_with_state(layer_state(ErrorStyle::Problem), layers::idempotency))
-        .route_layer(from_fn_with_state(layer_state(ErrorStyle::Problem), layers::buffer_body));
+        .route_layer(from_fn_with_state(
+            layer_state(ErrorStyle::Problem),
+            layers::idempotency,
+        ))
+        .route_layer(from_fn_with_state(
+            layer_state(ErrorStyle::Problem),
+            layers::buffer_body,
+        ));
 
     let mut v2 = Routes::new()
-        .add(Method::POST, "/topics/{topic}", post(rest_v2::produce_topic))
+        .add(
+            Method::POST,
+            "/topics/{topic}",
+            post(rest_v2::produce_topic),
+        )
         .add(
             Method::POST,
             "/topics/{topic}/partitions/{partition}",
             post(rest_v2::produce_partition),
         );
-    v2.router = v2
-        .router
-        .route_layer(from_fn_with_state(layer_state(ErrorStyle::RestV2), layers::buffer_body));
+    v2.router = v2.router.route_layer(from_fn_with_state(
+        layer_state(ErrorStyle::RestV2),
+        layers::buffer_body,
+    ));
 
     let mut v3_batch = Routes::new().add(
         Method::POST,
         "/v3/clusters/{cluster_id}/topics/{topic}/records:batch",
         post(rest_v3::produce_batch),
     );
-    v3_batch.router = v3_batch
-        .router
-        .route_layer(from_fn_with_state(layer_state(ErrorStyle::RestV3), layers::buffer_body));
+    v3_batch.router = v3_batch.router.route_layer(from_fn_with_state(
+        layer_state(ErrorStyle::RestV3),
+        layers::buffer_body,
+    ));
 
     // v3 `records` reads its body itself (streaming), within the same budget.
     let reads = Routes::new()
@@ -291,8 +315,16 @@ pub(crate) fn build_router(shared: Arc<Shared>) -> (Router, Vec<(Method, &'stati
         .add(Method::GET, "/topics", get(rest_v2::list_topics))
         .add(Method::GET, "/topics/{topic}", get(rest_v2::get_topic))
         .add(Method::GET, "/v3/clusters", get(rest_v3::list_clusters))
-        .add(Method::GET, "/v3/clusters/{cluster_id}", get(rest_v3::get_cluster))
-        .add(Method::GET, "/v3/clusters/{cluster_id}/topics", get(rest_v3::list_topics))
+        .add(
+            Method::GET,
+            "/v3/clusters/{cluster_id}",
+            get(rest_v3::get_cluster),
+        )
+        .add(
+            Method::GET,
+            "/v3/clusters/{cluster_id}/topics",
+            get(rest_v3::list_topics),
+        )
         .add(
             Method::GET,
             "/v3/clusters/{cluster_id}/topics/{topic}",

@@ -263,7 +263,10 @@ fn structured_cloudevent(value: Value) -> Result<Event, ApiError> {
                 "invalid CloudEvents attribute name '{name}'"
             )));
         }
-        headers.push((format!("ce_{name}"), Some(Bytes::from(attribute_text(&value)))));
+        headers.push((
+            format!("ce_{name}"),
+            Some(Bytes::from(attribute_text(&value))),
+        ));
     }
     if let Some(content_type) = content_type {
         headers.push((
@@ -336,12 +339,18 @@ fn binary_cloudevent_event(headers: &HeaderMap, body: &Bytes) -> Result<Event, A
             if attributes.iter().any(|(n, _)| n == attribute) {
                 return Err(ApiError::invalid(format!("header '{name}' given twice")));
             }
-            attributes.push((attribute.to_string(), Bytes::copy_from_slice(value.as_bytes())));
+            attributes.push((
+                attribute.to_string(),
+                Bytes::copy_from_slice(value.as_bytes()),
+            ));
         }
     }
     attributes.sort_by_key(|(name, _)| {
         (
-            CE_REQUIRED.iter().position(|r| r == name).unwrap_or(CE_REQUIRED.len()),
+            CE_REQUIRED
+                .iter()
+                .position(|r| r == name)
+                .unwrap_or(CE_REQUIRED.len()),
             name.clone(),
         )
     });
@@ -397,7 +406,10 @@ fn audit_headers(context: &RequestContext, headers: &HeaderMap) -> Vec<(String, 
     ];
     for name in ["traceparent", "tracestate"] {
         if let Some(value) = headers.get(name) {
-            audit.push((name.to_string(), Some(Bytes::copy_from_slice(value.as_bytes()))));
+            audit.push((
+                name.to_string(),
+                Some(Bytes::copy_from_slice(value.as_bytes())),
+            ));
         }
     }
     audit
@@ -417,7 +429,12 @@ pub(crate) async fn produce(
         Ok(params) => params,
         Err(error) => return fail(error),
     };
-    let mut events = match parse_events(&headers, &body, &params, shared.config.max_events_per_request) {
+    let mut events = match parse_events(
+        &headers,
+        &body,
+        &params,
+        shared.config.max_events_per_request,
+    ) {
         Ok(events) => events,
         Err(error) => return fail(error),
     };
@@ -476,7 +493,10 @@ fn respond(topic: &str, request_id: &str, outcomes: Vec<Outcome>) -> Response {
     });
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body.to_string(),
     )
         .into_response()
@@ -504,11 +524,18 @@ mod tests {
             key_field: Some("user".into()),
             ..NativeParams::default()
         };
-        let events =
-            parse_events(&headers(&[("content-type", "application/x-ndjson")]), &body, &params, 10)
-                .unwrap();
+        let events = parse_events(
+            &headers(&[("content-type", "application/x-ndjson")]),
+            &body,
+            &params,
+            10,
+        )
+        .unwrap();
         assert_eq!(events.len(), 3);
-        assert_eq!(events[0].value.as_deref(), Some(&b"{\"user\":\"a\",\"n\":1}"[..]));
+        assert_eq!(
+            events[0].value.as_deref(),
+            Some(&b"{\"user\":\"a\",\"n\":1}"[..])
+        );
         assert_eq!(events[0].key.as_deref(), Some(&b"a"[..]));
         assert_eq!(events[1].key.as_deref(), Some(&b"7"[..]));
         assert_eq!(events[2].key, None);
@@ -529,7 +556,10 @@ mod tests {
             br#"{"specversion":"1.0","id":"e1","source":"/s","type":"t.created","time":"2024-01-01T00:00:00Z","partitionkey":"pk","datacontenttype":"application/json","data":{"a":1}}"#,
         );
         let events = parse_events(
-            &headers(&[("content-type", "application/cloudevents+json; charset=utf-8")]),
+            &headers(&[(
+                "content-type",
+                "application/cloudevents+json; charset=utf-8",
+            )]),
             &body,
             &NativeParams::default(),
             10,
@@ -541,7 +571,15 @@ mod tests {
         let names: Vec<&str> = e.headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_partitionkey", "ce_time", "content-type"]
+            [
+                "ce_specversion",
+                "ce_id",
+                "ce_source",
+                "ce_type",
+                "ce_partitionkey",
+                "ce_time",
+                "content-type"
+            ]
         );
 
         let binary = parse_events(
@@ -562,9 +600,10 @@ mod tests {
         assert!(binary[0]
             .headers
             .contains(&("ce_subject".into(), Some(Bytes::from_static(b"sub")))));
-        assert!(binary[0]
-            .headers
-            .contains(&("content-type".into(), Some(Bytes::from_static(b"text/plain")))));
+        assert!(binary[0].headers.contains(&(
+            "content-type".into(),
+            Some(Bytes::from_static(b"text/plain"))
+        )));
 
         let missing = parse_events(
             &headers(&[("content-type", "application/cloudevents+json")]),
@@ -579,17 +618,32 @@ mod tests {
     #[test]
     fn wrong_content_type_empty_body_and_too_many_events() {
         let p = NativeParams::default();
-        let e = parse_events(&headers(&[("content-type", "text/plain")]), &Bytes::from_static(b"x"), &p, 10)
-            .unwrap_err();
+        let e = parse_events(
+            &headers(&[("content-type", "text/plain")]),
+            &Bytes::from_static(b"x"),
+            &p,
+            10,
+        )
+        .unwrap_err();
         assert_eq!(e.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let e = parse_events(&HeaderMap::new(), &Bytes::from_static(b"{}"), &p, 10).unwrap_err();
         assert_eq!(e.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        let e = parse_events(&headers(&[("content-type", "application/json")]), &Bytes::new(), &p, 10)
-            .unwrap_err();
+        let e = parse_events(
+            &headers(&[("content-type", "application/json")]),
+            &Bytes::new(),
+            &p,
+            10,
+        )
+        .unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let many = Bytes::from("{}\n".repeat(11));
-        let e = parse_events(&headers(&[("content-type", "application/x-ndjson")]), &many, &p, 10)
-            .unwrap_err();
+        let e = parse_events(
+            &headers(&[("content-type", "application/x-ndjson")]),
+            &many,
+            &p,
+            10,
+        )
+        .unwrap_err();
         assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 

@@ -25,7 +25,12 @@ fn param(name: &str, location: &str, schema: Value, description: &str) -> Value 
 /// The whole document.
 pub(crate) fn document() -> Value {
     let topic = param("topic", "path", json!({"type": "string"}), "Topic name");
-    let cluster = param("cluster_id", "path", json!({"type": "string"}), "Cluster id (GET /v3/clusters)");
+    let cluster = param(
+        "cluster_id",
+        "path",
+        json!({"type": "string"}),
+        "Cluster id (GET /v3/clusters)",
+    );
     let v2_media = json!({
         "application/vnd.kafka.json.v2+json": {"schema": {"$ref": "#/components/schemas/V2ProduceRequest"}},
         "application/vnd.kafka.binary.v2+json": {"schema": {"$ref": "#/components/schemas/V2ProduceRequest"}},

@@ -54,7 +54,10 @@ pub(crate) async fn openapi() -> Response {
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body.to_string(),
     )
         .into_response()

@@ -24,8 +24,18 @@ fn jsonish() -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(any::<u8>(), 0..256),
         proptest::collection::vec(
             prop_oneof![
-                Just(b'{'), Just(b'}'), Just(b'['), Just(b']'), Just(b'"'), Just(b':'), Just(b','),
-                Just(b'\n'), Just(b'1'), Just(b'a'), Just(b' '), Just(b'\\'),
+                Just(b'{'),
+                Just(b'}'),
+                Just(b'['),
+                Just(b']'),
+                Just(b'"'),
+                Just(b':'),
+                Just(b','),
+                Just(b'\n'),
+                Just(b'1'),
+                Just(b'a'),
+                Just(b' '),
+                Just(b'\\'),
             ],
             0..256
         ),

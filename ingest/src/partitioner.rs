@@ -98,7 +98,7 @@ mod tests {
         // toPositive(-973932308) = -973932308 & 0x7fffffff = 1173551340; % 10 = 0.
         assert_eq!(partition_for_key(b"21", 10), 0);
         // toPositive(479470107) % 7 = 479470107 % 7 = 4.
-        assert_eq!(partition_for_key(b"abc", 7), (479_470_107 % 7) as i32);
+        assert_eq!(partition_for_key(b"abc", 7), 479_470_107 % 7);
         for partitions in 1..50 {
             let p = partition_for_key(b"some key", partitions);
             assert!(p >= 0 && (p as u32) < partitions);

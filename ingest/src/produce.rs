@@ -18,7 +18,9 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType as RecordTsType,
     NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID,
 };
-use metadata::{Command, CommandResponse, MetadataClient, MetadataState, TopicMeta, TopicPartition};
+use metadata::{
+    Command, CommandResponse, MetadataClient, MetadataState, TopicMeta, TopicPartition,
+};
 use storage::{LogStore, TimestampType};
 use uuid::Uuid;
 
@@ -194,7 +196,10 @@ impl Producer {
                 )));
                 continue;
             }
-            by_partition.entry(partition).or_default().push((index, event));
+            by_partition
+                .entry(partition)
+                .or_default()
+                .push((index, event));
         }
         let mut checked_failures = 0u64;
         for outcome in outcomes.iter().flatten() {
@@ -228,7 +233,10 @@ impl Producer {
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| {
-                    Err(ApiError::new(ErrorKind::Internal, "record was not processed"))
+                    Err(ApiError::new(
+                        ErrorKind::Internal,
+                        "record was not processed",
+                    ))
                 })
             })
             .collect()
@@ -267,7 +275,9 @@ impl Producer {
             match self.store.append(tp, batch, timestamp_type).await {
                 Ok(appended) => {
                     metrics::ack_latency(started.elapsed());
-                    for (delta, ((index, _), timestamp)) in chunk.into_iter().zip(timestamps).enumerate() {
+                    for (delta, ((index, _), timestamp)) in
+                        chunk.into_iter().zip(timestamps).enumerate()
+                    {
                         let timestamp = if appended.log_append_time_ms >= 0 {
                             appended.log_append_time_ms
                         } else {
@@ -395,8 +405,9 @@ mod tests {
 
     #[test]
     fn batches_are_cut_below_the_limit() {
-        let events: Vec<(usize, Event)> =
-            (0..50).map(|i| (i, event(None, &"x".repeat(1000)))).collect();
+        let events: Vec<(usize, Event)> = (0..50)
+            .map(|i| (i, event(None, &"x".repeat(1000))))
+            .collect();
         let cut = cut_batches(events, 10_000);
         assert!(cut.len() >= 5);
         let mut seen = 0;

@@ -82,14 +82,20 @@ struct V2Header {
     value: Option<String>,
 }
 
-fn embedded(value: Option<Value>, format: EmbeddedFormat, what: &str) -> Result<Option<Bytes>, ApiError> {
+fn embedded(
+    value: Option<Value>,
+    format: EmbeddedFormat,
+    what: &str,
+) -> Result<Option<Bytes>, ApiError> {
     match (value, format) {
         (None | Some(Value::Null), _) => Ok(None),
         (Some(value), EmbeddedFormat::Json) => Ok(Some(Bytes::from(value.to_string()))),
-        (Some(Value::String(text)), EmbeddedFormat::Binary) => base64::engine::general_purpose::STANDARD
-            .decode(text.as_bytes())
-            .map(|b| Some(Bytes::from(b)))
-            .map_err(|e| ApiError::invalid(format!("record {what} is not valid base64: {e}"))),
+        (Some(Value::String(text)), EmbeddedFormat::Binary) => {
+            base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .map(|b| Some(Bytes::from(b)))
+                .map_err(|e| ApiError::invalid(format!("record {what} is not valid base64: {e}")))
+        }
         (Some(Value::String(text)), EmbeddedFormat::Text) => Ok(Some(Bytes::from(text))),
         (Some(_), _) => Err(ApiError::invalid(format!(
             "record {what} must be a string in this embedded format"
@@ -104,7 +110,9 @@ pub(crate) fn decode_headers(
     for (name, value) in list {
         if headers.iter().any(|(n, _)| *n == name) {
             // The batch encoder keys headers by name; refusing beats silently dropping one.
-            return Err(ApiError::invalid(format!("header '{name}' appears twice in one record")));
+            return Err(ApiError::invalid(format!(
+                "header '{name}' appears twice in one record"
+            )));
         }
         let value = match value {
             None => None,
@@ -129,15 +137,24 @@ pub(crate) fn parse_request(
     max_events: usize,
 ) -> Result<Vec<Event>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("empty body: expected {\"records\": [...]}"));
+        return Err(ApiError::bad_request(
+            "empty body: expected {\"records\": [...]}",
+        ));
     }
     let request: V2Request = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed request: {e}")))?;
-    if [&request.key_schema, &request.value_schema, &request.key_schema_id, &request.value_schema_id]
-        .iter()
-        .any(|s| s.as_ref().is_some_and(|v| !v.is_null()))
+    if [
+        &request.key_schema,
+        &request.value_schema,
+        &request.key_schema_id,
+        &request.value_schema_id,
+    ]
+    .iter()
+    .any(|s| s.as_ref().is_some_and(|v| !v.is_null()))
     {
-        return Err(ApiError::invalid("schemas are not supported: no schema registry"));
+        return Err(ApiError::invalid(
+            "schemas are not supported: no schema registry",
+        ));
     }
     if request.records.is_empty() {
         return Err(ApiError::invalid("records must not be empty"));
@@ -172,7 +189,10 @@ pub(crate) fn parse_request(
 fn v2_json(status: StatusCode, body: Value) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(V2_CONTENT_TYPE))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(V2_CONTENT_TYPE),
+        )],
         body.to_string(),
     )
         .into_response()
@@ -197,7 +217,12 @@ async fn produce_to(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let format = embedded_format(headers)?;
-    let events = parse_request(body, format, partition, shared.config.max_events_per_request)?;
+    let events = parse_request(
+        body,
+        format,
+        partition,
+        shared.config.max_events_per_request,
+    )?;
     let topic_ref = shared.producer.topic(topic, true).await?;
     if let Some(p) = partition {
         if p < 0 || p as u32 >= topic_ref.partitions() {
@@ -288,7 +313,10 @@ mod tests {
         assert_eq!(events[0].key.as_deref(), Some(&br#"{"id":1}"#[..]));
         assert_eq!(events[0].value.as_deref(), Some(&br#"[1,"two"]"#[..]));
         assert_eq!(events[0].partition, Some(0));
-        assert_eq!(events[0].headers, vec![("h".to_string(), Some(Bytes::from_static(b"value")))]);
+        assert_eq!(
+            events[0].headers,
+            vec![("h".to_string(), Some(Bytes::from_static(b"value")))]
+        );
         assert_eq!(events[1].value, None);
 
         let body = br#"{"records":[{"key":"a2V5","value":"dmFs"}]}"#;
@@ -306,13 +334,31 @@ mod tests {
     fn bad_input_is_refused_with_the_documented_kind() {
         let kind = |body: &[u8], format| parse_request(body, format, None, 2).unwrap_err().kind;
         assert_eq!(kind(b"", EmbeddedFormat::Json), ErrorKind::BadRequest);
-        assert_eq!(kind(b"{\"records\":[", EmbeddedFormat::Json), ErrorKind::BadRequest);
-        assert_eq!(kind(b"{\"records\":[]}", EmbeddedFormat::Json), ErrorKind::InvalidPayload);
-        assert_eq!(kind(br#"{"records":[{"value":"!!"}]}"#, EmbeddedFormat::Binary), ErrorKind::InvalidPayload);
-        assert_eq!(kind(br#"{"records":[{"value":1}]}"#, EmbeddedFormat::Text), ErrorKind::InvalidPayload);
-        assert_eq!(kind(br#"{"records":[{},{},{}]}"#, EmbeddedFormat::Json), ErrorKind::PayloadTooLarge);
         assert_eq!(
-            kind(br#"{"value_schema":"x","records":[{}]}"#, EmbeddedFormat::Json),
+            kind(b"{\"records\":[", EmbeddedFormat::Json),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            kind(b"{\"records\":[]}", EmbeddedFormat::Json),
+            ErrorKind::InvalidPayload
+        );
+        assert_eq!(
+            kind(br#"{"records":[{"value":"!!"}]}"#, EmbeddedFormat::Binary),
+            ErrorKind::InvalidPayload
+        );
+        assert_eq!(
+            kind(br#"{"records":[{"value":1}]}"#, EmbeddedFormat::Text),
+            ErrorKind::InvalidPayload
+        );
+        assert_eq!(
+            kind(br#"{"records":[{},{},{}]}"#, EmbeddedFormat::Json),
+            ErrorKind::PayloadTooLarge
+        );
+        assert_eq!(
+            kind(
+                br#"{"value_schema":"x","records":[{}]}"#,
+                EmbeddedFormat::Json
+            ),
             ErrorKind::InvalidPayload
         );
         assert_eq!(

@@ -89,9 +89,14 @@ fn data(field: Option<V3Data>, what: &str) -> Result<(Option<Bytes>, Option<Data
     let Some(field) = field else {
         return Ok((None, None));
     };
-    if [&field.subject, &field.schema_id, &field.schema_version, &field.schema]
-        .iter()
-        .any(|v| v.is_some())
+    if [
+        &field.subject,
+        &field.schema_id,
+        &field.schema_version,
+        &field.schema,
+    ]
+    .iter()
+    .any(|v| v.is_some())
     {
         return Err(ApiError::invalid(format!(
             "{what}: schema-registry serialization is not supported"
@@ -125,7 +130,10 @@ fn data(field: Option<V3Data>, what: &str) -> Result<(Option<Bytes>, Option<Data
         "STRING" => "STRING",
         _ => "JSON",
     };
-    let info = bytes.as_ref().map(|b| DataInfo { kind, size: b.len() });
+    let info = bytes.as_ref().map(|b| DataInfo {
+        kind,
+        size: b.len(),
+    });
     Ok((bytes, info))
 }
 
@@ -135,7 +143,9 @@ pub(crate) fn convert(record: V3Record) -> Result<ParsedRecord, ApiError> {
     let timestamp = match record.timestamp {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(parse_rfc3339_ms(&text).ok_or_else(|| {
-            ApiError::invalid(format!("timestamp '{text}' is not an ISO-8601 / RFC 3339 date-time"))
+            ApiError::invalid(format!(
+                "timestamp '{text}' is not an ISO-8601 / RFC 3339 date-time"
+            ))
         })?),
         Some(Value::Number(n)) => Some(n.as_i64().filter(|ms| *ms >= 0).ok_or_else(|| {
             ApiError::invalid("timestamp must be non-negative milliseconds or an RFC 3339 string")
@@ -210,7 +220,10 @@ pub(crate) fn split_records(
 fn v3_json(status: StatusCode, body: Value) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body.to_string(),
     )
         .into_response()
@@ -303,7 +316,10 @@ async fn produce_parsed(
             let outcome = match error {
                 Some(error) => Err(error),
                 None => outcomes.next().unwrap_or_else(|| {
-                    Err(ApiError::new(ErrorKind::Internal, "record was not processed"))
+                    Err(ApiError::new(
+                        ErrorKind::Internal,
+                        "record was not processed",
+                    ))
                 }),
             };
             (key, value, outcome)
@@ -318,7 +334,9 @@ pub(crate) async fn produce_records(
     body: Body,
 ) -> Response {
     let fail = |e: ApiError| e.render(ErrorStyle::RestV3, None);
-    if let Err(e) = check_cluster(&shared, &cluster_id).and_then(|_| check_json_content_type(&headers)) {
+    if let Err(e) =
+        check_cluster(&shared, &cluster_id).and_then(|_| check_json_content_type(&headers))
+    {
         return fail(e);
     }
     let topic_ref = match shared.producer.topic(&topic, false).await {
@@ -335,7 +353,9 @@ pub(crate) async fn produce_records(
         };
         let (parsed, _, syntax) = split_records(&bytes, true);
         if parsed.is_empty() {
-            return fail(syntax.unwrap_or_else(|| ApiError::bad_request("empty body: expected a record")));
+            return fail(
+                syntax.unwrap_or_else(|| ApiError::bad_request("empty body: expected a record")),
+            );
         }
         let single = parsed.len() == 1 && syntax.is_none();
         let results = produce_parsed(&shared, &topic_ref, parsed).await;
@@ -352,12 +372,17 @@ pub(crate) async fn produce_records(
             text.push('\n');
         }
         if let Some(error) = syntax {
-            text.push_str(&json!({"error_code": error.rest_code(), "message": error.message}).to_string());
+            text.push_str(
+                &json!({"error_code": error.rest_code(), "message": error.message}).to_string(),
+            );
             text.push('\n');
         }
         return (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             text,
         )
             .into_response();
@@ -370,7 +395,10 @@ pub(crate) async fn produce_records(
     });
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         Body::from_stream(stream),
     )
         .into_response()
@@ -403,7 +431,11 @@ async fn stream_records(
             }
             Some(Ok(chunk)) => {
                 if let Err(error) = budget.take(chunk.len()).await {
-                    let _ = sender.send(Ok(send_line(json!({"error_code": error.rest_code(), "message": error.message})))).await;
+                    let _ = sender
+                        .send(Ok(send_line(
+                            json!({"error_code": error.rest_code(), "message": error.message}),
+                        )))
+                        .await;
                     return;
                 }
                 buffer.extend_from_slice(&chunk);
@@ -432,7 +464,9 @@ async fn stream_records(
         });
         if let Some(error) = stop {
             let _ = sender
-                .send(Ok(send_line(json!({"error_code": error.rest_code(), "message": error.message}))))
+                .send(Ok(send_line(
+                    json!({"error_code": error.rest_code(), "message": error.message}),
+                )))
                 .await;
             return;
         }
@@ -454,13 +488,18 @@ struct BatchEntry {
     record: V3Record,
 }
 
+/// One `records:batch` entry: its id and the record (or why it is unusable).
+pub(crate) type BatchItem = (String, Result<ParsedRecord, ApiError>);
+
 /// Parses a `records:batch` body into `(id, record)` pairs. Pure: property-tested.
 pub(crate) fn parse_batch(
     body: &[u8],
     max_events: usize,
-) -> Result<Vec<(String, Result<ParsedRecord, ApiError>)>, ApiError> {
+) -> Result<Vec<BatchItem>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("empty body: expected {\"entries\": [...]}"));
+        return Err(ApiError::bad_request(
+            "empty body: expected {\"entries\": [...]}",
+        ));
     }
     let request: BatchRequest = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed request: {e}")))?;
@@ -476,7 +515,10 @@ pub(crate) fn parse_batch(
     let mut seen = std::collections::HashSet::new();
     for entry in &request.entries {
         if !seen.insert(entry.id.as_str()) {
-            return Err(ApiError::invalid(format!("entry id '{}' is not unique", entry.id)));
+            return Err(ApiError::invalid(format!(
+                "entry id '{}' is not unique",
+                entry.id
+            )));
         }
     }
     Ok(request
@@ -565,7 +607,10 @@ fn topic_json(shared: &Shared, base: &str, meta: &metadata::TopicMeta) -> Value 
     })
 }
 
-pub(crate) async fn list_clusters(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+pub(crate) async fn list_clusters(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Response {
     let base = base_url(&headers);
     v3_json(
         StatusCode::OK,
@@ -624,7 +669,10 @@ pub(crate) async fn get_topic(
     }
     let state = shared.producer.meta.state();
     match state.topic_by_name(&topic) {
-        Some(meta) => v3_json(StatusCode::OK, topic_json(&shared, &base_url(&headers), meta)),
+        Some(meta) => v3_json(
+            StatusCode::OK,
+            topic_json(&shared, &base_url(&headers), meta),
+        ),
         None => ApiError::unknown_topic(&topic).render(ErrorStyle::RestV3, None),
     }
 }
@@ -643,20 +691,47 @@ mod tests {
         assert_eq!(r.event.value.as_deref(), Some(&[0u8, 1, 2][..]));
         assert_eq!(r.event.partition, Some(1));
         assert_eq!(r.event.timestamp, Some(1_612_552_482_123));
-        assert_eq!(r.event.headers, vec![("h".into(), Some(Bytes::from_static(b"hi")))]);
-        assert_eq!(r.value, Some(DataInfo { kind: "BINARY", size: 3 }));
+        assert_eq!(
+            r.event.headers,
+            vec![("h".into(), Some(Bytes::from_static(b"hi")))]
+        );
+        assert_eq!(
+            r.value,
+            Some(DataInfo {
+                kind: "BINARY",
+                size: 3
+            })
+        );
         let r = parse_record(br#"{"value":{"data":{"a":[1,2]}}}"#).unwrap();
         assert_eq!(r.event.value.as_deref(), Some(&br#"{"a":[1,2]}"#[..]));
-        assert_eq!(r.value, Some(DataInfo { kind: "JSON", size: 11 }));
+        assert_eq!(
+            r.value,
+            Some(DataInfo {
+                kind: "JSON",
+                size: 11
+            })
+        );
     }
 
     #[test]
     fn bad_records() {
         let kind = |b: &[u8]| parse_record(b).unwrap_err().kind;
-        assert_eq!(kind(br#"{"value":{"type":"BINARY","data":"%%%"}}"#), ErrorKind::InvalidPayload);
-        assert_eq!(kind(br#"{"value":{"type":"AVRO","data":{}}}"#), ErrorKind::InvalidPayload);
-        assert_eq!(kind(br#"{"value":{"schema_id":1,"data":{}}}"#), ErrorKind::InvalidPayload);
-        assert_eq!(kind(br#"{"timestamp":"yesterday"}"#), ErrorKind::InvalidPayload);
+        assert_eq!(
+            kind(br#"{"value":{"type":"BINARY","data":"%%%"}}"#),
+            ErrorKind::InvalidPayload
+        );
+        assert_eq!(
+            kind(br#"{"value":{"type":"AVRO","data":{}}}"#),
+            ErrorKind::InvalidPayload
+        );
+        assert_eq!(
+            kind(br#"{"value":{"schema_id":1,"data":{}}}"#),
+            ErrorKind::InvalidPayload
+        );
+        assert_eq!(
+            kind(br#"{"timestamp":"yesterday"}"#),
+            ErrorKind::InvalidPayload
+        );
         assert_eq!(kind(br#"{"value":"#), ErrorKind::BadRequest);
     }
 
@@ -677,7 +752,11 @@ mod tests {
 
     #[test]
     fn batch_entries_need_unique_ids() {
-        let ok = parse_batch(br#"{"entries":[{"id":"a","value":{"data":1}},{"id":"b"}]}"#, 10).unwrap();
+        let ok = parse_batch(
+            br#"{"entries":[{"id":"a","value":{"data":1}},{"id":"b"}]}"#,
+            10,
+        )
+        .unwrap();
         assert_eq!(ok.len(), 2);
         assert!(parse_batch(br#"{"entries":[{"id":"a"},{"id":"a"}]}"#, 10).is_err());
         assert!(parse_batch(br#"{"entries":[]}"#, 10).is_err());

@@ -67,7 +67,9 @@ impl Fixture {
         config.data_dir = Some(dir.path().to_path_buf());
         config.fsync = false;
         tweak(&mut config);
-        let ingest = Ingest::open(config, store.clone(), meta.clone()).await.unwrap();
+        let ingest = Ingest::open(config, store.clone(), meta.clone())
+            .await
+            .unwrap();
         ingest.set_ready(true);
         let router = ingest.router();
         Fixture {
@@ -102,7 +104,10 @@ impl Fixture {
             .unwrap();
     }
 
-    pub(crate) async fn send(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Bytes) {
+    pub(crate) async fn send(
+        &self,
+        request: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, Bytes) {
         let response: Response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -110,7 +115,12 @@ impl Fixture {
         (status, headers, body)
     }
 
-    pub(crate) async fn post(&self, path: &str, content_type: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Body>,
+    ) -> (StatusCode, Value) {
         let request = Request::post(path)
             .header(header::CONTENT_TYPE, content_type)
             .body(body.into())
@@ -120,7 +130,9 @@ impl Fixture {
     }
 
     pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let (status, _, body) = self.send(Request::get(path).body(Body::empty()).unwrap()).await;
+        let (status, _, body) = self
+            .send(Request::get(path).body(Body::empty()).unwrap())
+            .await;
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
@@ -128,7 +140,10 @@ impl Fixture {
     pub(crate) async fn records(&self, topic: &str, partition: i32) -> Vec<Record> {
         let state = self.meta.state();
         let topic_id = state.topic_ids[topic];
-        let tp = TopicPartition { topic_id, partition };
+        let tp = TopicPartition {
+            topic_id,
+            partition,
+        };
         let read = self.store.read(tp, 0, 64 * 1024 * 1024).await.unwrap();
         let mut records = Vec::new();
         for batch in read.batches {
@@ -141,7 +156,10 @@ impl Fixture {
     pub(crate) fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
         let topic_id = self.meta.state().topic_ids[topic];
         self.store
-            .offsets(TopicPartition { topic_id, partition })
+            .offsets(TopicPartition {
+                topic_id,
+                partition,
+            })
             .unwrap()
             .high_watermark
     }
@@ -172,7 +190,10 @@ async fn ops_endpoints() {
         .send(Request::get("/metrics").body(Body::empty()).unwrap())
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let text = String::from_utf8(body.to_vec()).unwrap();
     assert!(text.contains("ingest_http_requests_total"), "{text}");
     assert!(text.contains("route=\"/healthz\""), "{text}");
@@ -261,11 +282,18 @@ async fn v2_produce_in_every_format_and_read_back() {
     assert_eq!(last.value.as_deref(), Some(&[2u8, 3][..]));
 
     let (status, _) = fx
-        .post("/topics/v2/partitions/1", "application/vnd.kafka.text.v2+json", r#"{"records":[{"value":"hello"}]}"#)
+        .post(
+            "/topics/v2/partitions/1",
+            "application/vnd.kafka.text.v2+json",
+            r#"{"records":[{"value":"hello"}]}"#,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let records = fx.records("v2", 1).await;
-    assert_eq!(records.last().unwrap().value.as_deref(), Some(&b"hello"[..]));
+    assert_eq!(
+        records.last().unwrap().value.as_deref(),
+        Some(&b"hello"[..])
+    );
 
     // Topic listing and description.
     let (status, body) = fx.get("/topics").await;
@@ -288,16 +316,70 @@ async fn v2_errors() {
     fx.create_topic("t", 2, &[]).await;
     let json = "application/vnd.kafka.json.v2+json";
     let cases: Vec<(&str, &str, String, StatusCode, i64)> = vec![
-        ("/topics/missing", json, r#"{"records":[{"value":1}]}"#.into(), StatusCode::NOT_FOUND, 40401),
-        ("/topics/t/partitions/9", json, r#"{"records":[{"value":1}]}"#.into(), StatusCode::NOT_FOUND, 40402),
-        ("/topics/t/partitions/x", json, r#"{"records":[{"value":1}]}"#.into(), StatusCode::NOT_FOUND, 40402),
-        ("/topics/t", "application/json", r#"{"records":[{"value":1}]}"#.into(), StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
-        ("/topics/t", "application/vnd.kafka.avro.v2+json", r#"{"records":[{"value":1}]}"#.into(), StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
-        ("/topics/t", json, r#"{"records":[{"value":1}"#.into(), StatusCode::BAD_REQUEST, 400),
+        (
+            "/topics/missing",
+            json,
+            r#"{"records":[{"value":1}]}"#.into(),
+            StatusCode::NOT_FOUND,
+            40401,
+        ),
+        (
+            "/topics/t/partitions/9",
+            json,
+            r#"{"records":[{"value":1}]}"#.into(),
+            StatusCode::NOT_FOUND,
+            40402,
+        ),
+        (
+            "/topics/t/partitions/x",
+            json,
+            r#"{"records":[{"value":1}]}"#.into(),
+            StatusCode::NOT_FOUND,
+            40402,
+        ),
+        (
+            "/topics/t",
+            "application/json",
+            r#"{"records":[{"value":1}]}"#.into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            415,
+        ),
+        (
+            "/topics/t",
+            "application/vnd.kafka.avro.v2+json",
+            r#"{"records":[{"value":1}]}"#.into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            415,
+        ),
+        (
+            "/topics/t",
+            json,
+            r#"{"records":[{"value":1}"#.into(),
+            StatusCode::BAD_REQUEST,
+            400,
+        ),
         ("/topics/t", json, "".into(), StatusCode::BAD_REQUEST, 400),
-        ("/topics/t", json, r#"{"records":[]}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, 42206),
-        ("/topics/t", "application/vnd.kafka.binary.v2+json", r#"{"records":[{"value":"not base64!"}]}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, 42206),
-        ("/topics/t", json, format!(r#"{{"records":[{{"value":"{}"}}]}}"#, "x".repeat(2000)), StatusCode::PAYLOAD_TOO_LARGE, 413),
+        (
+            "/topics/t",
+            json,
+            r#"{"records":[]}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42206,
+        ),
+        (
+            "/topics/t",
+            "application/vnd.kafka.binary.v2+json",
+            r#"{"records":[{"value":"not base64!"}]}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42206,
+        ),
+        (
+            "/topics/t",
+            json,
+            format!(r#"{{"records":[{{"value":"{}"}}]}}"#, "x".repeat(2000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            413,
+        ),
     ];
     for (path, content_type, body, status, code) in cases {
         let (got, answer) = fx.post(path, content_type, body.clone()).await;
@@ -315,12 +397,28 @@ async fn v2_errors() {
 async fn v2_auto_creates_topics_when_enabled() {
     let fx = Fixture::new(|c| c.default_partitions = 2).await;
     let (status, body) = fx
-        .post("/topics/fresh", "application/vnd.kafka.json.v2+json", r#"{"records":[{"value":1}]}"#)
+        .post(
+            "/topics/fresh",
+            "application/vnd.kafka.json.v2+json",
+            r#"{"records":[{"value":1}]}"#,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(fx.meta.state().topic_by_name("fresh").unwrap().partitions.len(), 2);
+    assert_eq!(
+        fx.meta
+            .state()
+            .topic_by_name("fresh")
+            .unwrap()
+            .partitions
+            .len(),
+        2
+    );
     let (status, body) = fx
-        .post("/topics/bad%20name", "application/vnd.kafka.json.v2+json", r#"{"records":[{"value":1}]}"#)
+        .post(
+            "/topics/bad%20name",
+            "application/vnd.kafka.json.v2+json",
+            r#"{"records":[{"value":1}]}"#,
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
@@ -332,9 +430,15 @@ async fn v3_cluster_and_topic_reads() {
     let (status, body) = fx.get("/v3/clusters").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["data"][0]["cluster_id"], CLUSTER);
-    assert_eq!(fx.get(&format!("/v3/clusters/{CLUSTER}")).await.1["kind"], "KafkaCluster");
+    assert_eq!(
+        fx.get(&format!("/v3/clusters/{CLUSTER}")).await.1["kind"],
+        "KafkaCluster"
+    );
     let (status, body) = fx.get("/v3/clusters/other").await;
-    assert_eq!((status, body["error_code"].clone()), (StatusCode::NOT_FOUND, json!(404)));
+    assert_eq!(
+        (status, body["error_code"].clone()),
+        (StatusCode::NOT_FOUND, json!(404))
+    );
     let (_, body) = fx.get(&format!("/v3/clusters/{CLUSTER}/topics")).await;
     assert_eq!(body["data"][0]["topic_name"], "t3");
     assert_eq!(body["data"][0]["partitions_count"], 4);
@@ -342,9 +446,18 @@ async fn v3_cluster_and_topic_reads() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["topic_name"], "t3");
     let (status, body) = fx.get(&format!("/v3/clusters/{CLUSTER}/topics/nope")).await;
-    assert_eq!((status, body["error_code"].clone()), (StatusCode::NOT_FOUND, json!(40401)));
-    assert_eq!(fx.get("/v3/clusters/other/topics").await.0, StatusCode::NOT_FOUND);
-    assert_eq!(fx.get("/v3/clusters/other/topics/t3").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (status, body["error_code"].clone()),
+        (StatusCode::NOT_FOUND, json!(40401))
+    );
+    assert_eq!(
+        fx.get("/v3/clusters/other/topics").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        fx.get("/v3/clusters/other/topics/t3").await.0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -387,13 +500,22 @@ async fn v3_single_concatenated_streaming_and_batch() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(reports.len(), 2);
-    assert_eq!((reports[0]["offset"].clone(), reports[1]["offset"].clone()), (json!(0), json!(1)));
+    assert_eq!(
+        (reports[0]["offset"].clone(), reports[1]["offset"].clone()),
+        (json!(0), json!(1))
+    );
 
     // Streaming (chunked, no length): records split across chunks, one bad record in the middle.
     let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
-        Ok(Bytes::from_static(br#"{"partition_id":0,"value":{"data":3}}{"partition_id":0,"va"#)),
-        Ok(Bytes::from_static(br#"lue":{"data":4}}{"partition_id":0,"value":{"type":"BINARY","data":"!!"}}"#)),
-        Ok(Bytes::from_static(br#"{"partition_id":0,"value":{"data":5}}"#)),
+        Ok(Bytes::from_static(
+            br#"{"partition_id":0,"value":{"data":3}}{"partition_id":0,"va"#,
+        )),
+        Ok(Bytes::from_static(
+            br#"lue":{"data":4}}{"partition_id":0,"value":{"type":"BINARY","data":"!!"}}"#,
+        )),
+        Ok(Bytes::from_static(
+            br#"{"partition_id":0,"value":{"data":5}}"#,
+        )),
     ];
     let (status, _, text) = fx
         .send(
@@ -408,11 +530,19 @@ async fn v3_single_concatenated_streaming_and_batch() {
         .into_iter::<Value>()
         .map(Result::unwrap)
         .collect();
-    let codes: Vec<i64> = reports.iter().map(|r| r["error_code"].as_i64().unwrap()).collect();
+    let codes: Vec<i64> = reports
+        .iter()
+        .map(|r| r["error_code"].as_i64().unwrap())
+        .collect();
     assert_eq!(codes, vec![200, 200, 42206, 200]);
     let offsets: Vec<Value> = reports.iter().map(|r| r["offset"].clone()).collect();
     assert_eq!(offsets, vec![json!(2), json!(3), Value::Null, json!(4)]);
-    let values: Vec<Option<Bytes>> = fx.records("t", 0).await.into_iter().map(|r| r.value).collect();
+    let values: Vec<Option<Bytes>> = fx
+        .records("t", 0)
+        .await
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
     assert_eq!(values.len(), 5);
     assert_eq!(values[4].as_deref(), Some(&b"5"[..]));
 
@@ -429,8 +559,14 @@ async fn v3_single_concatenated_streaming_and_batch() {
     assert_eq!(body["successes"][0]["partition_id"], 1);
     let failures = body["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 2);
-    assert_eq!((failures[0]["id"].clone(), failures[0]["error_code"].clone()), (json!("b"), json!(40402)));
-    assert_eq!((failures[1]["id"].clone(), failures[1]["error_code"].clone()), (json!("c"), json!(42206)));
+    assert_eq!(
+        (failures[0]["id"].clone(), failures[0]["error_code"].clone()),
+        (json!("b"), json!(40402))
+    );
+    assert_eq!(
+        (failures[1]["id"].clone(), failures[1]["error_code"].clone()),
+        (json!("c"), json!(42206))
+    );
 }
 
 #[tokio::test]
@@ -444,18 +580,93 @@ async fn v3_errors() {
     let records = format!("/v3/clusters/{CLUSTER}/topics/t/records");
     let batch = format!("{records}:batch");
     let cases: Vec<(String, &str, String, StatusCode, i64)> = vec![
-        (format!("/v3/clusters/{CLUSTER}/topics/missing/records"), "application/json", "{}".into(), StatusCode::NOT_FOUND, 40401),
-        (format!("/v3/clusters/{CLUSTER}/topics/missing/records:batch"), "application/json", r#"{"entries":[{"id":"1"}]}"#.into(), StatusCode::NOT_FOUND, 40401),
-        ("/v3/clusters/wrong/topics/t/records".into(), "application/json", "{}".into(), StatusCode::NOT_FOUND, 404),
-        (records.clone(), "text/plain", "{}".into(), StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
-        (batch.clone(), "text/plain", "{}".into(), StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
-        (records.clone(), "application/json", r#"{"value":"#.into(), StatusCode::BAD_REQUEST, 400),
-        (records.clone(), "application/json", "".into(), StatusCode::BAD_REQUEST, 400),
-        (batch.clone(), "application/json", "[".into(), StatusCode::BAD_REQUEST, 400),
-        (records.clone(), "application/json", r#"{"value":{"type":"BINARY","data":"@@"}}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, 42206),
-        (records.clone(), "application/json", r#"{"partition_id":3,"value":{"data":1}}"#.into(), StatusCode::NOT_FOUND, 40402),
-        (records.clone(), "application/json", format!(r#"{{"value":{{"data":"{}"}}}}"#, "x".repeat(2000)), StatusCode::PAYLOAD_TOO_LARGE, 413),
-        (batch.clone(), "application/json", format!(r#"{{"entries":[{{"id":"1","value":{{"data":"{}"}}}}]}}"#, "x".repeat(2000)), StatusCode::PAYLOAD_TOO_LARGE, 413),
+        (
+            format!("/v3/clusters/{CLUSTER}/topics/missing/records"),
+            "application/json",
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+            40401,
+        ),
+        (
+            format!("/v3/clusters/{CLUSTER}/topics/missing/records:batch"),
+            "application/json",
+            r#"{"entries":[{"id":"1"}]}"#.into(),
+            StatusCode::NOT_FOUND,
+            40401,
+        ),
+        (
+            "/v3/clusters/wrong/topics/t/records".into(),
+            "application/json",
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+            404,
+        ),
+        (
+            records.clone(),
+            "text/plain",
+            "{}".into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            415,
+        ),
+        (
+            batch.clone(),
+            "text/plain",
+            "{}".into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            415,
+        ),
+        (
+            records.clone(),
+            "application/json",
+            r#"{"value":"#.into(),
+            StatusCode::BAD_REQUEST,
+            400,
+        ),
+        (
+            records.clone(),
+            "application/json",
+            "".into(),
+            StatusCode::BAD_REQUEST,
+            400,
+        ),
+        (
+            batch.clone(),
+            "application/json",
+            "[".into(),
+            StatusCode::BAD_REQUEST,
+            400,
+        ),
+        (
+            records.clone(),
+            "application/json",
+            r#"{"value":{"type":"BINARY","data":"@@"}}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42206,
+        ),
+        (
+            records.clone(),
+            "application/json",
+            r#"{"partition_id":3,"value":{"data":1}}"#.into(),
+            StatusCode::NOT_FOUND,
+            40402,
+        ),
+        (
+            records.clone(),
+            "application/json",
+            format!(r#"{{"value":{{"data":"{}"}}}}"#, "x".repeat(2000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            413,
+        ),
+        (
+            batch.clone(),
+            "application/json",
+            format!(
+                r#"{{"entries":[{{"id":"1","value":{{"data":"{}"}}}}]}}"#,
+                "x".repeat(2000)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            413,
+        ),
     ];
     for (path, content_type, body, status, code) in cases {
         let (got, answer) = fx.post(&path, content_type, body.clone()).await;
@@ -473,7 +684,10 @@ async fn native_json_ndjson_and_cloudevents_with_audit_headers() {
         .header(header::CONTENT_TYPE, "application/json")
         .header("x-request-id", "req-123")
         .header("x-source", "billing")
-        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .body(Body::from(r#"{"amount": 5}"#))
         .unwrap();
     let (status, headers, body) = fx.send(request).await;
@@ -486,7 +700,11 @@ async fn native_json_ndjson_and_cloudevents_with_audit_headers() {
     assert_eq!(body["results"][0]["partition"], 0);
     assert!(body["results"][0]["timestamp"].as_i64().unwrap() > 1_600_000_000_000);
     let record = &fx.records("events", 0).await[0];
-    assert_eq!(record.value.as_deref(), Some(&br#"{"amount": 5}"#[..]), "stored as sent");
+    assert_eq!(
+        record.value.as_deref(),
+        Some(&br#"{"amount": 5}"#[..]),
+        "stored as sent"
+    );
     assert_eq!(record.key.as_deref(), Some(&b"k1"[..]));
     assert_eq!(header_value(record, "x-request-id"), Some(&b"req-123"[..]));
     assert_eq!(header_value(record, "x-source"), Some(&b"billing"[..]));
@@ -498,10 +716,19 @@ async fn native_json_ndjson_and_cloudevents_with_audit_headers() {
     );
 
     let (status, body) = fx
-        .post("/ingest/v1/events", "application/x-ndjson", "{\"a\":1}\n{\"a\":2}\n\n{\"a\":3}\n")
+        .post(
+            "/ingest/v1/events",
+            "application/x-ndjson",
+            "{\"a\":1}\n{\"a\":2}\n\n{\"a\":3}\n",
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let offsets: Vec<i64> = body["results"].as_array().unwrap().iter().map(|r| r["offset"].as_i64().unwrap()).collect();
+    let offsets: Vec<i64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offset"].as_i64().unwrap())
+        .collect();
     assert_eq!(offsets, vec![1, 2, 3]);
 
     let (status, body) = fx
@@ -530,7 +757,10 @@ async fn native_json_ndjson_and_cloudevents_with_audit_headers() {
     let record = &fx.records("events", 0).await[5];
     assert_eq!(record.value.as_deref(), Some(&[0u8, 159, 255][..]));
     assert_eq!(header_value(record, "ce_id"), Some(&b"e-2"[..]));
-    assert_eq!(header_value(record, "content-type"), Some(&b"application/octet-stream"[..]));
+    assert_eq!(
+        header_value(record, "content-type"),
+        Some(&b"application/octet-stream"[..])
+    );
 }
 
 #[tokio::test]
@@ -543,16 +773,66 @@ async fn native_errors_are_problem_documents() {
     .await;
     fx.create_topic("t", 1, &[]).await;
     let cases: Vec<(&str, &str, String, StatusCode)> = vec![
-        ("/ingest/v1/missing", "application/json", "{}".into(), StatusCode::NOT_FOUND),
-        ("/ingest/v1/t", "text/plain", "{}".into(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
-        ("/ingest/v1/t", "application/json", "{not json".into(), StatusCode::BAD_REQUEST),
-        ("/ingest/v1/t", "application/json", "".into(), StatusCode::BAD_REQUEST),
-        ("/ingest/v1/t", "application/x-ndjson", "\n\n".into(), StatusCode::BAD_REQUEST),
-        ("/ingest/v1/t", "application/x-ndjson", "{}\n{oops}\n".into(), StatusCode::BAD_REQUEST),
-        ("/ingest/v1/t?partition=nope", "application/json", "{}".into(), StatusCode::BAD_REQUEST),
-        ("/ingest/v1/t?partition=5", "application/json", "{}".into(), StatusCode::NOT_FOUND),
-        ("/ingest/v1/t", "application/cloudevents+json", r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"**"}"#.into(), StatusCode::UNPROCESSABLE_ENTITY),
-        ("/ingest/v1/t", "application/json", format!("\"{}\"", "x".repeat(5000)), StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            "/ingest/v1/missing",
+            "application/json",
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/ingest/v1/t",
+            "text/plain",
+            "{}".into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "/ingest/v1/t",
+            "application/json",
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/ingest/v1/t",
+            "application/json",
+            "".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/ingest/v1/t",
+            "application/x-ndjson",
+            "\n\n".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/ingest/v1/t",
+            "application/x-ndjson",
+            "{}\n{oops}\n".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/ingest/v1/t?partition=nope",
+            "application/json",
+            "{}".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/ingest/v1/t?partition=5",
+            "application/json",
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/ingest/v1/t",
+            "application/cloudevents+json",
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"**"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/ingest/v1/t",
+            "application/json",
+            format!("\"{}\"", "x".repeat(5000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
     ];
     for (path, content_type, body, status) in cases {
         let request = Request::post(path)
@@ -560,11 +840,19 @@ async fn native_errors_are_problem_documents() {
             .body(Body::from(body.clone()))
             .unwrap();
         let (got, headers, answer) = fx.send(request).await;
-        assert_eq!(got, status, "{path} {content_type} {body:.40}: {}", String::from_utf8_lossy(&answer));
+        assert_eq!(
+            got,
+            status,
+            "{path} {content_type} {body:.40}: {}",
+            String::from_utf8_lossy(&answer)
+        );
         assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
         let problem: Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(problem["status"], status.as_u16());
-        assert!(problem["type"].as_str().unwrap().starts_with("urn:sluice:problem:"));
+        assert!(problem["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:sluice:problem:"));
         assert!(problem["request_id"].is_string());
     }
     assert_eq!(fx.high_watermark("t", 0), 0, "nothing was written");
@@ -579,7 +867,12 @@ async fn backpressure_answers_503_with_retry_after() {
     .await;
     fx.create_topic("t", 1, &[]).await;
     // Hold most of the budget as if another request were in progress.
-    let held = fx.shared().inflight.clone().try_acquire_many_owned(990).unwrap();
+    let held = fx
+        .shared()
+        .inflight
+        .clone()
+        .try_acquire_many_owned(990)
+        .unwrap();
     let request = Request::post("/ingest/v1/t")
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CONTENT_LENGTH, 40)
@@ -591,15 +884,22 @@ async fn backpressure_answers_503_with_retry_after() {
     drop(held);
     let (status, _) = fx.post("/ingest/v1/t", "application/json", "{}").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(fx.shared().inflight.available_permits(), 1000, "budget fully returned");
+    assert_eq!(
+        fx.shared().inflight.available_permits(),
+        1000,
+        "budget fully returned"
+    );
 }
 
 #[tokio::test]
 async fn ten_thousand_event_batch_and_partial_failure() {
     let fx = Fixture::new(|_| {}).await;
-    fx.create_topic("big", 1, &[("max.message.bytes", "1000")]).await;
+    fx.create_topic("big", 1, &[("max.message.bytes", "1000")])
+        .await;
     let body: String = (0..10_000).map(|i| format!("{{\"i\":{i}}}\n")).collect();
-    let (status, answer) = fx.post("/ingest/v1/big", "application/x-ndjson", body).await;
+    let (status, answer) = fx
+        .post("/ingest/v1/big", "application/x-ndjson", body)
+        .await;
     assert_eq!(status, StatusCode::OK);
     let results = answer["results"].as_array().unwrap();
     assert_eq!(results.len(), 10_000);
@@ -612,11 +912,21 @@ async fn ten_thousand_event_batch_and_partial_failure() {
 
     // One event over max.message.bytes: 207, the others are written and say where.
     let body = format!("{{\"a\":1}}\n\"{}\"\n{{\"a\":2}}\n", "x".repeat(2000));
-    let (status, answer) = fx.post("/ingest/v1/big", "application/x-ndjson", body).await;
+    let (status, answer) = fx
+        .post("/ingest/v1/big", "application/x-ndjson", body)
+        .await;
     assert_eq!(status, StatusCode::MULTI_STATUS, "{answer}");
-    let statuses: Vec<i64> = answer["results"].as_array().unwrap().iter().map(|r| r["status"].as_i64().unwrap()).collect();
+    let statuses: Vec<i64> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_i64().unwrap())
+        .collect();
     assert_eq!(statuses, vec![200, 413, 200]);
-    assert_eq!(answer["results"][1]["error"]["type"], "urn:sluice:problem:record-too-large");
+    assert_eq!(
+        answer["results"][1]["error"]["type"],
+        "urn:sluice:problem:record-too-large"
+    );
     assert_eq!(answer["accepted"], 2);
     assert_eq!(fx.high_watermark("big", 0), 10_002);
 }
@@ -642,17 +952,27 @@ async fn idempotency_replays_refuses_and_survives_reopen() {
     assert_eq!(fx.high_watermark("t", 0), 1, "the retry wrote nothing");
 
     let (status, _, body) = fx.send(request("k-1", r#"{"n":2}"#)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
 
     // In flight: hold the key as a concurrent first request would.
-    let fp = crate::idempotency::fingerprint("POST", "/ingest/v1/t", "application/json", br#"{"n":3}"#);
-    let crate::idempotency::Begin::Proceed(ticket) = fx.shared().idempotency.begin("k-3", fp) else {
+    let fp =
+        crate::idempotency::fingerprint("POST", "/ingest/v1/t", "application/json", br#"{"n":3}"#);
+    let crate::idempotency::Begin::Proceed(ticket) = fx.shared().idempotency.begin("k-3", fp)
+    else {
         panic!("fresh key")
     };
     let (status, _, _) = fx.send(request("k-3", r#"{"n":3}"#)).await;
     assert_eq!(status, StatusCode::CONFLICT);
     drop(ticket);
-    assert_eq!(fx.send(request("k-3", r#"{"n":3}"#)).await.0, StatusCode::OK);
+    assert_eq!(
+        fx.send(request("k-3", r#"{"n":3}"#)).await.0,
+        StatusCode::OK
+    );
 
     let bad = Request::post("/ingest/v1/t")
         .header(header::CONTENT_TYPE, "application/json")
@@ -661,8 +981,14 @@ async fn idempotency_replays_refuses_and_survives_reopen() {
         .unwrap();
     assert_eq!(fx.send(bad).await.0, StatusCode::BAD_REQUEST);
     // Failed requests are not remembered: the retry runs again.
-    assert_eq!(fx.send(request("k-4", "{bad")).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(fx.send(request("k-4", "{bad")).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        fx.send(request("k-4", "{bad")).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        fx.send(request("k-4", "{bad")).await.0,
+        StatusCode::BAD_REQUEST
+    );
 
     // A second service over the same data dir (a restart) still knows k-1.
     let dir = fx.shared().config.data_dir.clone();
@@ -670,8 +996,14 @@ async fn idempotency_replays_refuses_and_survives_reopen() {
     let mut config = IngestConfig::new(1, CLUSTER);
     config.data_dir = dir;
     config.fsync = false;
-    let reopened = Ingest::open(config, fx.store.clone(), fx.meta.clone()).await.unwrap();
-    let response = reopened.router().oneshot(request("k-1", r#"{"n":1}"#)).await.unwrap();
+    let reopened = Ingest::open(config, fx.store.clone(), fx.meta.clone())
+        .await
+        .unwrap();
+    let response = reopened
+        .router()
+        .oneshot(request("k-1", r#"{"n":1}"#))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["idempotent-replayed"], "true");
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -686,7 +1018,11 @@ async fn keyed_records_use_the_java_partitioner() {
     fx.create_topic("keyed", 12, &[]).await;
     for key in ["alpha", "beta", "gamma", "delta", "21", "foobar"] {
         let (status, body) = fx
-            .post(&format!("/ingest/v1/keyed?key={key}"), "application/json", "{}")
+            .post(
+                &format!("/ingest/v1/keyed?key={key}"),
+                "application/json",
+                "{}",
+            )
             .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
@@ -702,7 +1038,8 @@ async fn keyed_records_use_the_java_partitioner() {
 #[tokio::test]
 async fn log_append_time_topics_report_the_broker_time() {
     let fx = Fixture::new(|_| {}).await;
-    fx.create_topic("lat", 1, &[("message.timestamp.type", "LogAppendTime")]).await;
+    fx.create_topic("lat", 1, &[("message.timestamp.type", "LogAppendTime")])
+        .await;
     let (status, body) = fx
         .post(
             &format!("/v3/clusters/{CLUSTER}/topics/lat/records"),

@@ -198,7 +198,10 @@ async fn records_from_every_endpoint_are_read_back_by_kafka() -> Result<()> {
     let reports: Vec<Value> = serde_json::Deserializer::from_slice(&stream.body)
         .into_iter::<Value>()
         .collect::<Result<_, _>>()?;
-    let offsets: Vec<i64> = reports.iter().filter_map(|r| r["offset"].as_i64()).collect();
+    let offsets: Vec<i64> = reports
+        .iter()
+        .filter_map(|r| r["offset"].as_i64())
+        .collect();
     assert_eq!(offsets, vec![0, 1, 2], "{}", stream.text());
 
     // v3 batch.
@@ -367,6 +370,10 @@ async fn idempotent_retry_after_sigkill_and_restart_is_deduplicated() -> Result<
     Ok(())
 }
 
+/// (what, path, content type, body, expected status, expected REST Proxy `error_code`; `None` =
+/// a problem+json answer).
+type BadCase = (&'static str, String, &'static str, Bytes, u16, Option<i64>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_documented_statuses_and_writes_nothing() -> Result<()> {
     let sluice = SluiceProcess::start(
@@ -381,10 +388,31 @@ async fn bad_input_gets_documented_statuses_and_writes_nothing() -> Result<()> {
     let v3 = format!("/v3/clusters/{cluster}/topics/strict/records");
     let native = "/ingest/v1/strict".to_string();
     let json_ct = "application/json";
-    let cases: Vec<(&str, String, &str, Bytes, u16, Option<i64>)> = vec![
-        ("malformed JSON", native.clone(), json_ct, Bytes::from("{oops"), 400, None),
-        ("wrong content type", native.clone(), "text/csv", Bytes::from("a,b"), 415, None),
-        ("empty body", native.clone(), json_ct, Bytes::new(), 400, None),
+    let cases: Vec<BadCase> = vec![
+        (
+            "malformed JSON",
+            native.clone(),
+            json_ct,
+            Bytes::from("{oops"),
+            400,
+            None,
+        ),
+        (
+            "wrong content type",
+            native.clone(),
+            "text/csv",
+            Bytes::from("a,b"),
+            415,
+            None,
+        ),
+        (
+            "empty body",
+            native.clone(),
+            json_ct,
+            Bytes::new(),
+            400,
+            None,
+        ),
         (
             "over the limit",
             native.clone(),
@@ -393,7 +421,14 @@ async fn bad_input_gets_documented_statuses_and_writes_nothing() -> Result<()> {
             413,
             None,
         ),
-        ("unknown topic (native)", "/ingest/v1/nope".into(), json_ct, Bytes::from("{}"), 404, None),
+        (
+            "unknown topic (native)",
+            "/ingest/v1/nope".into(),
+            json_ct,
+            Bytes::from("{}"),
+            404,
+            None,
+        ),
         (
             "unknown topic (v3)",
             format!("/v3/clusters/{cluster}/topics/nope/records"),
@@ -434,7 +469,14 @@ async fn bad_input_gets_documented_statuses_and_writes_nothing() -> Result<()> {
             400,
             Some(400),
         ),
-        ("empty (v3)", v3.clone(), json_ct, Bytes::new(), 400, Some(400)),
+        (
+            "empty (v3)",
+            v3.clone(),
+            json_ct,
+            Bytes::new(),
+            400,
+            Some(400),
+        ),
     ];
     for (what, path, content_type, body, status, code) in cases {
         let response = post(&addr, &path, content_type, body).await?;
@@ -467,8 +509,7 @@ async fn bad_input_gets_documented_statuses_and_writes_nothing() -> Result<()> {
         Some(10_000)
     );
     let (_, high) =
-        tokio::task::spawn_blocking(move || clients::watermarks(&bootstrap, "strict", 0))
-            .await??;
+        tokio::task::spawn_blocking(move || clients::watermarks(&bootstrap, "strict", 0)).await??;
     if high != 10_000 {
         bail!("high watermark {high} after a 10,000-record batch");
     }
