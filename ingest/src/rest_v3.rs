@@ -492,10 +492,7 @@ struct BatchEntry {
 pub(crate) type BatchItem = (String, Result<ParsedRecord, ApiError>);
 
 /// Parses a `records:batch` body into `(id, record)` pairs. Pure: property-tested.
-pub(crate) fn parse_batch(
-    body: &[u8],
-    max_events: usize,
-) -> Result<Vec<BatchItem>, ApiError> {
+pub(crate) fn parse_batch(body: &[u8], max_events: usize) -> Result<Vec<BatchItem>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
             "empty body: expected {\"entries\": [...]}",
