@@ -171,7 +171,18 @@ async fn dispatch(broker: &Broker, payload: Bytes) -> Result<Option<Bytes>, Disp
             version,
             header,
             body,
-        } => handlers::handle(broker, api, version, header.correlation_id, body).await,
+        } => {
+            let started = std::time::Instant::now();
+            let response =
+                handlers::handle(broker, api, version, header.correlation_id, body).await;
+            // Recorded through the `metrics` facade: whoever installed a recorder (the HTTP
+            // ingest's Prometheus page) shows them; without one this is a no-op.
+            let api_name = format!("{api:?}");
+            metrics::counter!("broker_requests_total", "api" => api_name.clone()).increment(1);
+            metrics::histogram!("broker_request_duration_seconds", "api" => api_name)
+                .record(started.elapsed().as_secs_f64());
+            response
+        }
     }
 }
 

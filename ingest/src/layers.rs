@@ -333,7 +333,29 @@ pub(crate) async fn idempotency(
             .render(state.style, id.as_deref());
         }
     };
-    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    // The request and the recording of its answer run in their own task: a client that hangs up
+    // mid-request must not leave records written but the key forgotten.
+    let shared = state.shared.clone();
+    let task = tokio::spawn(async move {
+        let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+        finish_idempotent(shared, ticket, key, response).await
+    });
+    match task.await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(%error, "idempotent request task failed");
+            ApiError::new(ErrorKind::Internal, "request failed").render(state.style, id.as_deref())
+        }
+    }
+}
+
+/// Keeps a successful answer under its key (durably) and hands it back.
+async fn finish_idempotent(
+    shared: Arc<Shared>,
+    ticket: crate::idempotency::Ticket,
+    key: String,
+    response: Response,
+) -> Response {
     let status = response.status();
     // Only answers that reflect a write are kept: a retry after a 4xx/5xx runs again.
     if !status.is_success() && status.as_u16() != 207 {
@@ -354,7 +376,7 @@ pub(crate) async fn idempotency(
             .to_string(),
         body: body.clone(),
     };
-    if let Err(error) = state.shared.idempotency.finish(ticket, stored).await {
+    if let Err(error) = shared.idempotency.finish(ticket, stored).await {
         // The records are durable; only a retry's de-duplication is at risk. Say so in the log.
         tracing::error!(%error, key, "cannot persist idempotency key");
     }

@@ -1,5 +1,6 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (serving: metadata has a
-//! cluster id and the service is not shutting down), `/metrics` (Prometheus text format) and
+//! cluster id and the service is not shutting down), `/metrics` (Prometheus text format: the
+//! ingest metrics, the broker's per-API request counters/latencies and the WAL's counters) and
 //! `/openapi.json`.
 
 use std::sync::atomic::Ordering;
@@ -35,6 +36,12 @@ pub(crate) async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    // The WAL keeps its own counters; publish their current values with every scrape.
+    let wal = shared.producer.store.wal_stats();
+    metrics::counter!("wal_groups_committed_total").absolute(wal.groups_committed);
+    metrics::counter!("wal_records_committed_total").absolute(wal.records_committed);
+    metrics::counter!("wal_bytes_committed_total").absolute(wal.bytes_committed);
+    metrics::counter!("wal_syncs_total").absolute(wal.syncs);
     shared.prometheus.run_upkeep();
     (
         StatusCode::OK,

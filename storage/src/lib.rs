@@ -469,6 +469,11 @@ impl LogStore {
         Ok(self.inner.partition(tp)?.hw_watch())
     }
 
+    /// Counters of the WAL since open (metrics pages, benchmarks).
+    pub fn wal_stats(&self) -> wal::WalStats {
+        self.inner.wal.stats()
+    }
+
     /// Sets the retention of a topic (called when its configs are created or changed).
     pub fn set_retention(&self, topic_id: uuid::Uuid, retention: Retention) {
         lock(&self.inner.retention).insert(topic_id, retention);

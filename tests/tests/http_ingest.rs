@@ -529,12 +529,18 @@ async fn ops_endpoints_over_http() -> Result<()> {
     let doc = get("/openapi.json").await?.json();
     assert!(doc["paths"]["/ingest/v1/{topic}"]["post"].is_object());
     post(&addr, "/ingest/v1/m", "application/json", "{}").await?;
+    // A Kafka request too: the broker's metrics are on the same page.
+    clients::create_topic(&sluice.bootstrap(), "via-kafka", 1, &[]).await?;
     let metrics = get("/metrics").await?.text();
     for name in [
         "ingest_http_requests_total",
         "ingest_records_total",
         "ingest_ack_latency_seconds_bucket",
         "ingest_inflight_bytes",
+        "broker_requests_total{api=\"CreateTopics\"}",
+        "broker_request_duration_seconds_bucket",
+        "wal_syncs_total",
+        "wal_records_committed_total",
     ] {
         assert!(
             metrics.contains(name),
