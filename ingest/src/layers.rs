@@ -42,14 +42,24 @@ pub(crate) struct RequestContext {
 }
 
 /// A request id from the client is kept if it is short printable ASCII (it ends up in logs and
-/// record headers), else a fresh UUID is used.
+/// record headers), else a new one is made.
 fn request_id_from(headers: &HeaderMap) -> Arc<str> {
     headers
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(Arc::from)
-        .unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()))
+        .unwrap_or_else(new_request_id)
+}
+
+/// A process-unique request id: a random per-process prefix (so ids of different runs and
+/// brokers do not collide) and a counter — no random-number syscall per request.
+fn new_request_id() -> Arc<str> {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_string());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    Arc::from(format!("{prefix}-{n:x}"))
 }
 
 pub(crate) async fn request_context(mut request: Request, next: Next) -> Response {

@@ -20,6 +20,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often queued histogram samples are folded into buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// The process-wide Prometheus recorder, installed as the global `metrics` recorder on first use.
 /// If another global recorder was installed first, the handle still renders (ingest's own metrics
 /// then go to that recorder instead).
@@ -34,6 +37,18 @@ pub fn prometheus_handle() -> PrometheusHandle {
             };
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            // Histogram samples queue up inside the recorder until upkeep folds them into their
+            // buckets; without a regular upkeep an unscraped process would grow without bound.
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "cannot start the metrics upkeep thread; histograms fold only on scrape");
+            }
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a global metrics recorder was already installed; /metrics shows only what this recorder sees");
             }

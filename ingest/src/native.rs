@@ -24,6 +24,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, ErrorKind, ErrorStyle};
+use kafka_protocol::protocol::StrBytes;
+
 use crate::layers::RequestContext;
 use crate::produce::{Event, Outcome};
 use crate::Shared;
@@ -264,13 +266,13 @@ fn structured_cloudevent(value: Value) -> Result<Event, ApiError> {
             )));
         }
         headers.push((
-            format!("ce_{name}"),
+            StrBytes::from(format!("ce_{name}")),
             Some(Bytes::from(attribute_text(&value))),
         ));
     }
     if let Some(content_type) = content_type {
         headers.push((
-            "content-type".to_string(),
+            StrBytes::from_static_str("content-type"),
             Some(Bytes::from(attribute_text(&content_type))),
         ));
     }
@@ -358,13 +360,13 @@ fn binary_cloudevent_event(headers: &HeaderMap, body: &Bytes) -> Result<Event, A
         .iter()
         .find(|(name, _)| name == "partitionkey")
         .map(|(_, v)| v.clone());
-    let mut record_headers: Vec<(String, Option<Bytes>)> = attributes
+    let mut record_headers: Vec<(StrBytes, Option<Bytes>)> = attributes
         .into_iter()
-        .map(|(name, value)| (format!("ce_{name}"), Some(value)))
+        .map(|(name, value)| (StrBytes::from(format!("ce_{name}")), Some(value)))
         .collect();
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         record_headers.push((
-            "content-type".to_string(),
+            StrBytes::from_static_str("content-type"),
             Some(Bytes::copy_from_slice(content_type.as_bytes())),
         ));
     }
@@ -378,7 +380,7 @@ fn binary_cloudevent_event(headers: &HeaderMap, body: &Bytes) -> Result<Event, A
 
 /// Audit headers stamped on every record; the server's values win over nothing else (event
 /// headers only carry `ce_*` and `content-type`).
-fn audit_headers(context: &RequestContext, headers: &HeaderMap) -> Vec<(String, Option<Bytes>)> {
+fn audit_headers(context: &RequestContext, headers: &HeaderMap) -> Vec<(StrBytes, Option<Bytes>)> {
     let client = context
         .client
         .map(|a| a.to_string())
@@ -389,16 +391,16 @@ fn audit_headers(context: &RequestContext, headers: &HeaderMap) -> Vec<(String, 
         .filter(|v| !v.is_empty());
     let mut audit = vec![
         (
-            "x-request-id".to_string(),
+            StrBytes::from_static_str("x-request-id"),
             Some(Bytes::copy_from_slice(context.request_id.as_bytes())),
         ),
         (
-            "x-source".to_string(),
+            StrBytes::from_static_str("x-source"),
             Some(Bytes::from(declared.unwrap_or(&client).to_string())),
         ),
-        ("x-client-addr".to_string(), Some(Bytes::from(client))),
+        (StrBytes::from_static_str("x-client-addr"), Some(Bytes::from(client))),
         (
-            "x-received-at".to_string(),
+            StrBytes::from_static_str("x-received-at"),
             Some(Bytes::from(crate::time::format_rfc3339_ms(
                 context.received_ms,
             ))),
@@ -407,7 +409,7 @@ fn audit_headers(context: &RequestContext, headers: &HeaderMap) -> Vec<(String, 
     for name in ["traceparent", "tracestate"] {
         if let Some(value) = headers.get(name) {
             audit.push((
-                name.to_string(),
+                StrBytes::from_static_str(name),
                 Some(Bytes::copy_from_slice(value.as_bytes())),
             ));
         }
@@ -463,41 +465,44 @@ fn respond(topic: &str, request_id: &str, outcomes: Vec<Outcome>) -> Response {
             }
         }
     }
-    let results: Vec<Value> = outcomes
-        .iter()
-        .map(|outcome| match outcome {
-            Ok(d) => json!({
-                "status": 200,
-                "partition": d.partition,
-                "offset": d.offset,
-                "timestamp": d.timestamp,
-            }),
-            Err(error) => json!({
-                "status": error.status().as_u16(),
-                "error": error.problem_json(None),
-            }),
-        })
-        .collect();
     let status = if failed == 0 {
         StatusCode::OK
     } else {
         StatusCode::MULTI_STATUS
     };
-    let body = json!({
-        "durability": "committed",
-        "request_id": request_id,
-        "topic": topic,
-        "accepted": outcomes.len() - failed,
-        "rejected": failed,
-        "results": results,
-    });
+    // Written directly (no JSON tree): this answer is built once per request on the hot path.
+    use std::fmt::Write as _;
+    let mut body = String::with_capacity(160 + 64 * outcomes.len());
+    let _ = write!(
+        body,
+        "{{\"durability\":\"committed\",\"request_id\":{},\"topic\":{},\"accepted\":{},\"rejected\":{},\"results\":[",
+        Value::from(request_id),
+        Value::from(topic),
+        outcomes.len() - failed,
+        failed
+    );
+    for (index, outcome) in outcomes.iter().enumerate() {
+        if index > 0 {
+            body.push(',');
+        }
+        let _ = match outcome {
+            Ok(d) => write!(
+                body,
+                "{{\"status\":200,\"partition\":{},\"offset\":{},\"timestamp\":{}}}",
+                d.partition, d.offset, d.timestamp
+            ),
+            Err(error) => write!(
+                body,
+                "{}",
+                json!({"status": error.status().as_u16(), "error": error.problem_json(None)})
+            ),
+        };
+    }
+    body.push_str("]}");
     (
         status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body.to_string(),
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
     )
         .into_response()
 }

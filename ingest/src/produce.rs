@@ -35,7 +35,7 @@ pub(crate) struct Event {
     pub(crate) key: Option<Bytes>,
     pub(crate) value: Option<Bytes>,
     /// Kafka headers in order (names unique: the batch encoder keys them by name).
-    pub(crate) headers: Vec<(String, Option<Bytes>)>,
+    pub(crate) headers: Vec<(StrBytes, Option<Bytes>)>,
     /// CreateTime in ms; `None` = receive time.
     pub(crate) timestamp: Option<i64>,
     /// Explicit partition; `None` = by key (murmur2), else sticky per request.
@@ -336,7 +336,7 @@ pub(crate) fn encode_batch(
         .map(|(delta, (_, event))| {
             let mut headers = IndexMap::with_capacity(event.headers.len());
             for (name, value) in &event.headers {
-                headers.insert(StrBytes::from_string(name.clone()), value.clone());
+                headers.insert(name.clone(), value.clone());
             }
             let offset = delta as i64;
             Record {

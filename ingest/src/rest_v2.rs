@@ -19,6 +19,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use kafka_protocol::protocol::StrBytes;
+
 use crate::error::{ApiError, ErrorKind, ErrorStyle};
 use crate::native::media_type;
 use crate::produce::{Event, Outcome};
@@ -105,10 +107,10 @@ fn embedded(
 
 pub(crate) fn decode_headers(
     list: impl IntoIterator<Item = (String, Option<String>)>,
-) -> Result<Vec<(String, Option<Bytes>)>, ApiError> {
-    let mut headers: Vec<(String, Option<Bytes>)> = Vec::new();
+) -> Result<Vec<(StrBytes, Option<Bytes>)>, ApiError> {
+    let mut headers: Vec<(StrBytes, Option<Bytes>)> = Vec::new();
     for (name, value) in list {
-        if headers.iter().any(|(n, _)| *n == name) {
+        if headers.iter().any(|(n, _)| **n == *name) {
             // The batch encoder keys headers by name; refusing beats silently dropping one.
             return Err(ApiError::invalid(format!(
                 "header '{name}' appears twice in one record"
@@ -124,7 +126,7 @@ pub(crate) fn decode_headers(
                     })?,
             )),
         };
-        headers.push((name, value));
+        headers.push((StrBytes::from(name), value));
     }
     Ok(headers)
 }
@@ -315,7 +317,7 @@ mod tests {
         assert_eq!(events[0].partition, Some(0));
         assert_eq!(
             events[0].headers,
-            vec![("h".to_string(), Some(Bytes::from_static(b"value")))]
+            vec![("h".into(), Some(Bytes::from_static(b"value")))]
         );
         assert_eq!(events[1].value, None);
 
