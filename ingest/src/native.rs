@@ -398,7 +398,10 @@ fn audit_headers(context: &RequestContext, headers: &HeaderMap) -> Vec<(StrBytes
             StrBytes::from_static_str("x-source"),
             Some(Bytes::from(declared.unwrap_or(&client).to_string())),
         ),
-        (StrBytes::from_static_str("x-client-addr"), Some(Bytes::from(client))),
+        (
+            StrBytes::from_static_str("x-client-addr"),
+            Some(Bytes::from(client)),
+        ),
         (
             StrBytes::from_static_str("x-received-at"),
             Some(Bytes::from(crate::time::format_rfc3339_ms(
@@ -501,7 +504,10 @@ fn respond(topic: &str, request_id: &str, outcomes: Vec<Outcome>) -> Response {
     body.push_str("]}");
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()
