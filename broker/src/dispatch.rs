@@ -129,22 +129,21 @@ pub fn decode_request(mut payload: Bytes) -> Result<Decoded, DispatchError> {
                 reason: format!("header: {e}"),
             }
         })?;
-    let body = RequestKind::decode(api, &mut payload, version)
-        .map_err(|e| DispatchError::Decode {
-            api,
+    let body = RequestKind::decode(api, &mut payload, version).map_err(|e| DispatchError::Decode {
+        api,
+        version,
+        reason: e.to_string(),
+    });
+    if payload.has_remaining() {
+        // Kafka ignores bytes after the body, and librdkafka relies on it (its "all topics" Metadata
+        // v12 request carries a 3-byte leftover of a placeholder), so do we.
+        tracing::debug!(
+            ?api,
             version,
-            reason: e.to_string(),
-        })
-        .and_then(|body| {
-            if payload.has_remaining() {
-                return Err(DispatchError::Decode {
-                    api,
-                    version,
-                    reason: format!("{} trailing bytes", payload.remaining()),
-                });
-            }
-            Ok(body)
-        });
+            trailing = payload.remaining(),
+            "ignoring trailing request bytes"
+        );
+    }
     let body = match body {
         Ok(body) => Some(Box::new(body)),
         // The ApiVersions body (client name/version) is informational; a body that doesn't decode

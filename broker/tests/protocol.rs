@@ -514,6 +514,25 @@ async fn malformed_and_hostile_bodies_close_the_connection_without_harm() {
         Outcome::Close(_)
     ));
 
+    // Trailing bytes after a valid body are ignored, as Kafka does (librdkafka's all-topics Metadata
+    // v12 request leaves 3 such bytes).
+    let mut frame = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::Metadata as i16)
+        .with_request_api_version(12)
+        .with_correlation_id(9)
+        .encode(&mut frame, 2)
+        .unwrap();
+    MetadataRequest::default()
+        .with_topics(None)
+        .encode(&mut frame, 12)
+        .unwrap();
+    frame.put_slice(&[0, 0, 0]);
+    assert!(matches!(
+        handle_frame(&h.broker, frame.freeze()).await,
+        Outcome::Respond(_)
+    ));
+
     // The broker still serves.
     let ResponseKind::ApiVersions(r) = h
         .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
