@@ -79,7 +79,18 @@ fn send_until_stopped(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_produce_loses_no_acked_record() -> Result<()> {
-    let mut broker = SluiceProcess::start(SluiceOptions::default())?;
+    sigkill_during_produce(SluiceOptions::default()).await
+}
+
+/// The same with tiny segment thresholds and tail cache: after the restart the records come back
+/// through segment objects and the index, not only through the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_produce_loses_no_acked_record_with_tiny_segments() -> Result<()> {
+    sigkill_during_produce(SluiceOptions::default().tiny_segments()).await
+}
+
+async fn sigkill_during_produce(options: SluiceOptions) -> Result<()> {
+    let mut broker = SluiceProcess::start(options)?;
     let topic = "crash".to_string();
     clients::create_topic(&broker.bootstrap(), &topic, PARTITIONS, &[]).await?;
 
