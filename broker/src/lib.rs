@@ -39,7 +39,7 @@ pub struct BrokerConfig {
     pub max_request_bytes: usize,
     /// Budget of request bytes being read or handled at once, across all connections (backpressure).
     pub inflight_request_bytes: usize,
-    /// Requests one connection may have in flight before the broker stops reading from it.
+    /// Responses of one connection waiting for a slow client to read them before handling pauses.
     pub max_pipelined_requests: usize,
 }
 
