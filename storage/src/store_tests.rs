@@ -779,7 +779,11 @@ async fn catch_up_reads_racing_the_segment_writer_never_skip() {
             for i in 0..BATCHES {
                 let part = tp(topic, (i % 3) as i32);
                 h.store
-                    .append(part, simple_batch(3, 300, 1_000 + i as i64), TimestampType::CreateTime)
+                    .append(
+                        part,
+                        simple_batch(3, 300, 1_000 + i as i64),
+                        TimestampType::CreateTime,
+                    )
                     .await
                     .expect("append");
             }
@@ -794,7 +798,10 @@ async fn catch_up_reads_racing_the_segment_writer_never_skip() {
             let mut next = 0i64;
             let deadline = tokio::time::Instant::now() + WAIT;
             while next < total {
-                assert!(tokio::time::Instant::now() < deadline, "reader stuck at {next}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "reader stuck at {next}"
+                );
                 let result = h.store.read(part, next, 4096).await.expect("read");
                 if result.batches.is_empty() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -818,4 +825,62 @@ async fn catch_up_reads_racing_the_segment_writer_never_skip() {
     for reader in readers {
         reader.await.expect("reader");
     }
+}
+
+/// A read whose byte budget runs out inside a segment must stop there, not continue with the first
+/// WAL-only batch further on (which would silently skip everything in between).
+#[tokio::test]
+async fn a_spent_budget_inside_a_segment_stops_the_read_instead_of_skipping_ahead() {
+    let h = Harness::start(|o| {
+        o.tail_cache_bytes = 1024;
+        o.segment_bytes = 1 << 20;
+        o.segment_max_age = Duration::from_millis(500);
+    })
+    .await;
+    let topic = h.create_topic("budget", 1).await;
+    let part = tp(topic, 0);
+    // Large batches: moved to a segment object by the age threshold.
+    let big: Vec<BytesMut> = (0..8).map(|i| simple_batch(4, 2000, 1_000 + i)).collect();
+    append_all(&h, part, &big).await;
+    wait_until(WAIT, "big batches in segments", || async {
+        h.segmented_end(part) == 32
+    })
+    .await;
+    // Small batches, read back right away, while they are still WAL-only (the age threshold is
+    // hundreds of milliseconds away; the read takes a few).
+    let small: Vec<BytesMut> = (0..4).map(|i| simple_batch(1, 10, 2_000 + i)).collect();
+    append_all(&h, part, &small).await;
+
+    // Budget for one and a half big batches: the first is taken whole, the second does not fit.
+    let one_big = big[0].len();
+    let result = h
+        .store
+        .read(part, 0, one_big + one_big / 2)
+        .await
+        .expect("read");
+    let offsets: Vec<(i64, i64)> = result
+        .batches
+        .iter()
+        .map(|b| {
+            let header = BatchHeader::parse(b).expect("header");
+            (header.base_offset, header.last_offset())
+        })
+        .collect();
+    assert_eq!(
+        offsets,
+        vec![(0, 3)],
+        "the read must stop at the budget, contiguously"
+    );
+    let wal_only = h
+        .store
+        .inner
+        .loaded_partition(part)
+        .unwrap()
+        .state()
+        .wal_index
+        .len();
+    assert_eq!(
+        wal_only, 4,
+        "the small batches must still be WAL-only for this test to mean anything"
+    );
 }
