@@ -6,6 +6,7 @@
 static ALLOCATOR: alloc_guard::Guard = alloc_guard::Guard;
 
 mod config;
+mod groups_cli;
 mod identity;
 mod serve;
 
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run a node (controller + broker) until SIGINT/SIGTERM.
     Serve(config::ServeArgs),
+    /// Inspect consumer groups: `groups list`, `groups describe GROUP` (with per-partition lag).
+    Groups(groups_cli::GroupsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(serve::run(config))
         }
+        Command::Groups(args) => groups_cli::run(args),
     }
 }

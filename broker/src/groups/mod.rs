@@ -1,0 +1,177 @@
+//! The group coordinator: classic consumer groups (membership in memory, per group a plain state
+//! machine in [`group`]) and committed offsets (in metadata, group-committed by [`offsets`]).
+//!
+//! Single node today: FindCoordinator answers this broker for every group. The design keeps the
+//! coordinator slot movable: membership is soft state that clients rebuild by rejoining (a moved
+//! coordinator answers UNKNOWN_MEMBER_ID and they rejoin), while committed offsets — the only
+//! state that must survive — live in replicated metadata, readable by any broker.
+//!
+//! Runtime: one mutex over the group map (operations are short and never `.await` under it), one
+//! ticker task firing session/rebalance deadlines, one commit batcher task, one expiry pass for
+//! the offsets of empty groups (`offsets.retention.minutes`).
+
+pub mod group;
+pub(crate) mod offsets;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use metadata::{Command, MetadataClient};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::group::{Group, GroupConfig};
+use self::offsets::OffsetCommitter;
+
+/// How often deadlines are checked: bounds how late a session expiry or rebalance timeout fires.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How often the offsets of empty groups are checked for expiry.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Coordinator settings (from the `serve` flags).
+#[derive(Debug, Clone, Copy)]
+pub struct CoordinatorConfig {
+    pub group: GroupConfig,
+    /// `offsets.retention.minutes`: offsets of a group without members expire this long after
+    /// its newest commit (and after it became empty).
+    pub offsets_retention: Duration,
+    /// `offset.metadata.max.bytes`.
+    pub offset_metadata_max_bytes: usize,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            group: GroupConfig::default(),
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+            offset_metadata_max_bytes: 4096,
+        }
+    }
+}
+
+pub(crate) struct Coordinator {
+    pub(crate) config: CoordinatorConfig,
+    groups: Mutex<HashMap<String, Group>>,
+    pub(crate) committer: OffsetCommitter,
+    cancel: CancellationToken,
+}
+
+impl Coordinator {
+    /// Creates the coordinator and, when called inside a Tokio runtime, starts its tasks (they
+    /// stop when the coordinator is dropped).
+    pub(crate) fn start(config: CoordinatorConfig, meta: MetadataClient) -> Arc<Coordinator> {
+        let cancel = CancellationToken::new();
+        let coordinator = Arc::new(Coordinator {
+            config,
+            groups: Mutex::new(HashMap::new()),
+            committer: OffsetCommitter::start(meta.clone(), cancel.clone()),
+            cancel: cancel.clone(),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(ticker(Arc::downgrade(&coordinator), cancel.clone()));
+            tokio::spawn(expire_offsets(Arc::downgrade(&coordinator), meta, cancel));
+        }
+        coordinator
+    }
+
+    /// The group map. Held only for short, synchronous state-machine calls.
+    pub(crate) fn groups(&self) -> MutexGuard<'_, HashMap<String, Group>> {
+        // The state machines stay consistent across a panic in a caller; keep serving.
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the group, creating it (Empty) when absent.
+    pub(crate) fn with_group<T>(&self, group_id: &str, f: impl FnOnce(&mut Group) -> T) -> T {
+        let mut groups = self.groups();
+        let group = groups
+            .entry(group_id.to_owned())
+            .or_insert_with(|| Group::new(group_id, self.config.group, Instant::now()));
+        f(group)
+    }
+
+    /// Runs `f` on the group if it exists in memory.
+    pub(crate) fn with_existing<T>(
+        &self,
+        group_id: &str,
+        f: impl FnOnce(&mut Group) -> T,
+    ) -> Option<T> {
+        self.groups().get_mut(group_id).map(f)
+    }
+
+    fn tick(&self, now: Instant) {
+        let mut groups = self.groups();
+        for group in groups.values_mut() {
+            group.tick(now);
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn ticker(coordinator: Weak<Coordinator>, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let Some(coordinator) = coordinator.upgrade() else {
+            return;
+        };
+        coordinator.tick(Instant::now());
+    }
+}
+
+/// Deletes the committed offsets of groups that have no members and whose newest commit is older
+/// than the retention (KIP-211: offsets of an active group never expire).
+async fn expire_offsets(
+    coordinator: Weak<Coordinator>,
+    meta: MetadataClient,
+    cancel: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(EXPIRY_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let Some(coordinator) = coordinator.upgrade() else {
+            return;
+        };
+        let expired = expired_groups(&coordinator, &meta, crate::handlers::now_ms());
+        drop(coordinator);
+        if expired.is_empty() {
+            continue;
+        }
+        tracing::info!(groups = ?expired, "committed offsets of empty groups expired");
+        if let Err(error) = meta.propose(Command::DeleteGroups { groups: expired }).await {
+            tracing::warn!(%error, "expiring group offsets failed; retrying later");
+        }
+    }
+}
+
+fn expired_groups(coordinator: &Coordinator, meta: &MetadataClient, now_ms: i64) -> Vec<String> {
+    let retention_ms =
+        i64::try_from(coordinator.config.offsets_retention.as_millis()).unwrap_or(i64::MAX);
+    let state = meta.state();
+    let groups = coordinator.groups();
+    state
+        .group_offsets
+        .iter()
+        .filter(|(name, _)| groups.get(*name).is_none_or(Group::is_empty))
+        .filter(|(_, offsets)| {
+            offsets
+                .newest_commit_ms()
+                .is_some_and(|newest| now_ms.saturating_sub(newest) > retention_ms)
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
