@@ -985,6 +985,7 @@ async fn idempotent_retries_get_their_original_offsets_and_gaps_and_fenced_epoch
             ApiKey::InitProducerId,
             4,
             &InitProducerIdRequest::default()
+                .with_transactional_id(None)
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1),
         )
@@ -992,7 +993,9 @@ async fn idempotent_retries_get_their_original_offsets_and_gaps_and_fenced_epoch
     else {
         panic!()
     };
+    assert_eq!(init.error_code, 0);
     let pid = init.producer_id.0;
+    assert!(pid >= 0);
     let first = sequenced_batch(pid, 0, 0, &["a", "b", "c"]);
     let second = sequenced_batch(pid, 0, 3, &["d"]);
     assert_eq!(produce_one(&h, "idem", id, first.clone()).await, (0, 0));

@@ -1110,10 +1110,13 @@ mod tests {
         let mut r1 = join(&mut group, prefer_rr.clone(), now);
         let j1 = r1.try_recv().unwrap();
         assert_eq!(j1.protocol_name.as_deref(), Some("roundrobin"));
-        prefer_rr.group_instance_id = Some("y".into());
-        let _r2 = join(&mut group, prefer_rr, now);
+        let mut y = prefer_rr.clone();
+        y.group_instance_id = Some("y".into());
+        let _r2 = join(&mut group, y, now);
         let mut r3 = join(&mut group, request("", Some("z")), now);
-        let _r1 = join(&mut group, request(&j1.member_id, Some("x")), now);
+        let mut x = prefer_rr;
+        x.member_id = j1.member_id.clone();
+        let _r1 = join(&mut group, x, now);
         let j3 = r3.try_recv().unwrap();
         assert_eq!(j3.protocol_name.as_deref(), Some("roundrobin"), "2 votes to 1");
     }
