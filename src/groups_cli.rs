@@ -26,7 +26,12 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Args)]
 pub(crate) struct GroupsArgs {
     /// Kafka listener of any broker (`host:port`).
-    #[arg(long, env = "SLUICE_BOOTSTRAP", default_value = "127.0.0.1:9092", global = true)]
+    #[arg(
+        long,
+        env = "SLUICE_BOOTSTRAP",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
     bootstrap: String,
     #[command(subcommand)]
     command: GroupsCommand,
@@ -37,9 +42,7 @@ enum GroupsCommand {
     /// Lists every consumer group with its state.
     List,
     /// Shows a group's state, members and per-partition committed offsets and lag.
-    Describe {
-        group: String,
-    },
+    Describe { group: String },
 }
 
 /// One connection speaking request/response Kafka.
@@ -176,10 +179,7 @@ fn assignments(
             for partition in topic.partitions {
                 owners.insert(
                     (topic.topic.0.to_string(), partition),
-                    (
-                        member.member_id.to_string(),
-                        member.client_id.to_string(),
-                    ),
+                    (member.member_id.to_string(), member.client_id.to_string()),
                 );
             }
         }

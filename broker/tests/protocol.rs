@@ -161,9 +161,10 @@ fn join_request(group: &str, member_id: &str, version: i16) -> JoinGroupRequest 
         .with_session_timeout_ms(10_000)
         .with_member_id(text(member_id))
         .with_protocol_type(text("consumer"))
-        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
-            .with_name(text("range"))
-            .with_metadata(Bytes::from_static(b"\0\0\0\0\0\0"))]);
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+        )
+        .with_name(text("range"))
+        .with_metadata(Bytes::from_static(b"\0\0\0\0\0\0"))]);
     if version >= 1 {
         request.rebalance_timeout_ms = 10_000;
     }
@@ -173,7 +174,11 @@ fn join_request(group: &str, member_id: &str, version: i16) -> JoinGroupRequest 
 /// Joins `group` as its only member at JoinGroup `version` (through MEMBER_ID_REQUIRED from v4).
 async fn join_at(h: &Harness, group: &str, version: i16) -> JoinGroupResponse {
     let ResponseKind::JoinGroup(first) = h
-        .call(ApiKey::JoinGroup, version, &join_request(group, "", version))
+        .call(
+            ApiKey::JoinGroup,
+            version,
+            &join_request(group, "", version),
+        )
         .await
     else {
         panic!()
@@ -181,7 +186,10 @@ async fn join_at(h: &Harness, group: &str, version: i16) -> JoinGroupResponse {
     if version < 4 {
         return first;
     }
-    assert_eq!(first.error_code, 79, "JoinGroup v{version}: MEMBER_ID_REQUIRED first");
+    assert_eq!(
+        first.error_code, 79,
+        "JoinGroup v{version}: MEMBER_ID_REQUIRED first"
+    );
     let ResponseKind::JoinGroup(second) = h
         .call(
             ApiKey::JoinGroup,
@@ -206,9 +214,11 @@ async fn stable_group(h: &Harness, group: &str) -> (String, i32) {
         .with_member_id(text(&member))
         .with_protocol_type(Some(text("consumer")))
         .with_protocol_name(Some(text("range")))
-        .with_assignments(vec![sync_group_request::SyncGroupRequestAssignment::default()
-            .with_member_id(text(&member))
-            .with_assignment(Bytes::from_static(b"assigned"))]);
+        .with_assignments(vec![
+            sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(text(&member))
+                .with_assignment(Bytes::from_static(b"assigned")),
+        ]);
     let ResponseKind::SyncGroup(synced) = h.call(ApiKey::SyncGroup, 5, &sync).await else {
         panic!()
     };
@@ -221,14 +231,16 @@ async fn simple_commit(h: &Harness, group: &str, version: i16, offset: i64) -> i
     let request = OffsetCommitRequest::default()
         .with_group_id(GroupId(text(group)))
         .with_generation_id_or_member_epoch(-1)
-        .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
-            .with_name(topic_name("versions"))
-            .with_partitions(vec![
-                offset_commit_request::OffsetCommitRequestPartition::default()
-                    .with_partition_index(0)
-                    .with_committed_offset(offset)
-                    .with_committed_metadata(Some(text("meta"))),
-            ])]);
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(topic_name("versions"))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(offset)
+                        .with_committed_metadata(Some(text("meta"))),
+                ]),
+        ]);
     let ResponseKind::OffsetCommit(r) = h.call(ApiKey::OffsetCommit, version, &request).await
     else {
         panic!()
@@ -257,14 +269,19 @@ async fn fetch_committed(h: &Harness, group: &str, version: i16) -> (i64, String
         assert_eq!(p.error_code, 0);
         return (
             p.committed_offset,
-            p.metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+            p.metadata
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
         );
     }
     let request = OffsetFetchRequest::default()
         .with_group_id(GroupId(text(group)))
-        .with_topics(Some(vec![offset_fetch_request::OffsetFetchRequestTopic::default()
-            .with_name(topic_name("versions"))
-            .with_partition_indexes(vec![0])]));
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(topic_name("versions"))
+                .with_partition_indexes(vec![0]),
+        ]));
     let ResponseKind::OffsetFetch(r) = h.call(ApiKey::OffsetFetch, version, &request).await else {
         panic!()
     };
@@ -273,7 +290,10 @@ async fn fetch_committed(h: &Harness, group: &str, version: i16) -> (i64, String
     assert_eq!(p.error_code, 0);
     (
         p.committed_offset,
-        p.metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+        p.metadata
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
     )
 }
 
@@ -304,7 +324,10 @@ async fn group_api_at_version(h: &Harness, api: ApiKey, v: i16) {
             assert_eq!(joined.generation_id, 1);
             assert_eq!(joined.leader, joined.member_id);
             assert_eq!(joined.members.len(), 1);
-            assert_eq!(joined.protocol_name.as_ref().map(|p| p.as_str()), Some("range"));
+            assert_eq!(
+                joined.protocol_name.as_ref().map(|p| p.as_str()),
+                Some("range")
+            );
         }
         ApiKey::SyncGroup => {
             let group = format!("sync-v{v}");
@@ -314,9 +337,11 @@ async fn group_api_at_version(h: &Harness, api: ApiKey, v: i16) {
                 .with_group_id(GroupId(text(&group)))
                 .with_generation_id(joined.generation_id)
                 .with_member_id(member.clone())
-                .with_assignments(vec![sync_group_request::SyncGroupRequestAssignment::default()
-                    .with_member_id(member)
-                    .with_assignment(Bytes::from_static(b"mine"))]);
+                .with_assignments(vec![
+                    sync_group_request::SyncGroupRequestAssignment::default()
+                        .with_member_id(member)
+                        .with_assignment(Bytes::from_static(b"mine")),
+                ]);
             if v >= 5 {
                 sync.protocol_type = Some(text("consumer"));
                 sync.protocol_name = Some(text("range"));
@@ -407,7 +432,10 @@ async fn group_api_at_version(h: &Harness, api: ApiKey, v: i16) {
             assert_eq!(g.members.len(), 1);
             assert_eq!(g.members[0].member_id.as_str(), member);
             assert_eq!(g.members[0].client_id.as_str(), "protocol-test");
-            assert_eq!(g.members[0].member_assignment, Bytes::from_static(b"assigned"));
+            assert_eq!(
+                g.members[0].member_assignment,
+                Bytes::from_static(b"assigned")
+            );
         }
         ApiKey::DeleteGroups => {
             let group = format!("delete-v{v}");
@@ -426,12 +454,14 @@ async fn group_api_at_version(h: &Harness, api: ApiKey, v: i16) {
             assert_eq!(simple_commit(h, &group, 9, 3).await, 0);
             let request = OffsetDeleteRequest::default()
                 .with_group_id(GroupId(text(&group)))
-                .with_topics(vec![offset_delete_request::OffsetDeleteRequestTopic::default()
-                    .with_name(topic_name("versions"))
-                    .with_partitions(vec![
-                        offset_delete_request::OffsetDeleteRequestPartition::default()
-                            .with_partition_index(0),
-                    ])]);
+                .with_topics(vec![
+                    offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(topic_name("versions"))
+                        .with_partitions(vec![
+                            offset_delete_request::OffsetDeleteRequestPartition::default()
+                                .with_partition_index(0),
+                        ]),
+                ]);
             let ResponseKind::OffsetDelete(r) = h.call(api, v, &request).await else {
                 panic!()
             };
@@ -1050,12 +1080,16 @@ async fn group_requests_with_bad_input_get_the_kafka_errors() {
             .with_generation_id(generation)
             .with_member_id(text(member))
     };
-    let ResponseKind::SyncGroup(r) = h.call(ApiKey::SyncGroup, 5, &sync(&member, generation - 1)).await
+    let ResponseKind::SyncGroup(r) = h
+        .call(ApiKey::SyncGroup, 5, &sync(&member, generation - 1))
+        .await
     else {
         panic!()
     };
     assert_eq!(r.error_code, 22, "ILLEGAL_GENERATION");
-    let ResponseKind::SyncGroup(r) = h.call(ApiKey::SyncGroup, 5, &sync("stranger", generation)).await
+    let ResponseKind::SyncGroup(r) = h
+        .call(ApiKey::SyncGroup, 5, &sync("stranger", generation))
+        .await
     else {
         panic!()
     };
@@ -1078,13 +1112,15 @@ async fn group_requests_with_bad_input_get_the_kafka_errors() {
             .with_group_id(GroupId(text(group)))
             .with_generation_id_or_member_epoch(generation)
             .with_member_id(text(member))
-            .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
-                .with_name(topic_name("versions"))
-                .with_partitions(vec![
-                    offset_commit_request::OffsetCommitRequestPartition::default()
-                        .with_partition_index(0)
-                        .with_committed_offset(1),
-                ])])
+            .with_topics(vec![
+                offset_commit_request::OffsetCommitRequestTopic::default()
+                    .with_name(topic_name("versions"))
+                    .with_partitions(vec![
+                        offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(1),
+                    ]),
+            ])
     };
     let error = |r: ResponseKind| {
         let ResponseKind::OffsetCommit(r) = r else {
@@ -1092,13 +1128,33 @@ async fn group_requests_with_bad_input_get_the_kafka_errors() {
         };
         r.topics[0].partitions[0].error_code
     };
-    let r = h.call(ApiKey::OffsetCommit, 9, &commit("no-such-group", "m", 3)).await;
-    assert_eq!(error(r), 22, "commit to a group that never formed: ILLEGAL_GENERATION");
-    let r = h.call(ApiKey::OffsetCommit, 9, &commit(group, &member, generation + 1)).await;
+    let r = h
+        .call(ApiKey::OffsetCommit, 9, &commit("no-such-group", "m", 3))
+        .await;
+    assert_eq!(
+        error(r),
+        22,
+        "commit to a group that never formed: ILLEGAL_GENERATION"
+    );
+    let r = h
+        .call(
+            ApiKey::OffsetCommit,
+            9,
+            &commit(group, &member, generation + 1),
+        )
+        .await;
     assert_eq!(error(r), 22, "wrong generation: ILLEGAL_GENERATION");
-    let r = h.call(ApiKey::OffsetCommit, 9, &commit(group, "stranger", generation)).await;
+    let r = h
+        .call(
+            ApiKey::OffsetCommit,
+            9,
+            &commit(group, "stranger", generation),
+        )
+        .await;
     assert_eq!(error(r), 25, "unknown member: UNKNOWN_MEMBER_ID");
-    let r = h.call(ApiKey::OffsetCommit, 9, &commit(group, &member, generation)).await;
+    let r = h
+        .call(ApiKey::OffsetCommit, 9, &commit(group, &member, generation))
+        .await;
     assert_eq!(error(r), 0);
     let r = h.call(ApiKey::OffsetCommit, 9, &commit("", "m", -1)).await;
     assert_eq!(error(r), 24, "INVALID_GROUP_ID");
@@ -1136,7 +1192,11 @@ async fn group_requests_with_bad_input_get_the_kafka_errors() {
         if r.error_code == 27 {
             break;
         }
-        assert!(Instant::now() < deadline, "no REBALANCE_IN_PROGRESS: {}", r.error_code);
+        assert!(
+            Instant::now() < deadline,
+            "no REBALANCE_IN_PROGRESS: {}",
+            r.error_code
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The first member rejoins; both get generation + 1.

@@ -17,7 +17,9 @@ pub(crate) fn commit_offsets(state: &mut MetadataState, commits: &[OffsetCommitE
     for entry in commits {
         // Skipped rather than rejected: one entry of a group-committed batch must not fail the
         // others, and a topic deleted after the coordinator validated the commit is not an error.
-        if entry.group.is_empty() || entry.committed.offset < 0 || state.partition(entry.tp).is_none()
+        if entry.group.is_empty()
+            || entry.committed.offset < 0
+            || state.partition(entry.tp).is_none()
         {
             continue;
         }
@@ -175,15 +177,18 @@ mod tests {
             entry("g", id, 0, 5),
             entry("g", id, 1, 7),
             entry("h", id, 0, 1),
-            entry("g", id, 9, 1),               // unknown partition
-            entry("", id, 0, 1),                // empty group
+            entry("g", id, 9, 1),                  // unknown partition
+            entry("", id, 0, 1),                   // empty group
             entry("g", Uuid::from_u128(99), 0, 1), // unknown topic
-            entry("g", id, 0, -3),              // negative offset
+            entry("g", id, 0, -3),                 // negative offset
         ];
         let response = apply_command(&mut state, &Command::CommitOffsets { commits });
         assert_eq!(response, CommandResponse::Count(3));
         assert_eq!(state.committed_offset("g", tp(id, 0)).unwrap().offset, 5);
-        assert_eq!(state.committed_offset("g", tp(id, 0)).unwrap().metadata, "m5");
+        assert_eq!(
+            state.committed_offset("g", tp(id, 0)).unwrap().metadata,
+            "m5"
+        );
         assert_eq!(state.committed_offset("h", tp(id, 0)).unwrap().offset, 1);
         assert!(state.committed_offset("g", tp(id, 9)).is_none());
         // A later commit overwrites, and an unrelated group's Arc is shared, not copied.
@@ -195,7 +200,10 @@ mod tests {
             },
         );
         assert_eq!(state.committed_offset("g", tp(id, 0)).unwrap().offset, 11);
-        assert!(Arc::ptr_eq(&before.group_offsets["h"], &state.group_offsets["h"]));
+        assert!(Arc::ptr_eq(
+            &before.group_offsets["h"],
+            &state.group_offsets["h"]
+        ));
         assert_eq!(state.group_offsets["g"].newest_commit_ms(), Some(1011));
         assert_eq!(state.group_offsets["g"].len(), 2);
     }
@@ -203,7 +211,11 @@ mod tests {
     #[test]
     fn delete_offsets_groups_and_topic() {
         let (mut state, id) = with_topic(2);
-        let commits = vec![entry("g", id, 0, 5), entry("g", id, 1, 7), entry("h", id, 0, 1)];
+        let commits = vec![
+            entry("g", id, 0, 5),
+            entry("g", id, 1, 7),
+            entry("h", id, 0, 1),
+        ];
         apply_command(&mut state, &Command::CommitOffsets { commits });
         let response = apply_command(
             &mut state,
@@ -224,7 +236,13 @@ mod tests {
         assert_eq!(response, CommandResponse::Count(1));
         assert!(!state.group_offsets.contains_key("g"));
         // Deleting the topic removes the remaining group's offsets, and the then-empty group.
-        apply_command(&mut state, &Command::DeleteTopic { topic_id: id, now_ms: 5 });
+        apply_command(
+            &mut state,
+            &Command::DeleteTopic {
+                topic_id: id,
+                now_ms: 5,
+            },
+        );
         assert!(state.group_offsets.is_empty());
     }
 
@@ -266,7 +284,13 @@ mod tests {
             CommandResponse::Rejected(Rejection::Invalid(_))
         ));
         assert_eq!(state.producer_state(tp(id, 0)).unwrap().as_of_offset, 10);
-        apply_command(&mut state, &Command::DeleteTopic { topic_id: id, now_ms: 5 });
+        apply_command(
+            &mut state,
+            &Command::DeleteTopic {
+                topic_id: id,
+                now_ms: 5,
+            },
+        );
         assert!(state.producer_states.is_empty());
     }
 

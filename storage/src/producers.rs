@@ -262,7 +262,10 @@ mod tests {
             Err(SequenceError::OutOfOrder { .. })
         ));
         // Unsequenced batches and unknown producers are not checked.
-        assert_eq!(table.check(&header(-1, -1, -1, 3)), Ok(SequenceCheck::Append));
+        assert_eq!(
+            table.check(&header(-1, -1, -1, 3)),
+            Ok(SequenceCheck::Append)
+        );
         assert_eq!(table.check(&header(8, 0, 42, 3)), Ok(SequenceCheck::Append));
     }
 
@@ -335,7 +338,10 @@ mod tests {
         assert_eq!(restored, table);
         assert!(matches!(
             restored.check(&header(2, 1, 12, 2)),
-            Ok(SequenceCheck::Duplicate(ProducerBatchRecord { base_offset: 60, .. }))
+            Ok(SequenceCheck::Duplicate(ProducerBatchRecord {
+                base_offset: 60,
+                ..
+            }))
         ));
     }
 }

@@ -71,7 +71,11 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
         {
             producers
                 .entry(tp)
-                .or_insert_with(|| snapshot.map(ProducerTable::from_snapshot).unwrap_or_default())
+                .or_insert_with(|| {
+                    snapshot
+                        .map(ProducerTable::from_snapshot)
+                        .unwrap_or_default()
+                })
                 .record(&header, header.base_offset);
         }
         let segmented_end = pm.segmented_end();
@@ -131,8 +135,8 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
     // Partitions whose WAL batches are all in segments already: their sequences still count.
     for (tp, table) in producers {
         if let Some(pm) = state.partition(tp) {
-            let st = PartitionState::new(pm.log_start_offset, pm.segmented_end())
-                .with_producers(table);
+            let st =
+                PartitionState::new(pm.log_start_offset, pm.segmented_end()).with_producers(table);
             loaded.insert(tp, Arc::new(Partition::new(tp, st)));
         }
     }

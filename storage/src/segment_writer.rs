@@ -173,8 +173,7 @@ async fn flush_partition(inner: &Inner, part: &Partition) -> Result<()> {
         let end_offset = segment.end_offset;
         // The producer snapshot goes in first: once the segment is indexed its WAL data may be
         // truncated, and the sequences of its idempotent batches must survive that.
-        if let Err(err) = save_producer_state(inner, tp, leader_epoch, &headers, end_offset).await
-        {
+        if let Err(err) = save_producer_state(inner, tp, leader_epoch, &headers, end_offset).await {
             delete_orphan(inner, &key).await;
             return Err(err);
         }

@@ -807,7 +807,11 @@ async fn producer_state_survives_restart(segment_first: bool) {
             .loaded_partition(p)
             .is_none_or(|part| part.state().wal_index.is_empty()));
     }
-    assert_eq!(append_one(&h, p, &batches[0]).await.unwrap(), 0, "retry after restart");
+    assert_eq!(
+        append_one(&h, p, &batches[0]).await.unwrap(),
+        0,
+        "retry after restart"
+    );
     assert_eq!(append_one(&h, p, &batches[2]).await.unwrap(), 4);
     assert!(matches!(
         append_one(&h, p, &sequenced(7, 0, 9, 1)).await,

@@ -137,8 +137,15 @@ struct Member {
 }
 
 impl Member {
-    fn start(dir: &Path, name: &str, config_for: impl FnOnce(PathBuf, PathBuf) -> MemberConfig) -> Result<Member> {
-        let config = config_for(dir.join(format!("{name}.log")), dir.join(format!("{name}.stop")));
+    fn start(
+        dir: &Path,
+        name: &str,
+        config_for: impl FnOnce(PathBuf, PathBuf) -> MemberConfig,
+    ) -> Result<Member> {
+        let config = config_for(
+            dir.join(format!("{name}.log")),
+            dir.join(format!("{name}.stop")),
+        );
         let mut member = Member {
             name: name.to_owned(),
             config,
@@ -280,7 +287,10 @@ fn wait_all_processed(members: &[&Member], bootstrap: &str, topic: &str) -> Resu
                 .iter()
                 .map(|m| format!("{}: {:?}", m.name, m.rebalance_events()))
                 .collect();
-            bail!("{missing} of {} records never processed; {logs:?}", expected.len());
+            bail!(
+                "{missing} of {} records never processed; {logs:?}",
+                expected.len()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -356,7 +366,10 @@ async fn three_members_leave_kill_static_rejoin_and_offsets_survive_restart() ->
     produce_batch(&bootstrap, topic, 300, 300).await?;
     wait_all_processed(&[&a, &b, &c], &bootstrap, topic)?;
     let repeated = duplicates(&[&a, &b, &c]);
-    ensure!(repeated.is_empty(), "processed twice across a clean rebalance: {repeated:?}");
+    ensure!(
+        repeated.is_empty(),
+        "processed twice across a clean rebalance: {repeated:?}"
+    );
 
     // B is SIGKILLed: after its session timeout C gets its partitions and processes everything.
     b.kill9()?;

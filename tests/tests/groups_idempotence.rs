@@ -14,9 +14,7 @@ use anyhow::{ensure, Context as _, Result};
 use bytes::Bytes;
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    InitProducerIdRequest, ProduceRequest, ProducerId, TopicName,
-};
+use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProducerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
@@ -171,7 +169,11 @@ async fn idempotent_producer_across_broker_sigkill_has_no_duplicates_or_gaps() -
         RECORDS + 1,
         Duration::from_secs(3),
     )?;
-    ensure!(extra.len() == RECORDS, "{} records stored, expected {RECORDS}", extra.len());
+    ensure!(
+        extra.len() == RECORDS,
+        "{} records stored, expected {RECORDS}",
+        extra.len()
+    );
 
     // Raw protocol: an acknowledged batch, resent after a restart, gets its original offset.
     let mut connection = RawConnection::connect(&broker.bootstrap())?;
@@ -192,15 +194,24 @@ async fn idempotent_producer_across_broker_sigkill_has_no_duplicates_or_gaps() -
     *target.lock().unwrap_or_else(|e| e.into_inner()) = broker.bootstrap();
     let mut connection = RawConnection::connect(&broker.bootstrap())?;
     let (error, again) = raw_produce(&mut connection, topic, first)?;
-    ensure!(error == 0 && again == original, "resend: error {error}, offset {again} (original {original})");
+    ensure!(
+        error == 0 && again == original,
+        "resend: error {error}, offset {again} (original {original})"
+    );
     let (error, _) = raw_produce(
         &mut connection,
         topic,
         sequenced_batch(pid, init.producer_epoch, 5, &["gap"])?,
     )?;
-    ensure!(error == 45, "a sequence gap must be OUT_OF_ORDER_SEQUENCE_NUMBER, got {error}");
+    ensure!(
+        error == 45,
+        "a sequence gap must be OUT_OF_ORDER_SEQUENCE_NUMBER, got {error}"
+    );
     let (_, end) = clients::watermarks(&broker.bootstrap(), topic, 0)?;
-    ensure!(end == original + 2, "the resend was written again: end {end}, original {original}");
+    ensure!(
+        end == original + 2,
+        "the resend was written again: end {end}, original {original}"
+    );
     proxy_task.abort();
     Ok(())
 }

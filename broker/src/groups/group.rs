@@ -207,7 +207,7 @@ pub struct Group {
     rebalance_deadline: Option<Instant>,
     /// While set, an initial rebalance waits even if every member has joined.
     initial_delay_until: Option<Instant>,
-    /// When the group last became Empty (offset expiry for empty groups counts from here).
+    /// When the group last became Empty (a memberless group is forgotten some time after).
     pub empty_since: Option<Instant>,
     config: GroupConfig,
 }
@@ -279,7 +279,10 @@ impl Group {
         if others.is_empty() {
             return true;
         }
-        if others.iter().any(|m| m.protocol_type != request.protocol_type) {
+        if others
+            .iter()
+            .any(|m| m.protocol_type != request.protocol_type)
+        {
             return false;
         }
         request.protocols.iter().any(|(name, _)| {
@@ -320,13 +323,19 @@ impl Group {
     pub fn join(&mut self, request: JoinRequest, now: Instant, reply: JoinReply) {
         let member_id = request.member_id.clone();
         if self.state == GroupState::Dead {
-            let _ = reply.send(JoinOutcome::error(ErrorCode::CoordinatorNotAvailable, member_id));
+            let _ = reply.send(JoinOutcome::error(
+                ErrorCode::CoordinatorNotAvailable,
+                member_id,
+            ));
             return;
         }
         if request.session_timeout < self.config.min_session_timeout
             || request.session_timeout > self.config.max_session_timeout
         {
-            let _ = reply.send(JoinOutcome::error(ErrorCode::InvalidSessionTimeout, member_id));
+            let _ = reply.send(JoinOutcome::error(
+                ErrorCode::InvalidSessionTimeout,
+                member_id,
+            ));
             return;
         }
         if !self.supports(&request, &member_id) {
@@ -457,7 +466,13 @@ impl Group {
         }
     }
 
-    fn add_member(&mut self, member_id: String, request: JoinRequest, now: Instant, reply: JoinReply) {
+    fn add_member(
+        &mut self,
+        member_id: String,
+        request: JoinRequest,
+        now: Instant,
+        reply: JoinReply,
+    ) {
         if let Some(instance) = &request.group_instance_id {
             self.static_members
                 .insert(instance.clone(), member_id.clone());
@@ -583,7 +598,9 @@ impl Group {
             return;
         }
         self.initial_delay_until = None;
-        let timed_out = self.rebalance_deadline.is_some_and(|deadline| now >= deadline);
+        let timed_out = self
+            .rebalance_deadline
+            .is_some_and(|deadline| now >= deadline);
         if !self.all_joined() && !timed_out {
             return;
         }
@@ -613,7 +630,11 @@ impl Group {
             self.empty_since = Some(now);
             return;
         }
-        self.protocol_type = self.members.values().next().map(|m| m.protocol_type.clone());
+        self.protocol_type = self
+            .members
+            .values()
+            .next()
+            .map(|m| m.protocol_type.clone());
         self.protocol_name = self.select_protocol();
         if !self
             .leader
@@ -688,7 +709,8 @@ impl Group {
             return;
         }
         let mismatched = |sent: &Option<String>, ours: &Option<String>| {
-            sent.as_ref().is_some_and(|sent| Some(sent) != ours.as_ref())
+            sent.as_ref()
+                .is_some_and(|sent| Some(sent) != ours.as_ref())
         };
         if mismatched(&request.protocol_type, &self.protocol_type)
             || mismatched(&request.protocol_name, &self.protocol_name)
@@ -881,7 +903,11 @@ mod tests {
         }
     }
 
-    fn join(group: &mut Group, request: JoinRequest, now: Instant) -> oneshot::Receiver<JoinOutcome> {
+    fn join(
+        group: &mut Group,
+        request: JoinRequest,
+        now: Instant,
+    ) -> oneshot::Receiver<JoinOutcome> {
         let (tx, rx) = oneshot::channel();
         group.join(request, now, tx);
         rx
@@ -923,14 +949,23 @@ mod tests {
         assert_eq!(ja.leader, a);
         assert_eq!(ja.protocol_name.as_deref(), Some("range"));
         assert_eq!(ja.members.len(), 1);
-        let mut sa = sync(&mut group, &a, 1, vec![(a.clone(), Bytes::from_static(b"A"))], now);
+        let mut sa = sync(
+            &mut group,
+            &a,
+            1,
+            vec![(a.clone(), Bytes::from_static(b"A"))],
+            now,
+        );
         assert_eq!(sa.try_recv().unwrap().assignment, Bytes::from_static(b"A"));
         assert_eq!(group.state, GroupState::Stable);
         // A second member triggers a rebalance; the leader learns it through its heartbeat.
         let (b, mut rb) = join_new(&mut group, now);
         assert!(rb.try_recv().is_err());
         assert_eq!(group.state, GroupState::PreparingRebalance);
-        assert_eq!(group.heartbeat(&a, None, 1, now), ErrorCode::RebalanceInProgress);
+        assert_eq!(
+            group.heartbeat(&a, None, 1, now),
+            ErrorCode::RebalanceInProgress
+        );
         let mut ra = join(&mut group, request(&a, None), now);
         let (ja, jb) = (ra.try_recv().unwrap(), rb.try_recv().unwrap());
         assert_eq!((ja.generation_id, jb.generation_id), (2, 2));
@@ -963,22 +998,49 @@ mod tests {
     fn bad_generation_unknown_member_and_rebalance_errors() {
         let now = Instant::now();
         let (mut group, a, _b) = stable_pair(now);
-        assert_eq!(group.heartbeat(&a, None, 1, now), ErrorCode::IllegalGeneration);
-        assert_eq!(group.heartbeat("who", None, 2, now), ErrorCode::UnknownMemberId);
+        assert_eq!(
+            group.heartbeat(&a, None, 1, now),
+            ErrorCode::IllegalGeneration
+        );
+        assert_eq!(
+            group.heartbeat("who", None, 2, now),
+            ErrorCode::UnknownMemberId
+        );
         let mut stale = sync(&mut group, &a, 1, vec![], now);
-        assert_eq!(stale.try_recv().unwrap().error, ErrorCode::IllegalGeneration);
+        assert_eq!(
+            stale.try_recv().unwrap().error,
+            ErrorCode::IllegalGeneration
+        );
         let mut unknown = sync(&mut group, "who", 2, vec![], now);
-        assert_eq!(unknown.try_recv().unwrap().error, ErrorCode::UnknownMemberId);
-        assert_eq!(group.validate_commit(&a, None, 1), Err(ErrorCode::IllegalGeneration));
-        assert_eq!(group.validate_commit("who", None, 2), Err(ErrorCode::UnknownMemberId));
+        assert_eq!(
+            unknown.try_recv().unwrap().error,
+            ErrorCode::UnknownMemberId
+        );
+        assert_eq!(
+            group.validate_commit(&a, None, 1),
+            Err(ErrorCode::IllegalGeneration)
+        );
+        assert_eq!(
+            group.validate_commit("who", None, 2),
+            Err(ErrorCode::UnknownMemberId)
+        );
         assert_eq!(group.validate_commit(&a, None, 2), Ok(()));
         // Simple commits (generation -1) are refused while the group has members.
-        assert_eq!(group.validate_commit("", None, -1), Err(ErrorCode::UnknownMemberId));
+        assert_eq!(
+            group.validate_commit("", None, -1),
+            Err(ErrorCode::UnknownMemberId)
+        );
         // A third member: heartbeats now say REBALANCE_IN_PROGRESS, syncs too.
         let (_c, _rc) = join_new(&mut group, now);
-        assert_eq!(group.heartbeat(&a, None, 2, now), ErrorCode::RebalanceInProgress);
+        assert_eq!(
+            group.heartbeat(&a, None, 2, now),
+            ErrorCode::RebalanceInProgress
+        );
         let mut during = sync(&mut group, &a, 2, vec![], now);
-        assert_eq!(during.try_recv().unwrap().error, ErrorCode::RebalanceInProgress);
+        assert_eq!(
+            during.try_recv().unwrap().error,
+            ErrorCode::RebalanceInProgress
+        );
     }
 
     #[test]
@@ -1037,7 +1099,11 @@ mod tests {
         let mut group = Group::new("g", config(), now);
         let mut r1 = join(&mut group, request("", Some("i1")), now);
         let j1 = r1.try_recv().unwrap();
-        assert_eq!(j1.error, ErrorCode::None, "static members skip MEMBER_ID_REQUIRED");
+        assert_eq!(
+            j1.error,
+            ErrorCode::None,
+            "static members skip MEMBER_ID_REQUIRED"
+        );
         let mut r2 = join(&mut group, request("", Some("i2")), now);
         assert!(r2.try_recv().is_err());
         let mut r1 = join(&mut group, request(&j1.member_id, Some("i1")), now);
@@ -1094,11 +1160,17 @@ mod tests {
         let mut other = request("", None);
         other.protocols = vec![("sticky".into(), Bytes::new())];
         let mut r = join(&mut group, other, now);
-        assert_eq!(r.try_recv().unwrap().error, ErrorCode::InconsistentGroupProtocol);
+        assert_eq!(
+            r.try_recv().unwrap().error,
+            ErrorCode::InconsistentGroupProtocol
+        );
         let mut short = request("", None);
         short.session_timeout = Duration::from_millis(10);
         let mut r = join(&mut group, short, now);
-        assert_eq!(r.try_recv().unwrap().error, ErrorCode::InvalidSessionTimeout);
+        assert_eq!(
+            r.try_recv().unwrap().error,
+            ErrorCode::InvalidSessionTimeout
+        );
     }
 
     #[test]
@@ -1118,6 +1190,10 @@ mod tests {
         x.member_id = j1.member_id.clone();
         let _r1 = join(&mut group, x, now);
         let j3 = r3.try_recv().unwrap();
-        assert_eq!(j3.protocol_name.as_deref(), Some("roundrobin"), "2 votes to 1");
+        assert_eq!(
+            j3.protocol_name.as_deref(),
+            Some("roundrobin"),
+            "2 votes to 1"
+        );
     }
 }

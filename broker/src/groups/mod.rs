@@ -27,6 +27,9 @@ use self::offsets::OffsetCommitter;
 /// How often deadlines are checked: bounds how late a session expiry or rebalance timeout fires.
 const TICK: Duration = Duration::from_millis(100);
 
+/// How long a group without members stays in memory.
+const FORGET_EMPTY_AFTER: Duration = Duration::from_secs(60);
+
 /// How often the offsets of empty groups are checked for expiry.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -105,6 +108,14 @@ impl Coordinator {
         for group in groups.values_mut() {
             group.tick(now);
         }
+        // A group without members keeps nothing worth remembering (its offsets are in metadata),
+        // so it is forgotten after a while: a flood of one-off group ids cannot grow memory.
+        groups.retain(|_, group| {
+            !(group.is_empty()
+                && group
+                    .empty_since
+                    .is_some_and(|since| now.saturating_duration_since(since) > FORGET_EMPTY_AFTER))
+        });
     }
 }
 
@@ -152,7 +163,10 @@ async fn expire_offsets(
             continue;
         }
         tracing::info!(groups = ?expired, "committed offsets of empty groups expired");
-        if let Err(error) = meta.propose(Command::DeleteGroups { groups: expired }).await {
+        if let Err(error) = meta
+            .propose(Command::DeleteGroups { groups: expired })
+            .await
+        {
             tracing::warn!(%error, "expiring group offsets failed; retrying later");
         }
     }
@@ -174,4 +188,101 @@ fn expired_groups(coordinator: &Coordinator, meta: &MetadataClient, now_ms: i64)
         })
         .map(|(name, _)| name.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use metadata::{
+        CommittedOffset, MetadataNode, MetadataOptions, OffsetCommitEntry, TopicPartition,
+    };
+    use tokio::sync::oneshot;
+
+    use super::group::JoinRequest;
+    use super::*;
+
+    const MINUTE_MS: i64 = 60_000;
+
+    async fn node(dir: &tempfile::TempDir) -> MetadataNode {
+        MetadataNode::start(MetadataOptions {
+            dir: dir.path().join("meta"),
+            node_id: 1,
+            snapshot_every: 1000,
+            fsync: false,
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn offsets_of_empty_groups_expire_after_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node(&dir).await;
+        let meta = node.client();
+        let topic_id = uuid::Uuid::from_u128(1);
+        meta.propose(Command::CreateTopic {
+            name: "t".into(),
+            topic_id,
+            partitions: 1,
+            configs: BTreeMap::new(),
+            owner: 1,
+            now_ms: 0,
+        })
+        .await
+        .unwrap();
+        let commit = |group: &str, commit_ms: i64| OffsetCommitEntry {
+            group: group.into(),
+            tp: TopicPartition {
+                topic_id,
+                partition: 0,
+            },
+            committed: CommittedOffset {
+                offset: 1,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_ms,
+            },
+        };
+        let now = 100 * MINUTE_MS;
+        let config = CoordinatorConfig {
+            offsets_retention: Duration::from_secs(10 * 60),
+            ..CoordinatorConfig::default()
+        };
+        let coordinator = Coordinator::start(config, meta.clone());
+        coordinator
+            .committer
+            .commit(vec![
+                commit("old-empty", now - 11 * MINUTE_MS),
+                commit("recent", now - 9 * MINUTE_MS),
+                commit("old-active", now - 11 * MINUTE_MS),
+            ])
+            .await
+            .unwrap();
+        // "old-active" has a member: its offsets never expire while it does.
+        let (reply, _answer) = oneshot::channel();
+        coordinator.with_group("old-active", |group| {
+            group.join(
+                JoinRequest {
+                    member_id: String::new(),
+                    group_instance_id: None,
+                    client_id: "c".into(),
+                    client_host: String::new(),
+                    session_timeout: Duration::from_secs(10),
+                    rebalance_timeout: Duration::from_secs(10),
+                    protocol_type: "consumer".into(),
+                    protocols: vec![("range".into(), Bytes::new())],
+                    require_known_member_id: false,
+                },
+                Instant::now(),
+                reply,
+            )
+        });
+        assert_eq!(
+            expired_groups(&coordinator, &meta, now),
+            vec!["old-empty".to_string()]
+        );
+        node.shutdown().await.unwrap();
+    }
 }

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
@@ -15,8 +15,7 @@ use kafka_protocol::messages::{
     BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest,
-    SyncGroupResponse,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use metadata::{Command, CommandResponse};
@@ -24,9 +23,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::errors::ErrorCode;
-use crate::groups::group::{
-    GroupState, JoinOutcome, JoinRequest, SyncOutcome, SyncRequest,
-};
+use crate::groups::group::{GroupState, JoinOutcome, JoinRequest, SyncOutcome, SyncRequest};
 use crate::Broker;
 
 /// The group type reported by ListGroups v5 (KIP-848 groups would be "consumer").
@@ -455,12 +452,9 @@ pub(super) async fn delete_groups(
     let mut to_delete = Vec::new();
     for group_id in request.groups_names {
         let id = group_id.0.to_string();
-        let in_memory = broker.groups.with_existing(&id, |group| {
-            (
-                group.state,
-                group.is_empty(),
-            )
-        });
+        let in_memory = broker
+            .groups
+            .with_existing(&id, |group| (group.state, group.is_empty()));
         let error = if id.is_empty() {
             ErrorCode::InvalidGroupId
         } else {

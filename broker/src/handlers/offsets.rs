@@ -16,9 +16,8 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    ConsumerProtocolSubscription, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
-    TopicName,
+    ConsumerProtocolSubscription, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use metadata::{
@@ -296,7 +295,8 @@ fn decode_subscription(mut metadata: Bytes) -> Option<Vec<String>> {
     let version = i16::from_be_bytes([metadata[0], metadata[1]]);
     let _ = metadata.split_to(2);
     // Newer clients may send a newer version; its prefix is compatible with the newest we know.
-    let subscription = ConsumerProtocolSubscription::decode(&mut metadata, version.clamp(0, 3)).ok()?;
+    let subscription =
+        ConsumerProtocolSubscription::decode(&mut metadata, version.clamp(0, 3)).ok()?;
     Some(subscription.topics.iter().map(|t| t.to_string()).collect())
 }
 
@@ -307,8 +307,8 @@ pub(super) async fn offset_delete(
 ) -> OffsetDeleteResponse {
     let id = request.group_id.0.to_string();
     let state = broker.meta.state();
-    let known = broker.groups.with_existing(&id, |_| ()).is_some()
-        || state.group_offsets.contains_key(&id);
+    let known =
+        broker.groups.with_existing(&id, |_| ()).is_some() || state.group_offsets.contains_key(&id);
     if id.is_empty() {
         return OffsetDeleteResponse::default().with_error_code(ErrorCode::InvalidGroupId.code());
     }
