@@ -83,11 +83,20 @@ fn main() -> Result<()> {
             seconds,
             partitions,
         } => {
+            // The admin client runs its own runtime: create the topic before entering ours.
+            let topic = format!("commit-bench-{}", std::process::id());
+            create_topic(&cli.bootstrap, &topic, partitions)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(commits(&cli.bootstrap, connections, seconds, partitions))
+            runtime.block_on(commits(
+                &cli.bootstrap,
+                &topic,
+                connections,
+                seconds,
+                partitions,
+            ))
         }
     }
 }
@@ -349,9 +358,13 @@ async fn round_trip<R: Request>(
     Ok(R::Response::decode(&mut bytes, version)?)
 }
 
-async fn commits(bootstrap: &str, connections: usize, seconds: u64, partitions: i32) -> Result<()> {
-    let topic = format!("commit-bench-{}", std::process::id());
-    create_topic(bootstrap, &topic, partitions)?;
+async fn commits(
+    bootstrap: &str,
+    topic: &str,
+    connections: usize,
+    seconds: u64,
+    partitions: i32,
+) -> Result<()> {
     let count = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::<u32>::new()));
@@ -367,7 +380,7 @@ async fn commits(bootstrap: &str, connections: usize, seconds: u64, partitions: 
             count.clone(),
             errors.clone(),
             latencies.clone(),
-            topic.clone(),
+            topic.to_owned(),
         );
         tasks.push(tokio::spawn(async move {
             let group = format!("commit-bench-group-{connection}");

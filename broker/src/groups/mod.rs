@@ -251,15 +251,13 @@ mod tests {
             ..CoordinatorConfig::default()
         };
         let coordinator = Coordinator::start(config, meta.clone());
-        coordinator
-            .committer
-            .commit(vec![
-                commit("old-empty", now - 11 * MINUTE_MS),
-                commit("recent", now - 9 * MINUTE_MS),
-                commit("old-active", now - 11 * MINUTE_MS),
-            ])
-            .await
-            .unwrap();
+        for (group, age) in [("old-empty", 11), ("recent", 9), ("old-active", 11)] {
+            coordinator
+                .committer
+                .commit(vec![commit(group, now - age * MINUTE_MS)])
+                .await
+                .unwrap();
+        }
         // "old-active" has a member: its offsets never expire while it does.
         let (reply, _answer) = oneshot::channel();
         coordinator.with_group("old-active", |group| {

