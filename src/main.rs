@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (controller + broker) until SIGINT/SIGTERM.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Inspect consumer groups: `groups list`, `groups describe GROUP` (with per-partition lag).
     Groups(groups_cli::GroupsArgs),
 }
@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => {
-            let config = config::ServeConfig::resolve(args)?;
+            let config = config::ServeConfig::resolve(*args)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

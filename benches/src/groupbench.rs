@@ -240,7 +240,7 @@ fn rebalance(
                     );
                 }
                 i += 1;
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     producer.poll(Duration::ZERO);
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -355,7 +355,7 @@ async fn round_trip<R: Request>(
     if response_header.correlation_id != correlation_id {
         bail!("correlation id mismatch");
     }
-    Ok(R::Response::decode(&mut bytes, version)?)
+    R::Response::decode(&mut bytes, version)
 }
 
 async fn commits(

@@ -30,6 +30,12 @@ use crate::groups::group::GroupState;
 use crate::handlers::now_ms;
 use crate::Broker;
 
+/// Per topic (as named in the request): per partition, its outcome so far.
+type CommitResults = Vec<(TopicName, Vec<(i32, Result<(), ErrorCode>)>)>;
+
+/// Per topic: per partition, the committed offset if any.
+type FetchedOffsets = Vec<(TopicName, Vec<(i32, Option<CommittedOffset>)>)>;
+
 pub(super) async fn offset_commit(
     broker: &Broker,
     version: i16,
@@ -55,9 +61,8 @@ pub(super) async fn offset_commit(
     let state = broker.meta.state();
     let now = now_ms();
     let max_metadata = broker.groups.config.offset_metadata_max_bytes;
-    // Per partition: its error, or the index of its entry in `commits`.
     let mut commits = Vec::new();
-    let mut topics: Vec<(TopicName, Vec<(i32, Result<(), ErrorCode>)>)> = Vec::new();
+    let mut topics: CommitResults = Vec::new();
     for topic in request.topics {
         let meta = state.topic_by_name(topic.name.as_str());
         let mut partitions = Vec::with_capacity(topic.partitions.len());
@@ -127,7 +132,7 @@ fn fetch_group(
     state: &MetadataState,
     group_id: &str,
     requested: Option<Vec<(TopicName, Vec<i32>)>>,
-) -> Vec<(TopicName, Vec<(i32, Option<CommittedOffset>)>)> {
+) -> FetchedOffsets {
     match requested {
         Some(topics) => topics
             .into_iter()
