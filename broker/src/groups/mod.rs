@@ -147,7 +147,9 @@ async fn expire_offsets(
     meta: MetadataClient,
     cancel: CancellationToken,
 ) {
-    let mut interval = tokio::time::interval(EXPIRY_INTERVAL);
+    // The first pass runs one interval after start: right after a restart, members have not had
+    // a chance to rejoin yet, and their groups would look empty.
+    let mut interval = tokio::time::interval_at(Instant::now() + EXPIRY_INTERVAL, EXPIRY_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
