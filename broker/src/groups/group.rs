@@ -1196,4 +1196,170 @@ mod tests {
             "2 votes to 1"
         );
     }
+
+    mod model {
+        //! Random sequences of requests and clock advances against one group: nothing panics and
+        //! the group's invariants hold after every step.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Join as a new member (static when `instance` is set) or rejoin as a known one.
+            Join {
+                known: Option<usize>,
+                instance: Option<u8>,
+                protocol: bool,
+            },
+            Sync {
+                known: usize,
+                generation_delta: i32,
+            },
+            Heartbeat {
+                known: usize,
+            },
+            Leave {
+                known: usize,
+            },
+            Tick {
+                millis: u64,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (
+                    proptest::option::of(0usize..6),
+                    proptest::option::of(0u8..3),
+                    any::<bool>()
+                )
+                    .prop_map(|(known, instance, protocol)| Op::Join {
+                        known,
+                        instance,
+                        protocol
+                    }),
+                (0usize..6, -1i32..=1).prop_map(|(known, generation_delta)| Op::Sync {
+                    known,
+                    generation_delta
+                }),
+                (0usize..6).prop_map(|known| Op::Heartbeat { known }),
+                (0usize..6).prop_map(|known| Op::Leave { known }),
+                (0u64..20_000).prop_map(|millis| Op::Tick { millis }),
+            ]
+        }
+
+        fn check_invariants(group: &Group, last_generation: i32) {
+            assert!(
+                group.generation_id >= last_generation,
+                "generation went back"
+            );
+            match group.state {
+                GroupState::Empty => assert!(group.members.is_empty()),
+                GroupState::CompletingRebalance | GroupState::Stable => {
+                    let leader = group.leader.as_ref().expect("a formed group has a leader");
+                    assert!(group.members.contains_key(leader), "leader is a member");
+                    assert!(group.members.values().all(|m| m.awaiting_join.is_none()));
+                }
+                GroupState::PreparingRebalance => {
+                    assert!(group.rebalance_deadline.is_some());
+                }
+                GroupState::Dead => {}
+            }
+            if group.state == GroupState::Stable {
+                assert!(group.members.values().all(|m| m.awaiting_sync.is_none()));
+            }
+            for (instance, member_id) in &group.static_members {
+                let member = group
+                    .members
+                    .get(member_id)
+                    .expect("static mapping points to a member");
+                assert_eq!(member.group_instance_id.as_deref(), Some(instance.as_str()));
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn random_requests_keep_the_group_consistent(ops in proptest::collection::vec(op(), 1..80)) {
+                let start = Instant::now();
+                let mut now = start;
+                let mut group = Group::new("g", GroupConfig {
+                    initial_rebalance_delay: Duration::from_millis(500),
+                    ..GroupConfig::default()
+                }, now);
+                let mut known: Vec<String> = Vec::new();
+                let mut pending_joins: Vec<oneshot::Receiver<JoinOutcome>> = Vec::new();
+                let mut pending_syncs: Vec<oneshot::Receiver<SyncOutcome>> = Vec::new();
+                let mut last_generation = 0;
+                for op in ops {
+                    match op {
+                        Op::Join { known: index, instance, protocol } => {
+                            let member_id = index
+                                .and_then(|i| known.get(i).cloned())
+                                .unwrap_or_default();
+                            let mut join = request(&member_id, None);
+                            join.group_instance_id = instance.map(|i| format!("instance-{i}"));
+                            if !protocol {
+                                join.protocols.reverse();
+                            }
+                            pending_joins.push(super::join(&mut group, join, now));
+                        }
+                        Op::Sync { known: index, generation_delta } => {
+                            if let Some(member) = known.get(index).cloned() {
+                                let assignments = group
+                                    .members
+                                    .keys()
+                                    .map(|m| (m.clone(), Bytes::from(m.clone())))
+                                    .collect();
+                                let generation = group.generation_id + generation_delta;
+                                pending_syncs.push(sync(&mut group, &member, generation, assignments, now));
+                            }
+                        }
+                        Op::Heartbeat { known: index } => {
+                            if let Some(member) = known.get(index) {
+                                let generation = group.generation_id;
+                                let _ = group.heartbeat(member, None, generation, now);
+                            }
+                        }
+                        Op::Leave { known: index } => {
+                            if let Some(member) = known.get(index).cloned() {
+                                let _ = group.leave(&member, None, now);
+                            }
+                        }
+                        Op::Tick { millis } => {
+                            now += Duration::from_millis(millis);
+                            group.tick(now);
+                        }
+                    }
+                    // Learn the member ids handed out, and check what was answered.
+                    pending_joins.retain_mut(|rx| match rx.try_recv() {
+                        Ok(outcome) => {
+                            if !outcome.member_id.is_empty() && !known.contains(&outcome.member_id) {
+                                known.push(outcome.member_id.clone());
+                            }
+                            if outcome.error == ErrorCode::None {
+                                assert!(outcome.generation_id >= 1);
+                            }
+                            false
+                        }
+                        Err(oneshot::error::TryRecvError::Empty) => true,
+                        Err(oneshot::error::TryRecvError::Closed) => false,
+                    });
+                    pending_syncs.retain_mut(|rx| match rx.try_recv() {
+                        Ok(outcome) => {
+                            if outcome.error == ErrorCode::None {
+                                assert_eq!(group.state, GroupState::Stable);
+                            }
+                            false
+                        }
+                        Err(oneshot::error::TryRecvError::Empty) => true,
+                        Err(oneshot::error::TryRecvError::Closed) => false,
+                    });
+                    check_invariants(&group, last_generation);
+                    last_generation = group.generation_id;
+                }
+            }
+        }
+    }
 }
