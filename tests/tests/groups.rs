@@ -471,3 +471,76 @@ async fn cooperative_sticky_members_split_partitions_incrementally() -> Result<(
     ensure!(repeated.is_empty(), "processed twice: {repeated:?}");
     Ok(())
 }
+
+/// `sluice groups list|describe` shows the group and its per-partition lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_cli_lists_and_describes_with_lag() -> Result<()> {
+    let broker = SluiceProcess::start(broker_options())?;
+    let bootstrap = broker.bootstrap();
+    let (topic, group) = ("cli-topic", "cli-group");
+    clients::create_topic(&bootstrap, topic, 2, &[]).await?;
+    let producer = clients::producer(&bootstrap)?;
+    produce_many(&producer, 30, |i| {
+        FutureRecord::<[u8], [u8]>::to(topic)
+            .partition((i % 2) as i32)
+            .payload(b"x")
+    })
+    .await?
+    .all_ok()?;
+    // Commit offsets 10 (partition 0) and 5 (partition 1): lags 5 and 10.
+    let consumer: BaseConsumer<DefaultConsumerContext> = clients::base_config(&bootstrap)
+        .set("group.id", group)
+        .create()?;
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset(topic, 0, Offset::Offset(10))?;
+    offsets.add_partition_offset(topic, 1, Offset::Offset(5))?;
+    consumer.commit(&offsets, CommitMode::Sync)?;
+    drop(consumer);
+
+    let binary = sluice_tests::sluice_binary()?;
+    let run = |args: &[&str]| -> Result<String> {
+        let output = Command::new(&binary)
+            .arg("groups")
+            .args(args)
+            .args(["--bootstrap", &bootstrap])
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "sluice groups {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let listed = run(&["list"])?;
+    ensure!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(group) && l.contains("Empty")),
+        "list:\n{listed}"
+    );
+    let described = run(&["describe", group])?;
+    let row = |partition: i32| {
+        described
+            .lines()
+            .find(|l| {
+                let mut columns = l.split_whitespace();
+                columns.next() == Some(topic)
+                    && columns.next() == Some(partition.to_string().as_str())
+            })
+            .map(|l| l.split_whitespace().take(5).collect::<Vec<_>>().join(" "))
+    };
+    ensure!(
+        row(0).as_deref() == Some("cli-topic 0 10 15 5"),
+        "describe:\n{described}"
+    );
+    ensure!(
+        row(1).as_deref() == Some("cli-topic 1 5 15 10"),
+        "describe:\n{described}"
+    );
+    ensure!(
+        described.contains("total lag: 15"),
+        "describe:\n{described}"
+    );
+    Ok(())
+}
