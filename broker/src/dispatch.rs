@@ -170,7 +170,10 @@ async fn dispatch(broker: &Broker, payload: Bytes) -> Result<Option<Bytes>, Disp
             version,
             header,
             body,
-        } => handlers::handle(broker, api, version, header.correlation_id, body).await,
+        } => {
+            let client_id = header.client_id.as_deref().unwrap_or("");
+            handlers::handle(broker, api, version, header.correlation_id, client_id, body).await
+        }
     }
 }
 

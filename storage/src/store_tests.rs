@@ -884,3 +884,86 @@ async fn a_spent_budget_inside_a_segment_stops_the_read_instead_of_skipping_ahea
         "the small batches must still be WAL-only for this test to mean anything"
     );
 }
+
+/// A batch of `count` records from idempotent producer `pid`/`epoch` starting at `sequence`.
+fn sequenced(pid: i64, epoch: i16, sequence: i32, count: usize) -> BytesMut {
+    let mut batch = simple_batch(count, 8, 1_000);
+    batch[43..51].copy_from_slice(&pid.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+async fn append_one(h: &Harness, tp: TopicPartition, batch: &BytesMut) -> crate::Result<i64> {
+    h.store
+        .append(tp, batch.clone(), TimestampType::CreateTime)
+        .await
+        .map(|r| r.base_offset)
+}
+
+/// Retries, gaps and fenced epochs are recognized, before and after restarts — whether the
+/// original batches are still in the WAL or were moved to segments and the WAL truncated.
+async fn producer_state_survives_restart(segment_first: bool) {
+    let mut h = Harness::start(|o| {
+        o.segment_max_age = if segment_first {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(3600)
+        };
+    })
+    .await;
+    let topic = h.create_topic("idem", 1).await;
+    let p = tp(topic, 0);
+    let batches: Vec<BytesMut> = (0..3).map(|i| sequenced(7, 0, i * 2, 2)).collect();
+    for (i, batch) in batches.iter().enumerate() {
+        assert_eq!(append_one(&h, p, batch).await.unwrap(), i as i64 * 2);
+    }
+    assert_eq!(append_one(&h, p, &batches[1]).await.unwrap(), 2, "retry");
+    if segment_first {
+        wait_until(WAIT, "segmented", || async { h.segmented_end(p) == 6 }).await;
+        assert!(h.meta.state().producer_state(p).is_some());
+    }
+    h.restart().await;
+    if segment_first {
+        assert!(h
+            .store
+            .inner
+            .loaded_partition(p)
+            .is_none_or(|part| part.state().wal_index.is_empty()));
+    }
+    assert_eq!(
+        append_one(&h, p, &batches[0]).await.unwrap(),
+        0,
+        "retry after restart"
+    );
+    assert_eq!(append_one(&h, p, &batches[2]).await.unwrap(), 4);
+    assert!(matches!(
+        append_one(&h, p, &sequenced(7, 0, 9, 1)).await,
+        Err(Error::OutOfOrderSequence {
+            expected: 6,
+            got: 9
+        })
+    ));
+    assert_eq!(append_one(&h, p, &sequenced(7, 1, 0, 1)).await.unwrap(), 6);
+    assert!(matches!(
+        append_one(&h, p, &sequenced(7, 0, 6, 1)).await,
+        Err(Error::InvalidProducerEpoch { current: 1, got: 0 })
+    ));
+    assert_eq!(h.store.offsets(p).unwrap().high_watermark, 7);
+    h.restart().await;
+    assert_eq!(append_one(&h, p, &sequenced(7, 1, 0, 1)).await.unwrap(), 6);
+    assert_eq!(h.store.offsets(p).unwrap().high_watermark, 7);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn producer_state_survives_restart_from_the_wal() {
+    producer_state_survives_restart(false).await;
+}
+
+#[tokio::test]
+async fn producer_state_survives_restart_after_wal_truncation() {
+    producer_state_survives_restart(true).await;
+}

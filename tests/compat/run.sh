@@ -90,6 +90,8 @@ run_client kcat "$HERE/kcat.sh" "$BOOTSTRAP"
 run_client confluent-kafka "$HERE/.venv/bin/python" "$HERE/confluent_kafka_client.py" "$BOOTSTRAP"
 run_client kafka-python "$HERE/.venv/bin/python" "$HERE/kafka_python_client.py" "$BOOTSTRAP"
 run_client kafkajs node "$HERE/kafkajs/compat.js" "$BOOTSTRAP"
+run_client kafka-python-groups "$HERE/.venv/bin/python" "$HERE/groups_kafka_python.py" "$BOOTSTRAP"
+run_client kafkajs-groups node "$HERE/kafkajs/groups.js" "$BOOTSTRAP"
 
 if ! kill -0 "$SLUICE_PID" 2>/dev/null; then
     echo "compat: sluice died during the run" >&2
