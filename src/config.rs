@@ -86,6 +86,17 @@ pub(crate) struct ServeArgs {
     /// How long an answered HTTP `Idempotency-Key` is remembered (milliseconds).
     #[arg(long, env = "SLUICE_IDEMPOTENCY_TTL_MS")]
     pub(crate) idempotency_ttl_ms: Option<u64>,
+    /// `group.initial.rebalance.delay.ms`: the first rebalance of an empty group waits this long
+    /// for more members.
+    #[arg(long, env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    pub(crate) group_initial_rebalance_delay_ms: Option<u64>,
+    /// `group.min.session.timeout.ms`: shorter consumer session timeouts are refused.
+    #[arg(long, env = "SLUICE_GROUP_MIN_SESSION_TIMEOUT_MS")]
+    pub(crate) group_min_session_timeout_ms: Option<u64>,
+    /// `offsets.retention.minutes`: committed offsets of a group without members expire this
+    /// long after its newest commit.
+    #[arg(long, env = "SLUICE_OFFSETS_RETENTION_MINUTES")]
+    pub(crate) offsets_retention_minutes: Option<u64>,
     /// Failure injection for tests: while a file exists at this path, every WAL fsync fails.
     #[arg(long, env = "SLUICE_FAIL_FSYNC_FILE", hide = true)]
     pub(crate) fail_fsync_file: Option<PathBuf>,
@@ -119,6 +130,9 @@ struct FileConfig {
     http_listener: Option<String>,
     http_max_body_bytes: Option<usize>,
     idempotency_ttl_ms: Option<u64>,
+    group_initial_rebalance_delay_ms: Option<u64>,
+    group_min_session_timeout_ms: Option<u64>,
+    offsets_retention_minutes: Option<u64>,
 }
 
 /// Fully resolved settings.
@@ -145,6 +159,9 @@ pub(crate) struct ServeConfig {
     pub(crate) http_listener: String,
     pub(crate) http_max_body_bytes: usize,
     pub(crate) idempotency_ttl_ms: u64,
+    pub(crate) group_initial_rebalance_delay_ms: u64,
+    pub(crate) group_min_session_timeout_ms: u64,
+    pub(crate) offsets_retention_minutes: u64,
     pub(crate) fail_fsync_file: Option<PathBuf>,
 }
 
@@ -222,6 +239,18 @@ impl ServeConfig {
                 .idempotency_ttl_ms
                 .or(file.idempotency_ttl_ms)
                 .unwrap_or(24 * 3600 * 1000),
+            group_initial_rebalance_delay_ms: args
+                .group_initial_rebalance_delay_ms
+                .or(file.group_initial_rebalance_delay_ms)
+                .unwrap_or(3_000),
+            group_min_session_timeout_ms: args
+                .group_min_session_timeout_ms
+                .or(file.group_min_session_timeout_ms)
+                .unwrap_or(6_000),
+            offsets_retention_minutes: args
+                .offsets_retention_minutes
+                .or(file.offsets_retention_minutes)
+                .unwrap_or(7 * 24 * 60),
             fail_fsync_file: args.fail_fsync_file,
             data_dir,
         };
@@ -235,6 +264,9 @@ impl ServeConfig {
         }
         if self.default_partitions == 0 {
             bail!("--default-partitions must be at least 1");
+        }
+        if self.offsets_retention_minutes == 0 {
+            bail!("--offsets-retention-minutes must be at least 1");
         }
         if self.node_id > i32::MAX as u64 {
             bail!("--node-id must fit a Kafka broker id (0..={})", i32::MAX);

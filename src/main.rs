@@ -6,6 +6,7 @@
 static ALLOCATOR: alloc_guard::Guard = alloc_guard::Guard;
 
 mod config;
+mod groups_cli;
 mod identity;
 mod serve;
 
@@ -25,7 +26,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (controller + broker) until SIGINT/SIGTERM.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
+    /// Inspect consumer groups: `groups list`, `groups describe GROUP` (with per-partition lag).
+    Groups(groups_cli::GroupsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,11 +42,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => {
-            let config = config::ServeConfig::resolve(args)?;
+            let config = config::ServeConfig::resolve(*args)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(serve::run(config))
         }
+        Command::Groups(args) => groups_cli::run(args),
     }
 }

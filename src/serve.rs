@@ -102,6 +102,12 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     broker_config.auto_create_topics = config.auto_create_topics;
     broker_config.default_partitions = config.default_partitions;
     broker_config.max_request_bytes = config.max_request_bytes;
+    broker_config.coordinator.group.initial_rebalance_delay =
+        Duration::from_millis(config.group_initial_rebalance_delay_ms);
+    broker_config.coordinator.group.min_session_timeout =
+        Duration::from_millis(config.group_min_session_timeout_ms);
+    broker_config.coordinator.offsets_retention =
+        Duration::from_secs(config.offsets_retention_minutes.saturating_mul(60));
     let broker = Broker::new(broker_config, store.clone(), meta.clone());
     let server = tokio::spawn(broker::server::serve(listener, broker, shutdown.clone()));
 

@@ -129,22 +129,21 @@ pub fn decode_request(mut payload: Bytes) -> Result<Decoded, DispatchError> {
                 reason: format!("header: {e}"),
             }
         })?;
-    let body = RequestKind::decode(api, &mut payload, version)
-        .map_err(|e| DispatchError::Decode {
-            api,
+    let body = RequestKind::decode(api, &mut payload, version).map_err(|e| DispatchError::Decode {
+        api,
+        version,
+        reason: e.to_string(),
+    });
+    if payload.has_remaining() {
+        // Kafka ignores bytes after the body, and librdkafka relies on it (its "all topics" Metadata
+        // v12 request carries a 3-byte leftover of a placeholder), so do we.
+        tracing::debug!(
+            ?api,
             version,
-            reason: e.to_string(),
-        })
-        .and_then(|body| {
-            if payload.has_remaining() {
-                return Err(DispatchError::Decode {
-                    api,
-                    version,
-                    reason: format!("{} trailing bytes", payload.remaining()),
-                });
-            }
-            Ok(body)
-        });
+            trailing = payload.remaining(),
+            "ignoring trailing request bytes"
+        );
+    }
     let body = match body {
         Ok(body) => Some(Box::new(body)),
         // The ApiVersions body (client name/version) is informational; a body that doesn't decode
@@ -173,8 +172,10 @@ async fn dispatch(broker: &Broker, payload: Bytes) -> Result<Option<Bytes>, Disp
             body,
         } => {
             let started = std::time::Instant::now();
+            let client_id = header.client_id.as_deref().unwrap_or("");
             let response =
-                handlers::handle(broker, api, version, header.correlation_id, body).await;
+                handlers::handle(broker, api, version, header.correlation_id, client_id, body)
+                    .await;
             // Recorded through the `metrics` facade: whoever installed a recorder (the HTTP
             // ingest's Prometheus page) shows them; without one this is a no-op.
             let api_name = format!("{api:?}");

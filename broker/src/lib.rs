@@ -2,7 +2,7 @@
 //!
 //! Owns: framing ([`frame`]), request decoding and dispatch ([`dispatch`]), the advertised API versions
 //! ([`versions`]), the Kafka error-code mapping ([`errors`]), topic config definitions ([`configs`]),
-//! one handler module per API under `handlers/`, and the TCP server with per-connection pipelining and
+//! one handler module per API under `handlers/`, the group coordinator ([`groups`]), and the TCP server with per-connection pipelining and
 //! a global in-flight request-bytes budget ([`server`]).
 //!
 //! Protocol code is I/O-free: [`dispatch::handle_frame`] turns request bytes into response bytes, so it
@@ -15,6 +15,7 @@ pub mod configs;
 pub mod dispatch;
 pub mod errors;
 pub mod frame;
+pub mod groups;
 mod handlers;
 pub mod server;
 pub mod versions;
@@ -39,8 +40,10 @@ pub struct BrokerConfig {
     pub max_request_bytes: usize,
     /// Budget of request bytes being read or handled at once, across all connections (backpressure).
     pub inflight_request_bytes: usize,
-    /// Requests one connection may have in flight before the broker stops reading from it.
+    /// Responses of one connection waiting for a slow client to read them before handling pauses.
     pub max_pipelined_requests: usize,
+    /// Group coordinator settings (session bounds, initial rebalance delay, offset retention).
+    pub coordinator: groups::CoordinatorConfig,
 }
 
 impl BrokerConfig {
@@ -54,6 +57,7 @@ impl BrokerConfig {
             max_request_bytes: 100 * 1024 * 1024,
             inflight_request_bytes: 128 * 1024 * 1024,
             max_pipelined_requests: 64,
+            coordinator: groups::CoordinatorConfig::default(),
         }
     }
 }
@@ -64,6 +68,7 @@ pub struct Broker {
     pub(crate) store: LogStore,
     pub(crate) meta: MetadataClient,
     pub(crate) inflight: Arc<tokio::sync::Semaphore>,
+    pub(crate) groups: Arc<groups::Coordinator>,
 }
 
 impl Broker {
@@ -73,6 +78,7 @@ impl Broker {
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         Arc::new(Broker {
             inflight: Arc::new(tokio::sync::Semaphore::new(permits)),
+            groups: groups::Coordinator::start(config.coordinator, meta.clone()),
             config,
             store,
             meta,

@@ -59,7 +59,10 @@ async fn harness() -> Harness {
     let store = storage::LogStore::open(options, objects, meta.clone())
         .await
         .unwrap();
-    let broker = Broker::new(BrokerConfig::new(1, "127.0.0.1", 9092), store, meta);
+    let mut config = BrokerConfig::new(1, "127.0.0.1", 9092);
+    // Groups in these tests have one member: no reason to wait for more.
+    config.coordinator.group.initial_rebalance_delay = Duration::ZERO;
+    let broker = Broker::new(config, store, meta);
     Harness {
         broker,
         _node: node,
@@ -147,6 +150,328 @@ impl Harness {
 }
 
 use kafka_protocol::protocol::{Decodable, HeaderVersion};
+
+fn text(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn join_request(group: &str, member_id: &str, version: i16) -> JoinGroupRequest {
+    let mut request = JoinGroupRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_session_timeout_ms(10_000)
+        .with_member_id(text(member_id))
+        .with_protocol_type(text("consumer"))
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+        )
+        .with_name(text("range"))
+        .with_metadata(Bytes::from_static(b"\0\0\0\0\0\0"))]);
+    if version >= 1 {
+        request.rebalance_timeout_ms = 10_000;
+    }
+    request
+}
+
+/// Joins `group` as its only member at JoinGroup `version` (through MEMBER_ID_REQUIRED from v4).
+async fn join_at(h: &Harness, group: &str, version: i16) -> JoinGroupResponse {
+    let ResponseKind::JoinGroup(first) = h
+        .call(
+            ApiKey::JoinGroup,
+            version,
+            &join_request(group, "", version),
+        )
+        .await
+    else {
+        panic!()
+    };
+    if version < 4 {
+        return first;
+    }
+    assert_eq!(
+        first.error_code, 79,
+        "JoinGroup v{version}: MEMBER_ID_REQUIRED first"
+    );
+    let ResponseKind::JoinGroup(second) = h
+        .call(
+            ApiKey::JoinGroup,
+            version,
+            &join_request(group, first.member_id.as_str(), version),
+        )
+        .await
+    else {
+        panic!()
+    };
+    second
+}
+
+/// A stable one-member group: (member id, generation).
+async fn stable_group(h: &Harness, group: &str) -> (String, i32) {
+    let joined = join_at(h, group, 9).await;
+    assert_eq!(joined.error_code, 0);
+    let member = joined.member_id.to_string();
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_generation_id(joined.generation_id)
+        .with_member_id(text(&member))
+        .with_protocol_type(Some(text("consumer")))
+        .with_protocol_name(Some(text("range")))
+        .with_assignments(vec![
+            sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(text(&member))
+                .with_assignment(Bytes::from_static(b"assigned")),
+        ]);
+    let ResponseKind::SyncGroup(synced) = h.call(ApiKey::SyncGroup, 5, &sync).await else {
+        panic!()
+    };
+    assert_eq!(synced.error_code, 0);
+    (member, joined.generation_id)
+}
+
+/// Commits `offset` for partition 0 of topic "versions" without a generation (a "simple" commit).
+async fn simple_commit(h: &Harness, group: &str, version: i16, offset: i64) -> i16 {
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(topic_name("versions"))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(offset)
+                        .with_committed_metadata(Some(text("meta"))),
+                ]),
+        ]);
+    let ResponseKind::OffsetCommit(r) = h.call(ApiKey::OffsetCommit, version, &request).await
+    else {
+        panic!()
+    };
+    r.topics[0].partitions[0].error_code
+}
+
+/// (committed offset, metadata) of partition 0 of "versions" for `group`, at OffsetFetch `version`.
+async fn fetch_committed(h: &Harness, group: &str, version: i16) -> (i64, String) {
+    if version >= 8 {
+        let request = OffsetFetchRequest::default().with_groups(vec![
+            offset_fetch_request::OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(text(group)))
+                .with_topics(Some(vec![
+                    offset_fetch_request::OffsetFetchRequestTopics::default()
+                        .with_name(topic_name("versions"))
+                        .with_partition_indexes(vec![0]),
+                ])),
+        ]);
+        let ResponseKind::OffsetFetch(r) = h.call(ApiKey::OffsetFetch, version, &request).await
+        else {
+            panic!()
+        };
+        assert_eq!(r.groups[0].error_code, 0);
+        let p = &r.groups[0].topics[0].partitions[0];
+        assert_eq!(p.error_code, 0);
+        return (
+            p.committed_offset,
+            p.metadata
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(topic_name("versions"))
+                .with_partition_indexes(vec![0]),
+        ]));
+    let ResponseKind::OffsetFetch(r) = h.call(ApiKey::OffsetFetch, version, &request).await else {
+        panic!()
+    };
+    assert_eq!(r.error_code, 0);
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    (
+        p.committed_offset,
+        p.metadata
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// One group API at one version: a realistic request, checked for a correct answer.
+async fn group_api_at_version(h: &Harness, api: ApiKey, v: i16) {
+    match api {
+        ApiKey::FindCoordinator => {
+            let request = if v >= 4 {
+                FindCoordinatorRequest::default().with_coordinator_keys(vec![text("g")])
+            } else {
+                FindCoordinatorRequest::default().with_key(text("g"))
+            };
+            let ResponseKind::FindCoordinator(r) = h.call(api, v, &request).await else {
+                panic!()
+            };
+            if v >= 4 {
+                let c = &r.coordinators[0];
+                assert_eq!((c.error_code, c.node_id.0, c.port), (0, 1, 9092));
+                assert_eq!(c.key.as_str(), "g");
+            } else {
+                assert_eq!((r.error_code, r.node_id.0, r.port), (0, 1, 9092));
+                assert_eq!(r.host.as_str(), "127.0.0.1");
+            }
+        }
+        ApiKey::JoinGroup => {
+            let joined = join_at(h, &format!("join-v{v}"), v).await;
+            assert_eq!(joined.error_code, 0, "JoinGroup v{v}");
+            assert_eq!(joined.generation_id, 1);
+            assert_eq!(joined.leader, joined.member_id);
+            assert_eq!(joined.members.len(), 1);
+            assert_eq!(
+                joined.protocol_name.as_ref().map(|p| p.as_str()),
+                Some("range")
+            );
+        }
+        ApiKey::SyncGroup => {
+            let group = format!("sync-v{v}");
+            let joined = join_at(h, &group, 9).await;
+            let member = joined.member_id.clone();
+            let mut sync = SyncGroupRequest::default()
+                .with_group_id(GroupId(text(&group)))
+                .with_generation_id(joined.generation_id)
+                .with_member_id(member.clone())
+                .with_assignments(vec![
+                    sync_group_request::SyncGroupRequestAssignment::default()
+                        .with_member_id(member)
+                        .with_assignment(Bytes::from_static(b"mine")),
+                ]);
+            if v >= 5 {
+                sync.protocol_type = Some(text("consumer"));
+                sync.protocol_name = Some(text("range"));
+            }
+            let ResponseKind::SyncGroup(r) = h.call(api, v, &sync).await else {
+                panic!()
+            };
+            assert_eq!(r.error_code, 0, "SyncGroup v{v}");
+            assert_eq!(r.assignment, Bytes::from_static(b"mine"));
+        }
+        ApiKey::Heartbeat => {
+            let group = format!("heartbeat-v{v}");
+            let (member, generation) = stable_group(h, &group).await;
+            let request = HeartbeatRequest::default()
+                .with_group_id(GroupId(text(&group)))
+                .with_generation_id(generation)
+                .with_member_id(text(&member));
+            let ResponseKind::Heartbeat(r) = h.call(api, v, &request).await else {
+                panic!()
+            };
+            assert_eq!(r.error_code, 0, "Heartbeat v{v}");
+            let stale = request.with_generation_id(generation + 7);
+            let ResponseKind::Heartbeat(r) = h.call(api, v, &stale).await else {
+                panic!()
+            };
+            assert_eq!(r.error_code, 22, "ILLEGAL_GENERATION");
+        }
+        ApiKey::LeaveGroup => {
+            let group = format!("leave-v{v}");
+            let (member, _) = stable_group(h, &group).await;
+            let request = if v >= 3 {
+                LeaveGroupRequest::default()
+                    .with_group_id(GroupId(text(&group)))
+                    .with_members(vec![leave_group_request::MemberIdentity::default()
+                        .with_member_id(text(&member))])
+            } else {
+                LeaveGroupRequest::default()
+                    .with_group_id(GroupId(text(&group)))
+                    .with_member_id(text(&member))
+            };
+            let ResponseKind::LeaveGroup(r) = h.call(api, v, &request).await else {
+                panic!()
+            };
+            assert_eq!(r.error_code, 0, "LeaveGroup v{v}");
+            if v >= 3 {
+                assert_eq!(r.members[0].error_code, 0);
+            }
+        }
+        ApiKey::OffsetCommit => {
+            let group = format!("commit-v{v}");
+            assert_eq!(simple_commit(h, &group, v, 2).await, 0, "OffsetCommit v{v}");
+            assert_eq!(fetch_committed(h, &group, 9).await, (2, "meta".to_string()));
+        }
+        ApiKey::OffsetFetch => {
+            let group = format!("fetch-v{v}");
+            assert_eq!(simple_commit(h, &group, 9, 5).await, 0);
+            assert_eq!(fetch_committed(h, &group, v).await, (5, "meta".to_string()));
+        }
+        ApiKey::ListGroups => {
+            let group = format!("list-v{v}");
+            stable_group(h, &group).await;
+            let ResponseKind::ListGroups(r) = h.call(api, v, &ListGroupsRequest::default()).await
+            else {
+                panic!()
+            };
+            assert_eq!(r.error_code, 0);
+            let listed = r
+                .groups
+                .iter()
+                .find(|g| g.group_id.0.as_str() == group)
+                .expect("the stable group is listed");
+            assert_eq!(listed.protocol_type.as_str(), "consumer");
+            if v >= 4 {
+                assert_eq!(listed.group_state.as_str(), "Stable");
+            }
+        }
+        ApiKey::DescribeGroups => {
+            let group = format!("describe-v{v}");
+            let (member, _) = stable_group(h, &group).await;
+            let request = DescribeGroupsRequest::default().with_groups(vec![GroupId(text(&group))]);
+            let ResponseKind::DescribeGroups(r) = h.call(api, v, &request).await else {
+                panic!()
+            };
+            let g = &r.groups[0];
+            assert_eq!(g.error_code, 0);
+            assert_eq!(g.group_state.as_str(), "Stable");
+            assert_eq!(g.protocol_data.as_str(), "range");
+            assert_eq!(g.members.len(), 1);
+            assert_eq!(g.members[0].member_id.as_str(), member);
+            assert_eq!(g.members[0].client_id.as_str(), "protocol-test");
+            assert_eq!(
+                g.members[0].member_assignment,
+                Bytes::from_static(b"assigned")
+            );
+        }
+        ApiKey::DeleteGroups => {
+            let group = format!("delete-v{v}");
+            assert_eq!(simple_commit(h, &group, 9, 3).await, 0);
+            let request = DeleteGroupsRequest::default()
+                .with_groups_names(vec![GroupId(text(&group)), GroupId(text("never-was"))]);
+            let ResponseKind::DeleteGroups(r) = h.call(api, v, &request).await else {
+                panic!()
+            };
+            assert_eq!(r.results[0].error_code, 0, "DeleteGroups v{v}");
+            assert_eq!(r.results[1].error_code, 69, "GROUP_ID_NOT_FOUND");
+            assert_eq!(fetch_committed(h, &group, 9).await.0, -1);
+        }
+        ApiKey::OffsetDelete => {
+            let group = format!("offset-delete-v{v}");
+            assert_eq!(simple_commit(h, &group, 9, 3).await, 0);
+            let request = OffsetDeleteRequest::default()
+                .with_group_id(GroupId(text(&group)))
+                .with_topics(vec![
+                    offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(topic_name("versions"))
+                        .with_partitions(vec![
+                            offset_delete_request::OffsetDeleteRequestPartition::default()
+                                .with_partition_index(0),
+                        ]),
+                ]);
+            let ResponseKind::OffsetDelete(r) = h.call(api, v, &request).await else {
+                panic!()
+            };
+            assert_eq!(r.error_code, 0);
+            assert_eq!(r.topics[0].partitions[0].error_code, 0);
+            assert_eq!(fetch_committed(h, &group, 9).await.0, -1);
+        }
+        other => panic!("{other:?} is not a group API"),
+    }
+}
 
 async fn create_topic(h: &Harness, name: &str, partitions: i32) -> uuid::Uuid {
     let request = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
@@ -441,6 +766,17 @@ async fn every_advertised_version_is_answered_in_that_version() {
                     assert_eq!(r.cluster_id.as_str(), "test-cluster");
                     assert_eq!(r.brokers.len(), 1);
                 }
+                ApiKey::FindCoordinator
+                | ApiKey::JoinGroup
+                | ApiKey::SyncGroup
+                | ApiKey::Heartbeat
+                | ApiKey::LeaveGroup
+                | ApiKey::OffsetCommit
+                | ApiKey::OffsetFetch
+                | ApiKey::ListGroups
+                | ApiKey::DescribeGroups
+                | ApiKey::DeleteGroups
+                | ApiKey::OffsetDelete => group_api_at_version(&h, api, v).await,
                 other => panic!("{other:?} is advertised but not covered by this test"),
             }
         }
@@ -512,6 +848,25 @@ async fn malformed_and_hostile_bodies_close_the_connection_without_harm() {
     assert!(matches!(
         handle_frame(&h.broker, frame.freeze()).await,
         Outcome::Close(_)
+    ));
+
+    // Trailing bytes after a valid body are ignored, as Kafka does (librdkafka's all-topics Metadata
+    // v12 request leaves 3 such bytes).
+    let mut frame = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::Metadata as i16)
+        .with_request_api_version(12)
+        .with_correlation_id(9)
+        .encode(&mut frame, 2)
+        .unwrap();
+    MetadataRequest::default()
+        .with_topics(None)
+        .encode(&mut frame, 12)
+        .unwrap();
+    frame.put_slice(&[0, 0, 0]);
+    assert!(matches!(
+        handle_frame(&h.broker, frame.freeze()).await,
+        Outcome::Respond(_)
     ));
 
     // The broker still serves.
@@ -624,4 +979,263 @@ async fn a_long_poll_is_woken_by_the_append_not_by_the_timeout() {
         elapsed < Duration::from_secs(2),
         "long poll took {elapsed:?}; it must be woken by the append"
     );
+}
+
+fn sequenced_batch(producer_id: i64, epoch: i16, base_sequence: i32, values: &[&str]) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: base_sequence + i as i32,
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: None,
+            value: Some(Bytes::from(v.to_string())),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+async fn produce_one(h: &Harness, name: &str, id: uuid::Uuid, batch: Bytes) -> (i16, i64) {
+    let ResponseKind::Produce(r) = h
+        .call(ApiKey::Produce, 9, &produce_request(9, name, id, batch))
+        .await
+    else {
+        panic!()
+    };
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+#[tokio::test]
+async fn idempotent_retries_get_their_original_offsets_and_gaps_and_fenced_epochs_fail() {
+    let h = harness().await;
+    let id = create_topic(&h, "idem", 1).await;
+    let ResponseKind::InitProducerId(init) = h
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        )
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(init.error_code, 0);
+    let pid = init.producer_id.0;
+    assert!(pid >= 0);
+    let first = sequenced_batch(pid, 0, 0, &["a", "b", "c"]);
+    let second = sequenced_batch(pid, 0, 3, &["d"]);
+    assert_eq!(produce_one(&h, "idem", id, first.clone()).await, (0, 0));
+    assert_eq!(produce_one(&h, "idem", id, second.clone()).await, (0, 3));
+    // Retries of acknowledged batches: original offsets, nothing written.
+    assert_eq!(produce_one(&h, "idem", id, first).await, (0, 0));
+    assert_eq!(produce_one(&h, "idem", id, second).await, (0, 3));
+    let offsets = h.broker_offsets(id).await;
+    assert_eq!(offsets, 4, "duplicates must not be written");
+    // A gap in the sequence.
+    let gap = sequenced_batch(pid, 0, 9, &["x"]);
+    assert_eq!(produce_one(&h, "idem", id, gap).await.0, 45);
+    // A newer epoch fences the old one.
+    let bumped = sequenced_batch(pid, 1, 0, &["e"]);
+    assert_eq!(produce_one(&h, "idem", id, bumped).await, (0, 4));
+    let zombie = sequenced_batch(pid, 0, 4, &["z"]);
+    assert_eq!(produce_one(&h, "idem", id, zombie).await.0, 47);
+    assert_eq!(h.broker_offsets(id).await, 5);
+}
+
+impl Harness {
+    /// The high watermark of partition 0 of the topic (via ListOffsets latest).
+    async fn broker_offsets(&self, id: uuid::Uuid) -> i64 {
+        let _ = id;
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(topic_name("idem"))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-1),
+                ])]);
+        let ResponseKind::ListOffsets(r) = self.call(ApiKey::ListOffsets, 7, &request).await else {
+            panic!()
+        };
+        r.topics[0].partitions[0].offset
+    }
+}
+
+#[tokio::test]
+async fn group_requests_with_bad_input_get_the_kafka_errors() {
+    let h = harness().await;
+    create_topic(&h, "versions", 1).await;
+    let group = "bad-input";
+    let (member, generation) = stable_group(&h, group).await;
+
+    // SyncGroup from a stale generation, and from a member the group does not know.
+    let sync = |member: &str, generation: i32| {
+        SyncGroupRequest::default()
+            .with_group_id(GroupId(text(group)))
+            .with_generation_id(generation)
+            .with_member_id(text(member))
+    };
+    let ResponseKind::SyncGroup(r) = h
+        .call(ApiKey::SyncGroup, 5, &sync(&member, generation - 1))
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(r.error_code, 22, "ILLEGAL_GENERATION");
+    let ResponseKind::SyncGroup(r) = h
+        .call(ApiKey::SyncGroup, 5, &sync("stranger", generation))
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID");
+    let heartbeat = |member: &str| {
+        HeartbeatRequest::default()
+            .with_group_id(GroupId(text(group)))
+            .with_generation_id(generation)
+            .with_member_id(text(member))
+    };
+    let ResponseKind::Heartbeat(r) = h.call(ApiKey::Heartbeat, 4, &heartbeat("stranger")).await
+    else {
+        panic!()
+    };
+    assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID");
+
+    // Commits: to a group that does not exist with a generation, and with a wrong generation.
+    let commit = |group: &str, member: &str, generation: i32| {
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(text(group)))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(text(member))
+            .with_topics(vec![
+                offset_commit_request::OffsetCommitRequestTopic::default()
+                    .with_name(topic_name("versions"))
+                    .with_partitions(vec![
+                        offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(1),
+                    ]),
+            ])
+    };
+    let error = |r: ResponseKind| {
+        let ResponseKind::OffsetCommit(r) = r else {
+            panic!()
+        };
+        r.topics[0].partitions[0].error_code
+    };
+    let r = h
+        .call(ApiKey::OffsetCommit, 9, &commit("no-such-group", "m", 3))
+        .await;
+    assert_eq!(
+        error(r),
+        22,
+        "commit to a group that never formed: ILLEGAL_GENERATION"
+    );
+    let r = h
+        .call(
+            ApiKey::OffsetCommit,
+            9,
+            &commit(group, &member, generation + 1),
+        )
+        .await;
+    assert_eq!(error(r), 22, "wrong generation: ILLEGAL_GENERATION");
+    let r = h
+        .call(
+            ApiKey::OffsetCommit,
+            9,
+            &commit(group, "stranger", generation),
+        )
+        .await;
+    assert_eq!(error(r), 25, "unknown member: UNKNOWN_MEMBER_ID");
+    let r = h
+        .call(ApiKey::OffsetCommit, 9, &commit(group, &member, generation))
+        .await;
+    assert_eq!(error(r), 0);
+    let r = h.call(ApiKey::OffsetCommit, 9, &commit("", "m", -1)).await;
+    assert_eq!(error(r), 24, "INVALID_GROUP_ID");
+
+    // A second member joins: the first one's heartbeat says REBALANCE_IN_PROGRESS.
+    let ResponseKind::JoinGroup(pending) = h
+        .call(ApiKey::JoinGroup, 9, &join_request(group, "", 9))
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(pending.error_code, 79);
+    let second = join_request(group, pending.member_id.as_str(), 9);
+    let join_task = {
+        let broker = h.broker.clone();
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::JoinGroup as i16)
+            .with_request_api_version(9)
+            .with_correlation_id(999)
+            .with_client_id(Some(StrBytes::from_static_str("second")));
+        let mut buf = BytesMut::new();
+        header
+            .encode(&mut buf, JoinGroupRequest::header_version(9))
+            .unwrap();
+        second.encode(&mut buf, 9).unwrap();
+        // The join waits for the rebalance: run it concurrently.
+        tokio::spawn(async move { handle_frame(&broker, buf.freeze()).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ResponseKind::Heartbeat(r) = h.call(ApiKey::Heartbeat, 4, &heartbeat(&member)).await
+        else {
+            panic!()
+        };
+        if r.error_code == 27 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no REBALANCE_IN_PROGRESS: {}",
+            r.error_code
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first member rejoins; both get generation + 1.
+    let ResponseKind::JoinGroup(rejoined) = h
+        .call(ApiKey::JoinGroup, 9, &join_request(group, &member, 9))
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(rejoined.error_code, 0);
+    assert_eq!(rejoined.generation_id, generation + 1);
+    assert_eq!(rejoined.members.len(), 2, "the leader sees both members");
+    let Outcome::Respond(_) = join_task.await.unwrap() else {
+        panic!("the second member's join was not answered")
+    };
+    // A bad session timeout.
+    let mut short = join_request("other", "", 9);
+    short.session_timeout_ms = 5;
+    let ResponseKind::JoinGroup(r) = h.call(ApiKey::JoinGroup, 9, &short).await else {
+        panic!()
+    };
+    assert_eq!(r.error_code, 26, "INVALID_SESSION_TIMEOUT");
 }

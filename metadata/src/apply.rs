@@ -59,13 +59,23 @@ pub(crate) fn apply_command(state: &mut MetadataState, command: &Command) -> Com
         }
         Command::ForgetDeletedObjects { keys } => forget_deleted_objects(state, keys),
         Command::AllocateProducerIds { count } => allocate_producer_ids(state, *count),
+        Command::CommitOffsets { commits } => crate::apply_groups::commit_offsets(state, commits),
+        Command::DeleteGroupOffsets { group, partitions } => {
+            crate::apply_groups::delete_group_offsets(state, group, partitions)
+        }
+        Command::DeleteGroups { groups } => crate::apply_groups::delete_groups(state, groups),
+        Command::SetProducerState {
+            tp,
+            leader_epoch,
+            state: producers,
+        } => crate::apply_groups::set_producer_state(state, *tp, *leader_epoch, producers),
     };
     result.unwrap_or_else(CommandResponse::Rejected)
 }
 
-type Outcome = Result<CommandResponse, Rejection>;
+pub(crate) type Outcome = Result<CommandResponse, Rejection>;
 
-fn invalid(reason: impl Into<String>) -> Rejection {
+pub(crate) fn invalid(reason: impl Into<String>) -> Rejection {
     Rejection::Invalid(reason.into())
 }
 
@@ -182,6 +192,7 @@ fn delete_topic(state: &mut MetadataState, topic_id: Uuid, now_ms: i64) -> Outco
         .remove(&topic_id)
         .ok_or(Rejection::UnknownTopicOrPartition)?;
     state.topic_ids.remove(&topic.name);
+    crate::apply_groups::forget_topic(state, topic_id);
     // The topic's objects become garbage; the GC deletes them after its grace period.
     for partition in topic.partitions {
         for segment in partition.segments {
@@ -225,7 +236,7 @@ fn set_topic_configs(
     Ok(CommandResponse::Ok)
 }
 
-fn partition_mut(
+pub(crate) fn partition_mut(
     state: &mut MetadataState,
     tp: TopicPartition,
 ) -> Result<&mut PartitionMeta, Rejection> {

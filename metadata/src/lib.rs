@@ -2,7 +2,8 @@
 //!
 //! Owns: cluster id, brokers, topics (UUID ids, partitions, configs), partition ownership and leader
 //! epochs, the per-partition object index (offset ranges → object key + byte range + timestamps), log
-//! start offsets, producer-id allocation. Later: group offsets, users/ACLs, ingest tenants.
+//! start offsets, producer-id allocation, consumer-group committed offsets (see [`groups`]) and
+//! per-partition idempotent-producer snapshots. Later: users/ACLs, ingest tenants.
 //!
 //! Everything goes through [`MetadataClient`]: `propose` a [`Command`] (replicated through Raft, applied
 //! by the state machine, answered with a [`CommandResponse`]), `state` to read an immutable snapshot of
@@ -13,6 +14,8 @@
 //! serde format (see `snapshot` module) under `{dir}/snapshots`.
 
 mod apply;
+mod apply_groups;
+pub mod groups;
 #[cfg(test)]
 mod node_tests;
 mod raft;
@@ -24,6 +27,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub use groups::{
+    CommittedOffset, GroupOffsets, OffsetCommitEntry, PartitionProducers, ProducerBatchRecord,
+    ProducerSnapshot,
+};
 
 pub type NodeId = u64;
 
@@ -108,11 +116,34 @@ pub struct MetadataState {
     pub next_producer_id: i64,
     /// Objects removed from the index, waiting for GC: (key, removed_ms).
     pub deleted_objects: Vec<(String, i64)>,
+    /// Committed offsets per consumer group. Each group sits behind an `Arc` so the copy-on-write
+    /// clone per applied batch copies pointers, not every group's offsets.
+    #[serde(default)]
+    pub group_offsets: BTreeMap<String, Arc<GroupOffsets>>,
+    /// Idempotent-producer state per partition as of some offset (written by the segment writer
+    /// before the WAL data it summarizes is truncated): topic id → partition → snapshot.
+    #[serde(default)]
+    pub producer_states: BTreeMap<Uuid, BTreeMap<i32, Arc<PartitionProducers>>>,
 }
 
 impl MetadataState {
     pub fn topic_by_name(&self, name: &str) -> Option<&TopicMeta> {
         self.topic_ids.get(name).and_then(|id| self.topics.get(id))
+    }
+    /// The producer snapshot of a partition, if one was ever written.
+    pub fn producer_state(&self, tp: TopicPartition) -> Option<&PartitionProducers> {
+        self.producer_states
+            .get(&tp.topic_id)?
+            .get(&tp.partition)
+            .map(Arc::as_ref)
+    }
+    /// The committed offset of `group` for `tp`, if any.
+    pub fn committed_offset(&self, group: &str, tp: TopicPartition) -> Option<&CommittedOffset> {
+        self.group_offsets
+            .get(group)?
+            .topics
+            .get(&tp.topic_id)?
+            .get(&tp.partition)
     }
     pub fn partition(&self, tp: TopicPartition) -> Option<&PartitionMeta> {
         self.topics
@@ -184,6 +215,31 @@ pub enum Command {
     AllocateProducerIds {
         count: i64,
     },
+    /// Stores committed offsets (many groups and requests group-committed into one entry). Entries
+    /// for partitions that no longer exist, with an empty group id or a negative offset are
+    /// skipped (the coordinator validated them; a topic may have been deleted since). Answered
+    /// with [`CommandResponse::Count`] = entries stored.
+    CommitOffsets {
+        commits: Vec<OffsetCommitEntry>,
+    },
+    /// OffsetDelete: forgets the committed offsets of `group` for these partitions.
+    DeleteGroupOffsets {
+        group: String,
+        partitions: Vec<TopicPartition>,
+    },
+    /// DeleteGroups / offset expiry: forgets every committed offset of these groups. Answered with
+    /// [`CommandResponse::Count`] = groups that existed.
+    DeleteGroups {
+        groups: Vec<String>,
+    },
+    /// Replaces the idempotent-producer snapshot of a partition. Rejected if `leader_epoch` is not
+    /// the partition's current epoch (a zombie owner must not overwrite it), or if it would move
+    /// the snapshot's `as_of_offset` backwards.
+    SetProducerState {
+        tp: TopicPartition,
+        leader_epoch: i32,
+        state: PartitionProducers,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +251,8 @@ pub enum CommandResponse {
     Incarnation(u64),
     /// The new log start offset after `AdvanceLogStart`.
     LogStart(i64),
+    /// How many items a command affected (`CommitOffsets`, `DeleteGroups`).
+    Count(u64),
     Rejected(Rejection),
 }
 

@@ -21,6 +21,7 @@ pub mod segment;
 
 mod housekeeping;
 mod partition;
+mod producers;
 mod read;
 mod recovery;
 mod segment_reader;
@@ -48,6 +49,7 @@ use wal::Wal;
 
 use crate::batch::{BatchError, BatchHeader};
 use crate::partition::{Partition, PartitionState};
+use crate::producers::{ProducerTable, SequenceCheck};
 use crate::segment_reader::SegmentReader;
 use crate::tail_cache::TailCache;
 
@@ -75,7 +77,33 @@ pub enum Error {
     CorruptSegment { key: String, reason: String },
     #[error("storage is shutting down")]
     ShuttingDown,
+    /// Idempotent producer: the batch's sequence does not follow the producer's last one.
+    #[error("out of order sequence number: expected {expected}, got {got}")]
+    OutOfOrderSequence { expected: i32, got: i32 },
+    /// Idempotent producer: a newer epoch of this producer id has written to the partition.
+    #[error("producer epoch {got} is fenced by epoch {current}")]
+    InvalidProducerEpoch { current: i16, got: i16 },
+    /// Idempotent producer: a retry of a batch older than the remembered ones (already written).
+    #[error("duplicate sequence number {got}")]
+    DuplicateSequence { got: i32 },
 }
+
+impl From<producers::SequenceError> for Error {
+    fn from(error: producers::SequenceError) -> Self {
+        match error {
+            producers::SequenceError::InvalidProducerEpoch { current, got } => {
+                Error::InvalidProducerEpoch { current, got }
+            }
+            producers::SequenceError::OutOfOrder { expected, got } => {
+                Error::OutOfOrderSequence { expected, got }
+            }
+            producers::SequenceError::Duplicate { got } => Error::DuplicateSequence { got },
+        }
+    }
+}
+
+/// How long the retry of a batch still in flight waits for the original to become durable.
+const DUPLICATE_WAIT: Duration = Duration::from_secs(30);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -221,9 +249,14 @@ impl Inner {
         let part = partitions
             .entry(tp)
             .or_insert_with(|| {
+                let producers = state
+                    .producer_state(tp)
+                    .map(ProducerTable::from_snapshot)
+                    .unwrap_or_default();
                 Arc::new(Partition::new(
                     tp,
-                    PartitionState::new(pm.log_start_offset, pm.segmented_end()),
+                    PartitionState::new(pm.log_start_offset, pm.segmented_end())
+                        .with_producers(producers),
                 ))
             })
             .clone();
@@ -272,13 +305,24 @@ impl Inner {
         }
 
         let guard = part.append_lock.lock().await;
-        let (base_offset, log_start_offset) = {
+        let (base_offset, log_start_offset, sequence) = {
             let st = part.state();
             if st.poisoned {
                 return Err(Error::Wal(wal::Error::Poisoned));
             }
-            (st.next_offset, st.log_start_offset)
+            (
+                st.next_offset,
+                st.log_start_offset,
+                st.producers.check(&header),
+            )
         };
+        match sequence? {
+            SequenceCheck::Append => {}
+            SequenceCheck::Duplicate(original) => {
+                drop(guard);
+                return duplicate_result(&part, original).await;
+            }
+        }
         let last_offset = base_offset + i64::from(header.last_offset_delta);
         batch::set_base_offset(&mut batch, base_offset);
         let (log_append_time_ms, max_timestamp) = match timestamp_type {
@@ -294,6 +338,7 @@ impl Inner {
         {
             let mut st = part.state();
             let lsn_floor = self.wal.end_lsn();
+            st.producers.record(&header, base_offset);
             st.begin_append(
                 base_offset,
                 last_offset,
@@ -355,6 +400,36 @@ impl Inner {
             CommandResponse::LogStart(new_start) => Ok(part.advance_log_start(new_start)),
             CommandResponse::Rejected(rejection) => Err(rejection.into()),
             _ => Ok(part.advance_log_start(offset)),
+        }
+    }
+}
+
+/// The answer to a retried idempotent batch: its original offsets, once they are visible (the
+/// original may still be in flight — a retry must not be acknowledged before the data is durable).
+async fn duplicate_result(
+    part: &Partition,
+    original: metadata::ProducerBatchRecord,
+) -> Result<AppendResult> {
+    let deadline = tokio::time::Instant::now() + DUPLICATE_WAIT;
+    let mut hw = part.hw_watch();
+    loop {
+        {
+            let st = part.state();
+            if st.high_watermark > original.last_offset {
+                return Ok(AppendResult {
+                    base_offset: original.base_offset,
+                    log_append_time_ms: -1,
+                    log_start_offset: st.log_start_offset,
+                });
+            }
+            if st.poisoned {
+                return Err(Error::Wal(wal::Error::Poisoned));
+            }
+        }
+        match tokio::time::timeout_at(deadline, hw.changed()).await {
+            Ok(Ok(())) => {}
+            // Timed out or the partition went away: the client retries (retriable error).
+            Ok(Err(_)) | Err(_) => return Err(Error::ShuttingDown),
         }
     }
 }

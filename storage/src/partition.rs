@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use metadata::TopicPartition;
+
+use crate::producers::ProducerTable;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use wal::Lsn;
@@ -63,6 +65,9 @@ pub(crate) struct PartitionState {
     inflight: VecDeque<Inflight>,
     /// Set once an append failed: appends are refused until the store is reopened.
     pub(crate) poisoned: bool,
+    /// Idempotent-producer sequences, updated when an append is submitted (under the append lock,
+    /// so they follow offset order).
+    pub(crate) producers: ProducerTable,
 }
 
 impl PartitionState {
@@ -75,7 +80,13 @@ impl PartitionState {
             wal_bytes: 0,
             inflight: VecDeque::new(),
             poisoned: false,
+            producers: ProducerTable::default(),
         }
+    }
+
+    pub(crate) fn with_producers(mut self, producers: ProducerTable) -> Self {
+        self.producers = producers;
+        self
     }
 
     /// Registers a batch about to be submitted to the WAL with offsets `base_offset..=last_offset`

@@ -154,7 +154,9 @@ impl Inner {
                 .segments
                 .read(seg, offset, end, budget, take_first)
                 .await?;
-            if !batches.is_empty() {
+            // When this segment holds `offset`, its answer is final: nothing means the byte budget
+            // is spent, and looking further (the gap handling below) would skip the rest of it.
+            if !batches.is_empty() || seg.base_offset <= offset {
                 return Ok(Chunk::Batches(
                     batches
                         .into_iter()

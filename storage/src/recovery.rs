@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::batch::BatchHeader;
 use crate::partition::{Partition, PartitionState, WalEntry};
+use crate::producers::ProducerTable;
 use crate::{wal_record, Inner, Result};
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -30,6 +31,9 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
     let now = Instant::now();
     let mut stats = RecoveryStats::default();
     let mut partitions: HashMap<TopicPartition, PartitionState> = HashMap::new();
+    // Producer sequences: the metadata snapshot plus every WAL batch at or after its offset (the
+    // WAL may still hold batches that are already in segments; those count too).
+    let mut producers: HashMap<TopicPartition, ProducerTable> = HashMap::new();
     for item in inner.wal.replay(inner.wal.start_lsn())? {
         let (lsn, record) = item?;
         stats.records += 1;
@@ -61,6 +65,19 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
                 continue;
             }
         };
+        let snapshot = state.producer_state(tp);
+        if header.has_producer_id()
+            && header.last_offset() >= snapshot.map_or(0, |s| s.as_of_offset)
+        {
+            producers
+                .entry(tp)
+                .or_insert_with(|| {
+                    snapshot
+                        .map(ProducerTable::from_snapshot)
+                        .unwrap_or_default()
+                })
+                .record(&header, header.base_offset);
+        }
         let segmented_end = pm.segmented_end();
         if header.last_offset() < segmented_end {
             stats.skipped_segmented += 1;
@@ -107,7 +124,21 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
     }
     let mut loaded = inner.partitions.write().unwrap_or_else(|e| e.into_inner());
     for (tp, st) in partitions {
-        loaded.insert(tp, Arc::new(Partition::new(tp, st)));
+        let table = producers.remove(&tp).unwrap_or_else(|| {
+            state
+                .producer_state(tp)
+                .map(ProducerTable::from_snapshot)
+                .unwrap_or_default()
+        });
+        loaded.insert(tp, Arc::new(Partition::new(tp, st.with_producers(table))));
+    }
+    // Partitions whose WAL batches are all in segments already: their sequences still count.
+    for (tp, table) in producers {
+        if let Some(pm) = state.partition(tp) {
+            let st =
+                PartitionState::new(pm.log_start_offset, pm.segmented_end()).with_producers(table);
+            loaded.insert(tp, Arc::new(Partition::new(tp, st)));
+        }
     }
     tracing::info!(?stats, "data WAL replayed");
     Ok(stats)

@@ -19,7 +19,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::BatchHeader;
 use crate::partition::{Partition, WalEntry};
+use crate::producers::ProducerTable;
 use crate::segment::{segment_key, BuiltSegment, SegmentBuilder};
 use crate::{now_ms, Error, Inner, Result};
 
@@ -148,7 +150,7 @@ async fn flush_partition(inner: &Inner, part: &Partition) -> Result<()> {
             return Ok(());
         }
 
-        let built = build_segment(inner, tp, &entries).await?;
+        let (built, headers) = build_segment(inner, tp, &entries).await?;
         let key = segment_key(
             &inner.opts.cluster_id,
             tp,
@@ -169,6 +171,12 @@ async fn flush_partition(inner: &Inner, part: &Partition) -> Result<()> {
             created_ms: now_ms(),
         };
         let end_offset = segment.end_offset;
+        // The producer snapshot goes in first: once the segment is indexed its WAL data may be
+        // truncated, and the sequences of its idempotent batches must survive that.
+        if let Err(err) = save_producer_state(inner, tp, leader_epoch, &headers, end_offset).await {
+            delete_orphan(inner, &key).await;
+            return Err(err);
+        }
         let proposal = Command::AddSegment {
             tp,
             leader_epoch,
@@ -201,17 +209,71 @@ async fn flush_partition(inner: &Inner, part: &Partition) -> Result<()> {
     Ok(())
 }
 
+/// Folds the idempotent batches of a new segment into the partition's producer snapshot in
+/// metadata (nothing is proposed when the segment holds none).
+async fn save_producer_state(
+    inner: &Inner,
+    tp: TopicPartition,
+    leader_epoch: i32,
+    headers: &[BatchHeader],
+    end_offset: i64,
+) -> Result<()> {
+    let Some(snapshot) = producer_snapshot(inner, tp, headers, end_offset) else {
+        return Ok(());
+    };
+    let proposal = Command::SetProducerState {
+        tp,
+        leader_epoch,
+        state: snapshot,
+    };
+    match inner.meta.propose(proposal).await? {
+        CommandResponse::Rejected(rejection) => Err(Error::Rejected(rejection)),
+        _ => Ok(()),
+    }
+}
+
+/// The partition's producer snapshot in metadata with `headers` folded in, valid at `end_offset`;
+/// `None` when the headers hold no idempotent batch newer than the snapshot.
+fn producer_snapshot(
+    inner: &Inner,
+    tp: TopicPartition,
+    headers: &[BatchHeader],
+    end_offset: i64,
+) -> Option<metadata::PartitionProducers> {
+    let state = inner.meta.state();
+    let previous = state.producer_state(tp);
+    let as_of = previous.map_or(0, |p| p.as_of_offset);
+    let sequenced: Vec<&BatchHeader> = headers
+        .iter()
+        .filter(|h| h.has_producer_id() && h.base_sequence >= 0 && h.last_offset() >= as_of)
+        .collect();
+    if sequenced.is_empty() {
+        return None;
+    }
+    let mut table = previous
+        .map(ProducerTable::from_snapshot)
+        .unwrap_or_default();
+    for header in sequenced {
+        table.record(header, header.base_offset);
+    }
+    Some(table.snapshot(end_offset))
+}
+
 async fn build_segment(
     inner: &Inner,
     tp: TopicPartition,
     entries: &[(i64, WalEntry)],
-) -> Result<BuiltSegment> {
+) -> Result<(BuiltSegment, Vec<BatchHeader>)> {
     let mut builder = SegmentBuilder::new();
+    let mut headers = Vec::with_capacity(entries.len());
     for (base, entry) in entries {
         let bytes = match inner.tail.get(tp, *base) {
             Some(bytes) => bytes,
             None => inner.read_wal_batch(tp, entry.lsn).await?,
         };
+        if let Ok(header) = BatchHeader::parse(&bytes) {
+            headers.push(header);
+        }
         builder.push(bytes).map_err(|e| {
             Error::Wal(wal::Error::Corrupted {
                 file: inner.opts.wal.dir.clone(),
@@ -220,7 +282,8 @@ async fn build_segment(
             })
         })?;
     }
-    builder.finish().ok_or(Error::ShuttingDown)
+    let built = builder.finish().ok_or(Error::ShuttingDown)?;
+    Ok((built, headers))
 }
 
 async fn put_with_retry(inner: &Inner, key: &str, built: &BuiltSegment) -> Result<()> {

@@ -758,3 +758,212 @@ async fn large_batches_round_trip_through_wal_and_segments() {
     assert_eq!(read_all(&h, p0, 4, 3 * big.len()).await, expected[1..]);
     h.stop().await;
 }
+
+/// Catch-up readers racing the segment writer and WAL truncation must see every offset exactly once,
+/// in order: a read never jumps over data, whichever of tail cache, WAL or segment holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_reads_racing_the_segment_writer_never_skip() {
+    let h = Arc::new(
+        Harness::start(|o| {
+            o.tail_cache_bytes = 32 * 1024;
+            o.segment_bytes = 64 * 1024;
+            o.segment_max_age = Duration::from_millis(20);
+        })
+        .await,
+    );
+    let topic = h.create_topic("race", 3).await;
+    const BATCHES: usize = 1500;
+    let writer = {
+        let h = Arc::clone(&h);
+        tokio::spawn(async move {
+            for i in 0..BATCHES {
+                let part = tp(topic, (i % 3) as i32);
+                h.store
+                    .append(
+                        part,
+                        simple_batch(3, 300, 1_000 + i as i64),
+                        TimestampType::CreateTime,
+                    )
+                    .await
+                    .expect("append");
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for partition in 0..3 {
+        let h = Arc::clone(&h);
+        readers.push(tokio::spawn(async move {
+            let part = tp(topic, partition);
+            let total = (BATCHES / 3) as i64 * 3;
+            let mut next = 0i64;
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while next < total {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "reader stuck at {next}"
+                );
+                let result = h.store.read(part, next, 4096).await.expect("read");
+                if result.batches.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                for batch in result.batches {
+                    let header = BatchHeader::parse(&batch).expect("header");
+                    assert!(
+                        header.base_offset <= next && header.last_offset() >= next,
+                        "partition {partition}: asked for {next}, got batch {}..={}",
+                        header.base_offset,
+                        header.last_offset()
+                    );
+                    next = header.last_offset() + 1;
+                }
+            }
+            next
+        }));
+    }
+    writer.await.expect("writer");
+    for reader in readers {
+        reader.await.expect("reader");
+    }
+}
+
+/// A read whose byte budget runs out inside a segment must stop there, not continue with the first
+/// WAL-only batch further on (which would silently skip everything in between).
+#[tokio::test]
+async fn a_spent_budget_inside_a_segment_stops_the_read_instead_of_skipping_ahead() {
+    let h = Harness::start(|o| {
+        o.tail_cache_bytes = 1024;
+        o.segment_bytes = 1 << 20;
+        o.segment_max_age = Duration::from_millis(500);
+    })
+    .await;
+    let topic = h.create_topic("budget", 1).await;
+    let part = tp(topic, 0);
+    // Large batches: moved to a segment object by the age threshold.
+    let big: Vec<BytesMut> = (0..8).map(|i| simple_batch(4, 2000, 1_000 + i)).collect();
+    append_all(&h, part, &big).await;
+    wait_until(WAIT, "big batches in segments", || async {
+        h.segmented_end(part) == 32
+    })
+    .await;
+    // Small batches, read back right away, while they are still WAL-only (the age threshold is
+    // hundreds of milliseconds away; the read takes a few).
+    let small: Vec<BytesMut> = (0..4).map(|i| simple_batch(1, 10, 2_000 + i)).collect();
+    append_all(&h, part, &small).await;
+
+    // Budget for one and a half big batches: the first is taken whole, the second does not fit.
+    let one_big = big[0].len();
+    let result = h
+        .store
+        .read(part, 0, one_big + one_big / 2)
+        .await
+        .expect("read");
+    let offsets: Vec<(i64, i64)> = result
+        .batches
+        .iter()
+        .map(|b| {
+            let header = BatchHeader::parse(b).expect("header");
+            (header.base_offset, header.last_offset())
+        })
+        .collect();
+    assert_eq!(
+        offsets,
+        vec![(0, 3)],
+        "the read must stop at the budget, contiguously"
+    );
+    let wal_only = h
+        .store
+        .inner
+        .loaded_partition(part)
+        .unwrap()
+        .state()
+        .wal_index
+        .len();
+    assert_eq!(
+        wal_only, 4,
+        "the small batches must still be WAL-only for this test to mean anything"
+    );
+}
+
+/// A batch of `count` records from idempotent producer `pid`/`epoch` starting at `sequence`.
+fn sequenced(pid: i64, epoch: i16, sequence: i32, count: usize) -> BytesMut {
+    let mut batch = simple_batch(count, 8, 1_000);
+    batch[43..51].copy_from_slice(&pid.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+async fn append_one(h: &Harness, tp: TopicPartition, batch: &BytesMut) -> crate::Result<i64> {
+    h.store
+        .append(tp, batch.clone(), TimestampType::CreateTime)
+        .await
+        .map(|r| r.base_offset)
+}
+
+/// Retries, gaps and fenced epochs are recognized, before and after restarts — whether the
+/// original batches are still in the WAL or were moved to segments and the WAL truncated.
+async fn producer_state_survives_restart(segment_first: bool) {
+    let mut h = Harness::start(|o| {
+        o.segment_max_age = if segment_first {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(3600)
+        };
+    })
+    .await;
+    let topic = h.create_topic("idem", 1).await;
+    let p = tp(topic, 0);
+    let batches: Vec<BytesMut> = (0..3).map(|i| sequenced(7, 0, i * 2, 2)).collect();
+    for (i, batch) in batches.iter().enumerate() {
+        assert_eq!(append_one(&h, p, batch).await.unwrap(), i as i64 * 2);
+    }
+    assert_eq!(append_one(&h, p, &batches[1]).await.unwrap(), 2, "retry");
+    if segment_first {
+        wait_until(WAIT, "segmented", || async { h.segmented_end(p) == 6 }).await;
+        assert!(h.meta.state().producer_state(p).is_some());
+    }
+    h.restart().await;
+    if segment_first {
+        assert!(h
+            .store
+            .inner
+            .loaded_partition(p)
+            .is_none_or(|part| part.state().wal_index.is_empty()));
+    }
+    assert_eq!(
+        append_one(&h, p, &batches[0]).await.unwrap(),
+        0,
+        "retry after restart"
+    );
+    assert_eq!(append_one(&h, p, &batches[2]).await.unwrap(), 4);
+    assert!(matches!(
+        append_one(&h, p, &sequenced(7, 0, 9, 1)).await,
+        Err(Error::OutOfOrderSequence {
+            expected: 6,
+            got: 9
+        })
+    ));
+    assert_eq!(append_one(&h, p, &sequenced(7, 1, 0, 1)).await.unwrap(), 6);
+    assert!(matches!(
+        append_one(&h, p, &sequenced(7, 0, 6, 1)).await,
+        Err(Error::InvalidProducerEpoch { current: 1, got: 0 })
+    ));
+    assert_eq!(h.store.offsets(p).unwrap().high_watermark, 7);
+    h.restart().await;
+    assert_eq!(append_one(&h, p, &sequenced(7, 1, 0, 1)).await.unwrap(), 6);
+    assert_eq!(h.store.offsets(p).unwrap().high_watermark, 7);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn producer_state_survives_restart_from_the_wal() {
+    producer_state_survives_restart(false).await;
+}
+
+#[tokio::test]
+async fn producer_state_survives_restart_after_wal_truncation() {
+    producer_state_survives_restart(true).await;
+}

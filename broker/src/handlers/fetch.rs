@@ -22,6 +22,10 @@ use crate::Broker;
 /// Upper bound on a long-poll, whatever the client asks for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// Kafka's broker-side `fetch.max.bytes` default: caps what one response may carry, whatever the
+/// client asks for, so a response's memory is bounded.
+const FETCH_MAX_BYTES: usize = 57_671_680;
+
 /// One requested partition, resolved against metadata.
 struct Target {
     topic_index: usize,
@@ -37,7 +41,10 @@ pub(super) async fn handle(broker: &Broker, version: i16, request: FetchRequest)
     let (topics, targets) = resolve_targets(&state, version, &request);
     let read_committed = request.isolation_level == 1;
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
-    let response_limit = usize::try_from(request.max_bytes).unwrap_or(0);
+    // Fetch v3+ carries a response limit; older versions have none (the default is i32::MAX).
+    let response_limit = usize::try_from(request.max_bytes)
+        .unwrap_or(0)
+        .min(FETCH_MAX_BYTES);
     let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
 

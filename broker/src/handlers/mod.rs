@@ -5,8 +5,10 @@ mod admin;
 mod cluster;
 mod configs;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
+mod offsets;
 mod produce;
 mod producer_id;
 mod topics;
@@ -24,6 +26,7 @@ pub(crate) async fn handle(
     api: ApiKey,
     version: i16,
     correlation_id: i32,
+    client_id: &str,
     body: Option<Box<RequestKind>>,
 ) -> Result<Option<Bytes>, DispatchError> {
     macro_rules! answer {
@@ -69,6 +72,23 @@ pub(crate) async fn handle(
         RequestKind::InitProducerId(r) => {
             answer!(producer_id::init_producer_id(broker, version, r).await)
         }
+        RequestKind::FindCoordinator(r) => {
+            answer!(groups::find_coordinator(broker, version, r).await)
+        }
+        RequestKind::JoinGroup(r) => {
+            answer!(groups::join_group(broker, version, client_id, r).await)
+        }
+        RequestKind::SyncGroup(r) => answer!(groups::sync_group(broker, version, r).await),
+        RequestKind::Heartbeat(r) => answer!(groups::heartbeat(broker, version, r).await),
+        RequestKind::LeaveGroup(r) => answer!(groups::leave_group(broker, version, r).await),
+        RequestKind::ListGroups(r) => answer!(groups::list_groups(broker, version, r).await),
+        RequestKind::DescribeGroups(r) => {
+            answer!(groups::describe_groups(broker, version, r).await)
+        }
+        RequestKind::DeleteGroups(r) => answer!(groups::delete_groups(broker, version, r).await),
+        RequestKind::OffsetCommit(r) => answer!(offsets::offset_commit(broker, version, r).await),
+        RequestKind::OffsetFetch(r) => answer!(offsets::offset_fetch(broker, version, r).await),
+        RequestKind::OffsetDelete(r) => answer!(offsets::offset_delete(broker, version, r).await),
         _ => Err(DispatchError::Decode {
             api,
             version,
