@@ -85,7 +85,19 @@ pub fn api_versions_body(error: ErrorCode) -> ApiVersionsResponse {
 
 /// Handles one request payload (the frame without its size prefix).
 pub async fn handle_frame(broker: &Broker, payload: Bytes) -> Outcome {
-    match dispatch(broker, payload).await {
+    let (placed, _) = tokio::sync::oneshot::channel();
+    handle_frame_ordered(broker, payload, placed).await
+}
+
+/// Like [`handle_frame`], telling `placed` (or dropping it) once the request's effects are ordered:
+/// a Produce when all its batches are placed in their partitions, any other request when it is done.
+/// The connection starts its next request only then, which keeps Kafka's per-connection order.
+pub async fn handle_frame_ordered(
+    broker: &Broker,
+    payload: Bytes,
+    placed: tokio::sync::oneshot::Sender<()>,
+) -> Outcome {
+    match dispatch(broker, payload, placed).await {
         Ok(Some(response)) => Outcome::Respond(response),
         Ok(None) => Outcome::NoResponse,
         Err(error) => Outcome::Close(error.to_string()),
@@ -159,7 +171,11 @@ pub fn decode_request(mut payload: Bytes) -> Result<Decoded, DispatchError> {
     })
 }
 
-async fn dispatch(broker: &Broker, payload: Bytes) -> Result<Option<Bytes>, DispatchError> {
+async fn dispatch(
+    broker: &Broker,
+    payload: Bytes,
+    placed: tokio::sync::oneshot::Sender<()>,
+) -> Result<Option<Bytes>, DispatchError> {
     match decode_request(payload)? {
         Decoded::Unsupported {
             api_key,
@@ -173,9 +189,16 @@ async fn dispatch(broker: &Broker, payload: Bytes) -> Result<Option<Bytes>, Disp
         } => {
             let started = std::time::Instant::now();
             let client_id = header.client_id.as_deref().unwrap_or("");
-            let response =
-                handlers::handle(broker, api, version, header.correlation_id, client_id, body)
-                    .await;
+            let response = handlers::handle(
+                broker,
+                api,
+                version,
+                header.correlation_id,
+                client_id,
+                body,
+                placed,
+            )
+            .await;
             // Recorded through the `metrics` facade: whoever installed a recorder (the HTTP
             // ingest's Prometheus page) shows them; without one this is a no-op.
             let api_name = format!("{api:?}");

@@ -1,24 +1,24 @@
 //! The TCP server: accept loop, one task pair per connection, pipelined requests answered in order.
 //!
-//! Each connection has a reader and a writer task. Like Kafka (which mutes a connection until its
-//! response is sent), the requests of one connection are handled one at a time, in order: two
-//! pipelined Produce requests for one partition must append in the order they were sent, and two
-//! OffsetCommits must not overtake each other. Clients still pipeline (the next frames wait in the
-//! socket buffer), and requests of different connections run concurrently, so the WAL group-commits
-//! all of them together. Responses go out through the writer task so a slow client reader never
-//! blocks handling. Request bytes are charged to the broker-wide `inflight` semaphore *before* the body
+//! Each connection has a reader (frames in) and a writer (responses out, strictly in request order,
+//! as Kafka requires). Requests of one connection keep Kafka's order: the next one starts only once
+//! the previous one is *placed* — for a Produce, once every batch has its offsets and its place in the
+//! WAL queue; for anything else, once it is done. Two pipelined Produces for a partition therefore
+//! append in send order (and two OffsetCommits cannot overtake each other), while their durability
+//! waits overlap and share WAL group commits. Request bytes are charged to the broker-wide `inflight`
+//! semaphore *before* the body
 //! is read, so memory stays bounded whatever clients send (backpressure instead of growth).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::{handle_frame, Outcome};
+use crate::dispatch::{handle_frame_ordered, Outcome};
 use crate::frame::{frame, payload_len};
 use crate::Broker;
 
@@ -49,6 +49,8 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: Cancell
     }
 }
 
+type Pending = oneshot::Receiver<Outcome>;
+
 async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -57,22 +59,23 @@ async fn handle_connection(
 ) -> Result<(), String> {
     let (mut reader, mut writer) = stream.into_split();
     let (queue_tx, mut queue_rx) =
-        mpsc::channel::<Outcome>(broker.config.max_pipelined_requests.max(1));
+        mpsc::channel::<Pending>(broker.config.max_pipelined_requests.max(1));
     let closing = shutdown.child_token();
 
     let writer_closing = closing.clone();
     let writer_task = tokio::spawn(async move {
         let result = async {
-            while let Some(outcome) = queue_rx.recv().await {
-                match outcome {
-                    Outcome::Respond(payload) => {
+            while let Some(pending) = queue_rx.recv().await {
+                match pending.await {
+                    Ok(Outcome::Respond(payload)) => {
                         writer
                             .write_all(&frame(&payload))
                             .await
                             .map_err(|e| format!("write: {e}"))?;
                     }
-                    Outcome::NoResponse => {}
-                    Outcome::Close(reason) => return Err(reason),
+                    Ok(Outcome::NoResponse) => {}
+                    Ok(Outcome::Close(reason)) => return Err(reason),
+                    Err(_) => return Err("request task ended without an answer".to_string()),
                 }
             }
             Ok(())
@@ -96,7 +99,7 @@ async fn handle_connection(
 async fn read_requests(
     reader: &mut tokio::net::tcp::OwnedReadHalf,
     broker: &Arc<Broker>,
-    queue: &mpsc::Sender<Outcome>,
+    queue: &mpsc::Sender<Pending>,
     closing: &CancellationToken,
 ) -> Result<(), String> {
     loop {
@@ -130,14 +133,23 @@ async fn read_requests(
                 read.map_err(|e| format!("truncated request ({len} bytes announced): {e}"))?;
             }
         }
-        let outcome = tokio::select! {
-            () = closing.cancelled() => return Ok(()),
-            outcome = handle_frame(broker, payload.freeze()) => outcome,
-        };
-        drop(permit);
-        let close = matches!(outcome, Outcome::Close(_));
-        if queue.send(outcome).await.is_err() || close {
+        let payload: Bytes = payload.freeze();
+        let (answer_tx, answer_rx) = oneshot::channel();
+        // Reserve the response slot first so answers keep request order.
+        if queue.send(answer_rx).await.is_err() {
             return Ok(());
+        }
+        let (placed_tx, placed_rx) = oneshot::channel();
+        let broker = Arc::clone(broker);
+        tokio::spawn(async move {
+            let outcome = handle_frame_ordered(&broker, payload, placed_tx).await;
+            drop(permit);
+            let _ = answer_tx.send(outcome);
+        });
+        // Told when placed; dropped unanswered when the request finished without saying so.
+        tokio::select! {
+            () = closing.cancelled() => return Ok(()),
+            _ = placed_rx => {}
         }
     }
 }

@@ -187,6 +187,26 @@ pub struct Retention {
     pub bytes: i64,
 }
 
+/// An append whose place in the partition is fixed; await it for the durable result.
+pub struct AppendTicket {
+    task: tokio::task::JoinHandle<Result<AppendResult>>,
+}
+
+impl std::future::IntoFuture for AppendTicket {
+    type Output = Result<AppendResult>;
+    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            match self.task.await {
+                Ok(result) => result,
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                Err(_) => Err(Error::ShuttingDown),
+            }
+        })
+    }
+}
+
 /// All partition logs of this broker. Cheap to clone.
 #[derive(Clone)]
 pub struct LogStore {
@@ -281,11 +301,14 @@ impl Inner {
             .collect()
     }
 
+    /// `ordered` is told (or dropped, on an early error) once the batch's place in the partition is
+    /// fixed: its offsets are assigned and it is queued in the WAL, or it is known to be a duplicate.
     async fn append(
         &self,
         tp: TopicPartition,
         mut batch: BytesMut,
         timestamp_type: TimestampType,
+        mut ordered: Option<oneshot::Sender<()>>,
     ) -> Result<AppendResult> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
@@ -320,6 +343,7 @@ impl Inner {
             SequenceCheck::Append => {}
             SequenceCheck::Duplicate(original) => {
                 drop(guard);
+                drop(ordered.take());
                 return duplicate_result(&part, original).await;
             }
         }
@@ -357,6 +381,9 @@ impl Inner {
         };
         self.tail.insert(tp, base_offset, last_offset, stored);
         drop(guard);
+        if let Some(ordered) = ordered.take() {
+            let _ = ordered.send(());
+        }
 
         let (_, wal_bytes) = part.completed(base_offset, pending.await);
         if wal_bytes >= self.opts.segment_bytes {
@@ -490,13 +517,30 @@ impl LogStore {
         batch: BytesMut,
         timestamp_type: TimestampType,
     ) -> Result<AppendResult> {
+        self.submit_append(tp, batch, timestamp_type).await.await
+    }
+
+    /// Like [`LogStore::append`], in two steps: the returned future resolves once the batch's place in
+    /// the partition is fixed (offsets assigned, queued in the WAL in that order); awaiting the
+    /// [`AppendTicket`] then waits for durability. A caller that must keep an order between appends
+    /// (the requests of one Kafka connection) submits the next only after the previous is placed,
+    /// while the durability waits overlap and share WAL group commits.
+    pub async fn submit_append(
+        &self,
+        tp: TopicPartition,
+        batch: BytesMut,
+        timestamp_type: TimestampType,
+    ) -> AppendTicket {
         let inner = self.inner.clone();
-        let task = tokio::spawn(async move { inner.append(tp, batch, timestamp_type).await });
-        match task.await {
-            Ok(result) => result,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(_) => Err(Error::ShuttingDown),
-        }
+        let (ordered_tx, ordered_rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            inner
+                .append(tp, batch, timestamp_type, Some(ordered_tx))
+                .await
+        });
+        // Told once placed; dropped unanswered when the append failed before that.
+        let _ = ordered_rx.await;
+        AppendTicket { task }
     }
 
     /// Reads whole batches starting with the one containing `offset`, up to about `max_bytes` (at least

@@ -28,6 +28,8 @@ pub(crate) async fn handle(
     correlation_id: i32,
     client_id: &str,
     body: Option<Box<RequestKind>>,
+    // Dropped when this returns, unless a Produce tells it earlier (see `dispatch::handle_frame_ordered`).
+    placed: tokio::sync::oneshot::Sender<()>,
 ) -> Result<Option<Bytes>, DispatchError> {
     macro_rules! answer {
         ($response:expr) => {
@@ -41,7 +43,7 @@ pub(crate) async fn handle(
         RequestKind::ApiVersions(_) => answer!(api_versions_body(ErrorCode::None)),
         RequestKind::Produce(request) => {
             let acks = request.acks;
-            let response = produce::handle(broker, version, request).await;
+            let response = produce::handle(broker, version, request, placed).await;
             if acks == 0 {
                 return Ok(None);
             }

@@ -22,6 +22,7 @@ pub(super) async fn handle(
     broker: &Broker,
     version: i16,
     request: ProduceRequest,
+    placed: tokio::sync::oneshot::Sender<()>,
 ) -> ProduceResponse {
     let state = broker.meta.state();
     let request_error = if !matches!(request.acks, -1..=1) {
@@ -37,52 +38,49 @@ pub(super) async fn handle(
     } else {
         None
     };
+    let unknown_code = if version >= 13 {
+        ErrorCode::UnknownTopicId
+    } else {
+        ErrorCode::UnknownTopicOrPartition
+    };
 
-    let mut topic_futures = Vec::with_capacity(request.topic_data.len());
+    // Phase 1, in request order: validate and place every partition's batches (offsets assigned,
+    // queued in the WAL). The connection's next request may start once this is done.
+    let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic_data in request.topic_data {
         let topic = resolve(&state, Some(topic_data.name.as_str()), topic_data.topic_id);
-        let unknown_code = if version >= 13 {
-            ErrorCode::UnknownTopicId
-        } else {
-            ErrorCode::UnknownTopicOrPartition
-        };
-        let request_error = request_error.clone();
-        let partitions = topic_data.partition_data.into_iter().map(move |data| {
+        let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
+        for data in topic_data.partition_data {
             let index = data.index;
             let target = topic.and_then(|t| partition_of(t, index).map(|tp| (t, tp)));
-            let request_error = request_error.clone();
-            async move {
-                if let Some((code, message)) = request_error {
-                    return error_response(index, code, message);
+            let pending = match (&request_error, target) {
+                (Some((code, message)), _) => {
+                    Pending::Done(error_response(index, *code, message.clone()))
                 }
-                let Some((topic, tp)) = target else {
-                    return error_response(
-                        index,
-                        unknown_code,
-                        "unknown topic or partition".into(),
-                    );
-                };
-                let leader_epoch = topic
-                    .partitions
-                    .get(tp.partition as usize)
-                    .map_or(-1, |p| p.leader_epoch);
-                let mut response = append_partition(broker, topic, tp, data).await;
-                response.current_leader = LeaderIdAndEpoch::default()
-                    .with_leader_id(BrokerId(node_id_i32(broker)))
-                    .with_leader_epoch(leader_epoch);
-                response
-            }
-        });
-        let name = topic_data.name;
-        let topic_id = topic_data.topic_id;
-        topic_futures.push(async move {
+                (None, None) => Pending::Done(error_response(
+                    index,
+                    unknown_code,
+                    "unknown topic or partition".into(),
+                )),
+                (None, Some((topic, tp))) => place_partition(broker, topic, tp, data).await,
+            };
+            partitions.push(pending);
+        }
+        topics.push((topic_data.name, topic_data.topic_id, partitions));
+    }
+    let _ = placed.send(());
+
+    // Phase 2: wait for durability, every partition at once (they share WAL group commits).
+    let mut responses = join_all(topics.into_iter().map(
+        |(name, topic_id, partitions)| async move {
+            let partitions = join_all(partitions.into_iter().map(|p| p.finish(broker))).await;
             TopicProduceResponse::default()
                 .with_name(name)
                 .with_topic_id(topic_id)
-                .with_partition_responses(join_all(partitions).await)
-        });
-    }
-    let mut responses = join_all(topic_futures).await;
+                .with_partition_responses(partitions)
+        },
+    ))
+    .await;
     for partition in responses
         .iter_mut()
         .flat_map(|t| t.partition_responses.iter_mut())
@@ -90,6 +88,62 @@ pub(super) async fn handle(
         for_version(partition, version);
     }
     ProduceResponse::default().with_responses(responses)
+}
+
+/// One partition of a produce request after phase 1.
+enum Pending {
+    /// Answered without appending (bad input, unknown partition).
+    Done(PartitionProduceResponse),
+    /// Batches placed in the partition, waiting to be durable.
+    Placed {
+        index: i32,
+        leader_epoch: i32,
+        topic: String,
+        partition: i32,
+        tickets: Vec<storage::AppendTicket>,
+    },
+}
+
+impl Pending {
+    async fn finish(self, broker: &Broker) -> PartitionProduceResponse {
+        let (index, leader_epoch, topic, partition, tickets) = match self {
+            Pending::Done(response) => return response,
+            Pending::Placed {
+                index,
+                leader_epoch,
+                topic,
+                partition,
+                tickets,
+            } => (index, leader_epoch, topic, partition, tickets),
+        };
+        let mut first: Option<storage::AppendResult> = None;
+        for ticket in tickets {
+            match ticket.await {
+                Ok(result) => {
+                    first.get_or_insert(result);
+                }
+                Err(error) => {
+                    tracing::debug!(%topic, partition, %error, "append failed");
+                    return error_response(index, storage_error_code(&error), error.to_string());
+                }
+            }
+        }
+        let result = first.unwrap_or(storage::AppendResult {
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+        });
+        PartitionProduceResponse::default()
+            .with_index(index)
+            .with_base_offset(result.base_offset)
+            .with_log_append_time_ms(result.log_append_time_ms)
+            .with_log_start_offset(result.log_start_offset)
+            .with_current_leader(
+                LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(node_id_i32(broker)))
+                    .with_leader_epoch(leader_epoch),
+            )
+    }
 }
 
 /// Clears the fields the negotiated version does not have (the encoder refuses them).
@@ -119,72 +173,67 @@ fn error_response(index: i32, code: ErrorCode, message: String) -> PartitionProd
         .with_error_message(Some(StrBytes::from_string(message)))
 }
 
-/// Validates every batch of one partition first (nothing is appended if any is bad), then appends
-/// them in order.
-async fn append_partition(
+/// Validates every batch of one partition first (nothing is placed if any is bad), then places them
+/// in order.
+async fn place_partition(
     broker: &Broker,
     topic: &metadata::TopicMeta,
     tp: metadata::TopicPartition,
     data: PartitionProduceData,
-) -> PartitionProduceResponse {
+) -> Pending {
     let index = data.index;
     let records: Bytes = data.records.unwrap_or_default();
     let batches = match batch::split_and_validate(&records) {
         Ok(batches) => batches,
-        Err(error) => return error_response(index, batch_error_code(&error), error.to_string()),
+        Err(error) => {
+            return Pending::Done(error_response(
+                index,
+                batch_error_code(&error),
+                error.to_string(),
+            ))
+        }
     };
     let max_bytes = max_message_bytes(&topic.configs);
     for (header, bytes) in &batches {
-        if bytes.len() > max_bytes {
-            return error_response(
-                index,
+        let refusal = if bytes.len() > max_bytes {
+            Some((
                 ErrorCode::MessageTooLarge,
                 format!(
                     "batch of {} bytes exceeds max.message.bytes={max_bytes}",
                     bytes.len()
                 ),
-            );
-        }
-        if header.is_control() {
-            return error_response(
-                index,
+            ))
+        } else if header.is_control() {
+            Some((
                 ErrorCode::InvalidRecord,
                 "clients may not produce control batches".into(),
-            );
-        }
-        if header.is_transactional() {
-            return error_response(
-                index,
+            ))
+        } else if header.is_transactional() {
+            Some((
                 ErrorCode::InvalidTxnState,
                 "transactional batches are not supported by Sluice yet".into(),
-            );
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refusal {
+            return Pending::Done(error_response(index, code, message));
         }
     }
     let timestamp_type = timestamp_type(&topic.configs);
-    let mut first: Option<storage::AppendResult> = None;
+    let mut tickets = Vec::with_capacity(batches.len());
     for (_, bytes) in batches {
-        match broker
-            .store
-            .append(tp, bytes::BytesMut::from(bytes), timestamp_type)
-            .await
-        {
-            Ok(result) => {
-                first.get_or_insert(result);
-            }
-            Err(error) => {
-                tracing::debug!(topic = %topic.name, partition = tp.partition, %error, "append failed");
-                return error_response(index, storage_error_code(&error), error.to_string());
-            }
-        }
+        let batch = bytes::BytesMut::from(bytes);
+        tickets.push(broker.store.submit_append(tp, batch, timestamp_type).await);
     }
-    let result = first.unwrap_or(storage::AppendResult {
-        base_offset: -1,
-        log_append_time_ms: -1,
-        log_start_offset: -1,
-    });
-    PartitionProduceResponse::default()
-        .with_index(index)
-        .with_base_offset(result.base_offset)
-        .with_log_append_time_ms(result.log_append_time_ms)
-        .with_log_start_offset(result.log_start_offset)
+    Pending::Placed {
+        index,
+        leader_epoch: topic
+            .partitions
+            .get(tp.partition as usize)
+            .map_or(-1, |p| p.leader_epoch),
+        topic: topic.name.clone(),
+        partition: tp.partition,
+        tickets,
+    }
 }
