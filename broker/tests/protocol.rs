@@ -75,7 +75,23 @@ fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
 
+/// A plain batch (no producer id) of keyed records `k{i}` with these values.
 fn record_batch(values: &[&str]) -> Bytes {
+    encode_batch(values, -1, -1, 0, true)
+}
+
+/// A batch of an idempotent producer: unkeyed records starting at `base_sequence`.
+fn sequenced_batch(producer_id: i64, epoch: i16, base_sequence: i32, values: &[&str]) -> Bytes {
+    encode_batch(values, producer_id, epoch, base_sequence, false)
+}
+
+fn encode_batch(
+    values: &[&str],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    keyed: bool,
+) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -84,13 +100,13 @@ fn record_batch(values: &[&str]) -> Bytes {
             control: false,
             delete_horizon: false,
             partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: i as i32,
+            sequence: base_sequence + i as i32,
             timestamp: 1_700_000_000_000 + i as i64,
-            key: Some(Bytes::from(format!("k{i}"))),
+            key: keyed.then(|| Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(v.to_string())),
             headers: IndexMap::new(),
         })
@@ -979,39 +995,6 @@ async fn a_long_poll_is_woken_by_the_append_not_by_the_timeout() {
         elapsed < Duration::from_secs(2),
         "long poll took {elapsed:?}; it must be woken by the append"
     );
-}
-
-fn sequenced_batch(producer_id: i64, epoch: i16, base_sequence: i32, values: &[&str]) -> Bytes {
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: base_sequence + i as i32,
-            timestamp: 1_700_000_000_000 + i as i64,
-            key: None,
-            value: Some(Bytes::from(v.to_string())),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
 }
 
 async fn produce_one(h: &Harness, name: &str, id: uuid::Uuid, batch: Bytes) -> (i16, i64) {

@@ -170,6 +170,14 @@ async fn apply_topic_configs(
     }
 }
 
+/// The error code and message fields of a per-resource answer.
+fn error_parts(outcome: Result<(), (ErrorCode, String)>) -> (ErrorCode, Option<StrBytes>) {
+    match outcome {
+        Ok(()) => (ErrorCode::None, None),
+        Err((code, message)) => (code, Some(text(message))),
+    }
+}
+
 fn resource_check(resource_type: i8) -> Result<(), (ErrorCode, String)> {
     match resource_type {
         RESOURCE_TOPIC => Ok(()),
@@ -210,10 +218,7 @@ pub(super) async fn alter_configs(
             )
             .await;
         }
-        let (code, message) = match outcome {
-            Ok(()) => (ErrorCode::None, None),
-            Err((code, m)) => (code, Some(text(m))),
-        };
+        let (code, message) = error_parts(outcome);
         responses.push(
             AlterConfigsResourceResponse::default()
                 .with_error_code(code.code())
@@ -253,10 +258,7 @@ pub(super) async fn incremental_alter_configs(
             )
             .await;
         }
-        let (code, message) = match outcome {
-            Ok(()) => (ErrorCode::None, None),
-            Err((code, m)) => (code, Some(text(m))),
-        };
+        let (code, message) = error_parts(outcome);
         responses.push(
             IncrementalResult::default()
                 .with_error_code(code.code())
