@@ -46,6 +46,7 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         node_id: config.node_id,
         snapshot_every: 1024,
         fsync: config.wal_fsync,
+        journal: None,
     })
     .await
     .context("cannot start the metadata node")?;

@@ -36,6 +36,7 @@ async fn harness() -> Harness {
         node_id: 1,
         snapshot_every: 1000,
         fsync: false,
+        journal: None,
     })
     .await
     .unwrap();

@@ -58,6 +58,10 @@ pub(crate) fn apply_command(state: &mut MetadataState, command: &Command) -> Com
             advance_log_start(state, *tp, *offset, *now_ms)
         }
         Command::ForgetDeletedObjects { keys } => forget_deleted_objects(state, keys),
+        // TODO(issue 3, metadata helper): implemented on the metadata branch.
+        Command::AddSegments { .. } | Command::ReplaceSegments { .. } => {
+            Err(invalid("not implemented yet"))
+        }
         Command::AllocateProducerIds { count } => allocate_producer_ids(state, *count),
         Command::CommitOffsets { commits } => crate::apply_groups::commit_offsets(state, commits),
         Command::DeleteGroupOffsets { group, partitions } => {
@@ -404,6 +408,7 @@ mod tests {
             min_timestamp: NOW,
             max_timestamp: NOW + 10,
             created_ms: NOW,
+            footer_len: 0,
         }
     }
 

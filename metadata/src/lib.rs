@@ -66,6 +66,23 @@ pub struct SegmentRef {
     pub max_timestamp: i64,
     /// Wall-clock ms when the object was written (retention by time uses `max_timestamp`).
     pub created_ms: i64,
+    /// Bytes of the index footer (+ trailer) right after the data. 0 = the footer runs to the end of
+    /// the object (a segment object of its own). Non-zero for a partition's chunk inside a shared
+    /// WAL object (S3 WAL), where other partitions' chunks follow.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub footer_len: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// One partition's chunk of a shared WAL object, for [`Command::AddSegments`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    pub tp: TopicPartition,
+    pub leader_epoch: i32,
+    pub segment: SegmentRef,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +141,9 @@ pub struct MetadataState {
     /// before the WAL data it summarizes is truncated): topic id → partition → snapshot.
     #[serde(default)]
     pub producer_states: BTreeMap<Uuid, BTreeMap<i32, Arc<PartitionProducers>>>,
+    /// Shared WAL objects (S3 WAL) still referenced by the index: key → number of chunks indexed.
+    #[serde(default)]
+    pub shared_objects: BTreeMap<String, u32>,
 }
 
 impl MetadataState {
@@ -200,6 +220,28 @@ pub enum Command {
         leader_epoch: i32,
         segment: SegmentRef,
     },
+    /// S3 WAL group commit: appends one chunk per partition of a shared WAL object (all entries carry
+    /// the same `segment.key`). Each entry is checked like [`Command::AddSegment`] and applied or
+    /// rejected on its own (a deleted topic must not fail the other partitions of the object);
+    /// answered with [`CommandResponse::Entries`] in entry order. The object is reference-counted
+    /// (`MetadataState::shared_objects`): it goes to `deleted_objects` only when the last chunk
+    /// referencing it leaves the index (compaction, retention, topic deletion). An object none of
+    /// whose entries was accepted goes to `deleted_objects` at once.
+    AddSegments {
+        entries: Vec<SegmentEntry>,
+        now_ms: i64,
+    },
+    /// Compaction: atomically replaces the run of consecutive segments of `tp` that exactly covers
+    /// `[segment.base_offset, segment.end_offset)` (first one starting at `base_offset`, last one
+    /// ending at `end_offset`) with `segment`. Rejected (state unchanged) on a stale epoch or when
+    /// no such run exists (e.g. retention removed part of it meanwhile). The replaced objects are
+    /// released (exclusive ones to `deleted_objects`, shared ones decremented).
+    ReplaceSegments {
+        tp: TopicPartition,
+        leader_epoch: i32,
+        segment: SegmentRef,
+        now_ms: i64,
+    },
     /// Moves the log start offset forward (retention, DeleteRecords); segments wholly below it are
     /// removed from the index and queued in `deleted_objects`.
     AdvanceLogStart {
@@ -253,6 +295,8 @@ pub enum CommandResponse {
     LogStart(i64),
     /// How many items a command affected (`CommitOffsets`, `DeleteGroups`).
     Count(u64),
+    /// Per-entry outcome of `AddSegments` (`None` = applied), in entry order.
+    Entries(Vec<Option<Rejection>>),
     Rejected(Rejection),
 }
 
@@ -282,6 +326,11 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("metadata is shutting down")]
     ShuttingDown,
+    /// Applied locally, but not yet in the bucket journal within `JournalOptions::persist_timeout`
+    /// (object store slow or down). The change may still become durable; the caller should answer
+    /// with a retriable error.
+    #[error("metadata change not persisted to the object store in time")]
+    NotPersisted,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -295,6 +344,36 @@ pub struct MetadataOptions {
     pub snapshot_every: u64,
     /// fsync the Raft log (false only in tests/benches).
     pub fsync: bool,
+    /// Bucket journal (S3 WAL mode): when set, every applied entry is mirrored to the object store
+    /// before `propose` answers, and `start` rebuilds the state from the bucket (the local directory
+    /// is only a cache and is wiped).
+    pub journal: Option<JournalOptions>,
+}
+
+/// Where and how the metadata journal is kept in the object store.
+///
+/// Layout under `prefix`: `metadata/snapshot/{index:020}.json` (the versioned snapshot document at
+/// that log index) and `metadata/log/{first:020}-{last:020}.json` (applied entries first..=last).
+#[derive(Clone)]
+pub struct JournalOptions {
+    pub store: Arc<dyn object_store::ObjectStore>,
+    /// Key prefix, e.g. the cluster id; no leading or trailing slash.
+    pub prefix: String,
+    /// Upload a snapshot (and delete the log objects it covers) every this many entries.
+    pub snapshot_every: u64,
+    /// How long `propose` waits for its entry to reach the bucket before [`Error::NotPersisted`].
+    pub persist_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for JournalOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalOptions")
+            .field("store", &self.store.to_string())
+            .field("prefix", &self.prefix)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("persist_timeout", &self.persist_timeout)
+            .finish()
+    }
 }
 
 /// A running single-voter metadata node (the controller role of this process).

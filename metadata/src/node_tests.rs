@@ -22,6 +22,7 @@ fn options(dir: &Path, snapshot_every: u64) -> MetadataOptions {
         node_id: 1,
         snapshot_every,
         fsync: true,
+        journal: None,
     }
 }
 
@@ -34,6 +35,7 @@ fn segment(key: &str, base: i64, end: i64) -> SegmentRef {
         data_len: 64,
         min_timestamp: NOW,
         max_timestamp: NOW,
+            footer_len: 0,
         created_ms: NOW,
     }
 }

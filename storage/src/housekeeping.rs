@@ -194,6 +194,7 @@ mod tests {
             min_timestamp: max_ts - 5,
             max_timestamp: max_ts,
             created_ms: 0,
+            footer_len: 0,
         }
     }
 

@@ -273,6 +273,7 @@ mod tests {
             min_timestamp: built.min_timestamp,
             max_timestamp: built.max_timestamp,
             created_ms: 0,
+            footer_len: 0,
         };
         (seg, batches)
     }

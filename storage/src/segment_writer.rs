@@ -169,6 +169,7 @@ async fn flush_partition(inner: &Inner, part: &Partition) -> Result<()> {
             min_timestamp: built.min_timestamp,
             max_timestamp: built.max_timestamp,
             created_ms: now_ms(),
+            footer_len: 0,
         };
         let end_offset = segment.end_offset;
         // The producer snapshot goes in first: once the segment is indexed its WAL data may be

@@ -97,6 +97,7 @@ fn meta_options(dir: &TempDir) -> MetadataOptions {
         node_id: NODE,
         snapshot_every: 10_000,
         fsync: false,
+        journal: None,
     }
 }
 
