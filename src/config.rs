@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -14,7 +15,8 @@ use serde::Deserialize;
 pub(crate) enum WalKind {
     /// Append + fsync on a local path (the embedded default).
     File,
-    /// One object PUT per group commit: not built yet (S3 WAL issue).
+    /// One object PUT per group commit into the object store (`--object-store`); nothing that
+    /// matters stays on local disk.
     Object,
 }
 
@@ -50,6 +52,18 @@ pub(crate) struct ServeArgs {
     /// fsync the WAL (turning it off trades durability away; benchmarks only).
     #[arg(long, env = "SLUICE_WAL_FSYNC")]
     pub(crate) wal_fsync: Option<bool>,
+    /// S3 WAL: how long the first batch waits for company before its WAL object is cut (ms).
+    #[arg(long, env = "SLUICE_WAL_LINGER_MS")]
+    pub(crate) wal_linger_ms: Option<u64>,
+    /// S3 WAL: a WAL object is cut as soon as this many bytes are queued.
+    #[arg(long, env = "SLUICE_WAL_FLUSH_BYTES")]
+    pub(crate) wal_flush_bytes: Option<usize>,
+    /// S3 WAL: PUTs of WAL objects in flight at once.
+    #[arg(long, env = "SLUICE_WAL_MAX_INFLIGHT_PUTS")]
+    pub(crate) wal_max_inflight_puts: Option<usize>,
+    /// S3 WAL: bytes accepted but not yet durable; producers wait beyond this (backpressure).
+    #[arg(long, env = "SLUICE_WAL_MAX_UNFLUSHED_BYTES")]
+    pub(crate) wal_max_unflushed_bytes: Option<usize>,
     /// Write the bound addresses as JSON to this file once serving.
     #[arg(long, env = "SLUICE_READY_FILE")]
     pub(crate) ready_file: Option<PathBuf>,
@@ -118,6 +132,10 @@ struct FileConfig {
     aws_secret_access_key: Option<String>,
     wal: Option<WalKind>,
     wal_fsync: Option<bool>,
+    wal_linger_ms: Option<u64>,
+    wal_flush_bytes: Option<usize>,
+    wal_max_inflight_puts: Option<usize>,
+    wal_max_unflushed_bytes: Option<usize>,
     ready_file: Option<PathBuf>,
     default_partitions: Option<u32>,
     auto_create_topics: Option<bool>,
@@ -147,6 +165,8 @@ pub(crate) struct ServeConfig {
     pub s3: storage::objects::S3Options,
     pub(crate) wal: WalKind,
     pub(crate) wal_fsync: bool,
+    /// S3 WAL settings (used with `wal = object`).
+    pub(crate) object_wal: storage::ObjectWalOptions,
     pub(crate) ready_file: Option<PathBuf>,
     pub(crate) default_partitions: u32,
     pub(crate) auto_create_topics: bool,
@@ -200,6 +220,29 @@ impl ServeConfig {
             },
             wal: args.wal.or(file.wal).unwrap_or(WalKind::File),
             wal_fsync: args.wal_fsync.or(file.wal_fsync).unwrap_or(true),
+            object_wal: {
+                let defaults = storage::ObjectWalOptions::default();
+                storage::ObjectWalOptions {
+                    linger: args
+                        .wal_linger_ms
+                        .or(file.wal_linger_ms)
+                        .map(Duration::from_millis)
+                        .unwrap_or(defaults.linger),
+                    flush_bytes: args
+                        .wal_flush_bytes
+                        .or(file.wal_flush_bytes)
+                        .unwrap_or(defaults.flush_bytes),
+                    max_inflight_puts: args
+                        .wal_max_inflight_puts
+                        .or(file.wal_max_inflight_puts)
+                        .unwrap_or(defaults.max_inflight_puts),
+                    max_unflushed_bytes: args
+                        .wal_max_unflushed_bytes
+                        .or(file.wal_max_unflushed_bytes)
+                        .unwrap_or(defaults.max_unflushed_bytes),
+                    max_object_bytes: defaults.max_object_bytes,
+                }
+            },
             ready_file: args.ready_file.or(file.ready_file),
             default_partitions: args
                 .default_partitions
@@ -260,7 +303,19 @@ impl ServeConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         if self.wal == WalKind::Object {
-            bail!("--wal object is not available yet: this build has the file WAL only");
+            let wal = &self.object_wal;
+            if wal.flush_bytes == 0 || wal.flush_bytes > wal.max_object_bytes {
+                bail!(
+                    "--wal-flush-bytes must be between 1 and {} (the largest WAL object)",
+                    wal.max_object_bytes
+                );
+            }
+            if wal.max_inflight_puts == 0 || wal.max_inflight_puts > 64 {
+                bail!("--wal-max-inflight-puts must be between 1 and 64");
+            }
+            if wal.max_unflushed_bytes < 1024 * 1024 {
+                bail!("--wal-max-unflushed-bytes must be at least 1 MiB");
+            }
         }
         if self.default_partitions == 0 {
             bail!("--default-partitions must be at least 1");
@@ -343,13 +398,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_file_keys_and_object_wal_are_refused() {
+    fn unknown_file_keys_and_bad_object_wal_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "no_such_key = 1\n").unwrap();
         let cli = TestCli::parse_from(["sluice", "--config", file.to_str().unwrap()]);
         assert!(ServeConfig::resolve(cli.serve).is_err());
-        let cli = TestCli::parse_from(["sluice", "--wal", "object"]);
+        let cli =
+            TestCli::parse_from(["sluice", "--wal", "object", "--wal-max-inflight-puts", "0"]);
         assert!(ServeConfig::resolve(cli.serve).is_err());
+        let cli = TestCli::parse_from(["sluice", "--wal", "object", "--wal-linger-ms", "2"]);
+        let config = ServeConfig::resolve(cli.serve).unwrap();
+        assert_eq!(config.wal, WalKind::Object);
+        assert_eq!(config.object_wal.linger, Duration::from_millis(2));
     }
 }

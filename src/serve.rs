@@ -13,7 +13,7 @@ use storage::{LogStore, StorageOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, WalKind};
 use crate::identity;
 
 /// While a file exists at this path, every WAL fsync fails (test-only failure injection).
@@ -41,12 +41,20 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("object store {}", config.object_store))?;
     let cluster_id = identity::ensure(objects.as_ref(), config.cluster_id.as_deref()).await?;
 
+    // With the S3 WAL the metadata lives in the bucket too (a journal of every applied change
+    // plus snapshots), so a broker on an empty data dir recovers everything from the bucket.
+    let journal = (config.wal == WalKind::Object).then(|| metadata::JournalOptions {
+        store: objects.clone(),
+        prefix: cluster_id.clone(),
+        snapshot_every: 4096,
+        persist_timeout: Duration::from_secs(30),
+    });
     let node = MetadataNode::start(MetadataOptions {
         dir: data_dir.join("metadata"),
         node_id: config.node_id,
         snapshot_every: 1024,
         fsync: config.wal_fsync,
-        journal: None,
+        journal,
     })
     .await
     .context("cannot start the metadata node")?;
@@ -80,6 +88,9 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
 
     let mut storage_options = StorageOptions::new(&data_dir, config.node_id, cluster_id.clone());
     storage_options.wal.fsync = config.wal_fsync;
+    if config.wal == WalKind::Object {
+        storage_options.object_wal = Some(config.object_wal.clone());
+    }
     if let Some(path) = &config.fail_fsync_file {
         storage_options.wal.fault = Some(Arc::new(FsyncFailpoint(path.clone())));
     }

@@ -82,6 +82,7 @@ pub fn storage_error_code(error: &storage::Error) -> ErrorCode {
         }
         storage::Error::Rejected(_) => ErrorCode::UnknownServerError,
         storage::Error::ShuttingDown => ErrorCode::NotLeaderOrFollower,
+        storage::Error::TimedOut => ErrorCode::RequestTimedOut,
         storage::Error::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
         storage::Error::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
         storage::Error::DuplicateSequence { .. } => ErrorCode::DuplicateSequenceNumber,

@@ -220,6 +220,14 @@ pub(crate) fn from_storage(error: &storage::Error) -> ApiError {
         storage::Error::InvalidBatch(error) => {
             ApiError::new(ErrorKind::Internal, format!("batch refused: {error}"))
         }
+        // Durability could not be established (yet): retriable, never a false 2xx.
+        storage::Error::TimedOut
+        | storage::Error::Wal(_)
+        | storage::Error::ObjectStore(_)
+        | storage::Error::Metadata(_) => ApiError::new(
+            ErrorKind::Unavailable,
+            format!("the event is not durable yet, retry: {error}"),
+        ),
         other => ApiError::new(ErrorKind::Internal, format!("write failed: {other}")),
     }
 }

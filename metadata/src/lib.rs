@@ -425,6 +425,13 @@ impl MetadataClient {
         self.inner.propose(cmd).await
     }
 
+    /// Waits until everything applied so far is durable where metadata keeps it (the bucket
+    /// journal, when configured; otherwise it already is). `Err(NotPersisted)` after the journal's
+    /// `persist_timeout`.
+    pub async fn sync(&self) -> Result<()> {
+        self.inner.sync().await
+    }
+
     /// The latest applied state.
     pub fn state(&self) -> Arc<MetadataState> {
         self.inner.state()

@@ -19,7 +19,12 @@ pub mod batch;
 pub mod objects;
 pub mod segment;
 
+mod compaction;
+mod object_wal;
+
 mod housekeeping;
+#[cfg(test)]
+mod object_wal_tests;
 mod partition;
 mod producers;
 mod read;
@@ -53,6 +58,9 @@ use crate::producers::{ProducerTable, SequenceCheck};
 use crate::segment_reader::SegmentReader;
 use crate::tail_cache::TailCache;
 
+use crate::object_wal::{ObjectWal, Pending};
+pub use crate::object_wal::{ObjectWalOptions, ObjectWalStats};
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("unknown topic or partition")]
@@ -77,6 +85,9 @@ pub enum Error {
     CorruptSegment { key: String, reason: String },
     #[error("storage is shutting down")]
     ShuttingDown,
+    /// The append did not become durable within the caller's timeout; it may still land later.
+    #[error("timed out waiting for the append to become durable")]
+    TimedOut,
     /// Idempotent producer: the batch's sequence does not follow the producer's last one.
     #[error("out of order sequence number: expected {expected}, got {got}")]
     OutOfOrderSequence { expected: i32, got: i32 },
@@ -113,6 +124,9 @@ pub struct StorageOptions {
     pub data_dir: PathBuf,
     pub node_id: NodeId,
     pub wal: wal::WalOptions,
+    /// `Some` = the S3 WAL (`--wal object`): batches go to shared WAL objects in the object store
+    /// and no file WAL is opened; `None` = the file WAL (`wal`).
+    pub object_wal: Option<ObjectWalOptions>,
     /// Cluster id, the first component of every object key.
     pub cluster_id: String,
     /// A partition's WAL data is written to a segment object once it reaches this many bytes...
@@ -136,6 +150,7 @@ impl StorageOptions {
         let data_dir = data_dir.into();
         StorageOptions {
             wal: wal::WalOptions::new(data_dir.join("wal")),
+            object_wal: None,
             data_dir,
             node_id,
             cluster_id: cluster_id.into(),
@@ -218,7 +233,10 @@ pub(crate) struct Inner {
     pub(crate) opts: StorageOptions,
     pub(crate) objects: Arc<dyn ObjectStore>,
     pub(crate) meta: MetadataClient,
-    pub(crate) wal: Wal,
+    /// The file WAL; `None` with the S3 WAL.
+    pub(crate) wal: Option<Wal>,
+    /// The S3 WAL; `None` with the file WAL.
+    pub(crate) object_wal: Option<ObjectWal>,
     pub(crate) partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Topics forgotten by `drop_topic`: never lazily re-created from a stale metadata view.
     dropped_topics: Mutex<HashSet<uuid::Uuid>>,
@@ -283,6 +301,14 @@ impl Inner {
         Ok(part)
     }
 
+    /// Installs a partition's state built by recovery (before anything else can load it).
+    pub(crate) fn install_partition(&self, tp: TopicPartition, state: PartitionState) {
+        self.partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tp, Arc::new(Partition::new(tp, state)));
+    }
+
     /// The partition's state if it is loaded (background tasks use this to avoid creating state).
     pub(crate) fn loaded_partition(&self, tp: TopicPartition) -> Option<Arc<Partition>> {
         self.partitions
@@ -327,6 +353,23 @@ impl Inner {
             return Err(BatchError::InvalidRecord("negative lastOffsetDelta".into()).into());
         }
 
+        if let Some(object_wal) = &self.object_wal {
+            let permit = object_wal.reserve(batch.len()).await?;
+            return self
+                .append_object(
+                    object_wal,
+                    part,
+                    header,
+                    batch,
+                    timestamp_type,
+                    ordered,
+                    permit,
+                )
+                .await;
+        }
+        let Some(wal) = &self.wal else {
+            return Err(Error::ShuttingDown);
+        };
         let guard = part.append_lock.lock().await;
         let (base_offset, log_start_offset, sequence) = {
             let st = part.state();
@@ -361,7 +404,7 @@ impl Inner {
         let (waiter, answer) = oneshot::channel();
         {
             let mut st = part.state();
-            let lsn_floor = self.wal.end_lsn();
+            let lsn_floor = wal.end_lsn();
             st.producers.record(&header, base_offset);
             st.begin_append(
                 base_offset,
@@ -372,7 +415,7 @@ impl Inner {
                 waiter,
             );
         }
-        let pending = match self.wal.submit(record).await {
+        let pending = match wal.submit(record).await {
             Ok(pending) => pending,
             Err(err) => {
                 part.state().abort_append(base_offset);
@@ -388,6 +431,91 @@ impl Inner {
         let (_, wal_bytes) = part.completed(base_offset, pending.await);
         if wal_bytes >= self.opts.segment_bytes {
             self.writer_wake.notify_one();
+        }
+        match answer.await {
+            Ok(Ok(())) => Ok(AppendResult {
+                base_offset,
+                log_append_time_ms,
+                log_start_offset,
+            }),
+            Ok(Err(err)) => Err(Error::Wal(err)),
+            Err(_) => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// The S3 WAL twin of the file-WAL path in [`Inner::append`]: same checks and offset
+    /// assignment, then the batch is queued for the next WAL object; it is acknowledged once that
+    /// object is stored and indexed (see `object_wal`).
+    #[allow(clippy::too_many_arguments)]
+    async fn append_object(
+        &self,
+        object_wal: &ObjectWal,
+        part: Arc<Partition>,
+        header: BatchHeader,
+        mut batch: BytesMut,
+        timestamp_type: TimestampType,
+        mut ordered: Option<oneshot::Sender<()>>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<AppendResult> {
+        let tp = part.tp;
+        let guard = part.append_lock.lock().await;
+        let (base_offset, log_start_offset, sequence) = {
+            let st = part.state();
+            if st.poisoned {
+                return Err(Error::Wal(wal::Error::Poisoned));
+            }
+            (
+                st.next_offset,
+                st.log_start_offset,
+                st.producers.check(&header),
+            )
+        };
+        match sequence? {
+            SequenceCheck::Append => {}
+            SequenceCheck::Duplicate(original) => {
+                drop(guard);
+                drop(ordered.take());
+                return duplicate_result(&part, original).await;
+            }
+        }
+        let last_offset = base_offset + i64::from(header.last_offset_delta);
+        batch::set_base_offset(&mut batch, base_offset);
+        let (log_append_time_ms, max_timestamp) = match timestamp_type {
+            TimestampType::CreateTime => (-1, header.max_timestamp),
+            TimestampType::LogAppendTime => {
+                let now = now_ms();
+                batch::set_log_append_time(&mut batch, now);
+                (now, now)
+            }
+        };
+        let stored = batch.freeze();
+        let (waiter, answer) = oneshot::channel();
+        {
+            let mut st = part.state();
+            st.producers.record(&header, base_offset);
+            st.begin_append(
+                base_offset,
+                last_offset,
+                max_timestamp,
+                stored.len(),
+                0,
+                waiter,
+            );
+        }
+        let pushed = object_wal.push(Pending {
+            part: part.clone(),
+            base_offset,
+            bytes: stored.clone(),
+            permit,
+        });
+        if let Err(err) = pushed {
+            part.state().abort_append(base_offset);
+            return Err(err);
+        }
+        self.tail.insert(tp, base_offset, last_offset, stored);
+        drop(guard);
+        if let Some(ordered) = ordered.take() {
+            let _ = ordered.send(());
         }
         match answer.await {
             Ok(Ok(())) => Ok(AppendResult {
@@ -469,7 +597,19 @@ impl LogStore {
         objects: Arc<dyn ObjectStore>,
         meta: MetadataClient,
     ) -> Result<LogStore> {
-        let wal = Wal::open(opts.wal.clone())?;
+        let (wal, object_wal) = match &opts.object_wal {
+            Some(object_opts) => (
+                None,
+                Some(ObjectWal::start(
+                    object_opts.clone(),
+                    objects.clone(),
+                    meta.clone(),
+                    &opts.cluster_id,
+                    opts.node_id,
+                )),
+            ),
+            None => (Some(Wal::open(opts.wal.clone())?), None),
+        };
         let inner = Arc::new(Inner {
             tail: TailCache::new(opts.tail_cache_bytes),
             segments: SegmentReader::new(objects.clone()),
@@ -477,6 +617,7 @@ impl LogStore {
             objects,
             meta,
             wal,
+            object_wal,
             partitions: RwLock::new(HashMap::new()),
             dropped_topics: Mutex::new(HashSet::new()),
             retention: Mutex::new(HashMap::new()),
@@ -495,12 +636,27 @@ impl LogStore {
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             Err(_) => Err(Error::ShuttingDown),
         };
+        let recovered = match recovered {
+            Ok(()) if inner.object_wal.is_some() => {
+                compaction::recover_producers(&inner).await.map(|count| {
+                    tracing::info!(
+                        partitions = count,
+                        "producer state rebuilt from WAL objects"
+                    );
+                })
+            }
+            other => other,
+        };
         if let Err(err) = recovered {
             // Do not leave the WAL writer running behind a failed open.
-            let _ = inner.wal.close().await;
+            inner.close_wal().await;
             return Err(err);
         }
-        let writer = tokio::spawn(segment_writer::run(inner.clone(), inner.cancel.clone()));
+        let writer = if inner.object_wal.is_some() {
+            tokio::spawn(compaction::run(inner.clone(), inner.cancel.clone()))
+        } else {
+            tokio::spawn(segment_writer::run(inner.clone(), inner.cancel.clone()))
+        };
         let housekeeping = tokio::spawn(housekeeping::run(inner.clone(), inner.cancel.clone()));
         lock(&inner.tasks).extend([writer, housekeeping]);
         Ok(LogStore { inner })
@@ -588,9 +744,14 @@ impl LogStore {
         Ok(self.inner.partition(tp)?.hw_watch())
     }
 
-    /// Counters of the WAL since open (metrics pages, benchmarks).
+    /// Counters of the file WAL since open (metrics pages, benchmarks); zeros with the S3 WAL.
     pub fn wal_stats(&self) -> wal::WalStats {
-        self.inner.wal.stats()
+        self.inner.wal.as_ref().map(Wal::stats).unwrap_or_default()
+    }
+
+    /// Counters of the S3 WAL since open; `None` with the file WAL.
+    pub fn object_wal_stats(&self) -> Option<ObjectWalStats> {
+        self.inner.object_wal.as_ref().map(ObjectWal::stats)
     }
 
     /// Sets the retention of a topic (called when its configs are created or changed).
@@ -624,7 +785,27 @@ impl LogStore {
                 }
             }
         }
-        self.inner.wal.close().await?;
+        if let Some(wal) = &self.inner.wal {
+            wal.close().await?;
+        }
+        if let Some(object_wal) = &self.inner.object_wal {
+            object_wal.close(OBJECT_WAL_DRAIN).await;
+        }
         Ok(())
+    }
+}
+
+/// How long a graceful shutdown waits for the S3 WAL to store and index what is queued.
+const OBJECT_WAL_DRAIN: Duration = Duration::from_secs(10);
+
+impl Inner {
+    /// Closes whichever WAL is open (after a failed open).
+    async fn close_wal(&self) {
+        if let Some(wal) = &self.wal {
+            let _ = wal.close().await;
+        }
+        if let Some(object_wal) = &self.object_wal {
+            object_wal.close(OBJECT_WAL_DRAIN).await;
+        }
     }
 }

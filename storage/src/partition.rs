@@ -37,7 +37,9 @@ pub(crate) type AppendWaiter = oneshot::Sender<Result<(), wal::Error>>;
 
 enum InflightStatus {
     Pending,
-    Durable(Lsn),
+    /// Durable at this WAL lsn (file WAL), or `None`: durable and indexed in a shared WAL object
+    /// (S3 WAL), so there is nothing to keep in the WAL index.
+    Durable(Option<Lsn>),
     /// The WAL's error for this very append (taken when it is answered).
     Failed(Option<wal::Error>),
 }
@@ -129,10 +131,22 @@ impl PartitionState {
 
     /// Records the WAL's answer for the append at `base_offset`, then makes visible every leading
     /// in-flight append that is durable. Returns the high watermark afterwards.
+    #[cfg(test)]
     pub(crate) fn completed(
         &mut self,
         base_offset: i64,
         result: Result<Lsn, wal::Error>,
+        now: Instant,
+    ) -> i64 {
+        self.completed_at(base_offset, result.map(Some), now)
+    }
+
+    /// Like [`completed`](Self::completed) for an append that `None` = landed in an indexed object
+    /// (S3 WAL): it becomes visible without a WAL index entry.
+    pub(crate) fn completed_at(
+        &mut self,
+        base_offset: i64,
+        result: Result<Option<Lsn>, wal::Error>,
         now: Instant,
     ) -> i64 {
         if let Some(entry) = self
@@ -149,18 +163,19 @@ impl PartitionState {
             let answer = match &mut front.status {
                 InflightStatus::Pending => break,
                 InflightStatus::Durable(lsn) if !self.poisoned => {
-                    let lsn = *lsn;
-                    self.wal_index.insert(
-                        front.base_offset,
-                        WalEntry {
-                            lsn,
-                            last_offset: front.last_offset,
-                            max_timestamp: front.max_timestamp,
-                            batch_len: front.batch_len,
-                            added: now,
-                        },
-                    );
-                    self.wal_bytes += front.batch_len as u64;
+                    if let Some(lsn) = *lsn {
+                        self.wal_index.insert(
+                            front.base_offset,
+                            WalEntry {
+                                lsn,
+                                last_offset: front.last_offset,
+                                max_timestamp: front.max_timestamp,
+                                batch_len: front.batch_len,
+                                added: now,
+                            },
+                        );
+                        self.wal_bytes += front.batch_len as u64;
+                    }
                     self.high_watermark = self.high_watermark.max(front.last_offset + 1);
                     Ok(())
                 }
@@ -252,8 +267,17 @@ impl Partition {
         base_offset: i64,
         result: Result<Lsn, wal::Error>,
     ) -> (i64, u64) {
+        self.completed_at(base_offset, result.map(Some))
+    }
+
+    /// See [`PartitionState::completed_at`]; publishes the new high watermark.
+    pub(crate) fn completed_at(
+        &self,
+        base_offset: i64,
+        result: Result<Option<Lsn>, wal::Error>,
+    ) -> (i64, u64) {
         let mut st = self.state();
-        let hw = st.completed(base_offset, result, Instant::now());
+        let hw = st.completed_at(base_offset, result, Instant::now());
         // Published under the state lock so watchers see watermarks in order.
         self.hw_tx.send_if_modified(|current| {
             if *current < hw {

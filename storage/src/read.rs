@@ -31,7 +31,12 @@ fn segment_for(segments: &[SegmentRef], offset: i64) -> Option<&SegmentRef> {
 impl Inner {
     /// The batch stored in the WAL record at `lsn`, checked to belong to `tp`.
     pub(crate) async fn read_wal_batch(&self, tp: TopicPartition, lsn: wal::Lsn) -> Result<Bytes> {
-        let record = self.wal.read(lsn).await?;
+        let record = self
+            .wal
+            .as_ref()
+            .ok_or(Error::Wal(wal::Error::NotFound(lsn)))?
+            .read(lsn)
+            .await?;
         let corrupt = |reason: String| {
             Error::Wal(wal::Error::Corrupted {
                 file: self.opts.wal.dir.clone(),

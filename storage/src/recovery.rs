@@ -27,6 +27,10 @@ pub(crate) struct RecoveryStats {
 }
 
 pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
+    // The S3 WAL keeps nothing locally: its data is in indexed objects (see `object_recovery`).
+    let Some(wal) = &inner.wal else {
+        return Ok(RecoveryStats::default());
+    };
     let state = inner.meta.state();
     let now = Instant::now();
     let mut stats = RecoveryStats::default();
@@ -34,7 +38,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
     // Producer sequences: the metadata snapshot plus every WAL batch at or after its offset (the
     // WAL may still hold batches that are already in segments; those count too).
     let mut producers: HashMap<TopicPartition, ProducerTable> = HashMap::new();
-    for item in inner.wal.replay(inner.wal.start_lsn())? {
+    for item in wal.replay(wal.start_lsn())? {
         let (lsn, record) = item?;
         stats.records += 1;
         let (tp, batch) = match wal_record::decode(&record) {

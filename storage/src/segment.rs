@@ -283,7 +283,7 @@ pub fn batch_min_timestamp(header: &BatchHeader) -> i64 {
 pub struct BuiltSegment {
     pub chunks: Vec<Bytes>,
     pub footer: SegmentFooter,
-    /// Bytes of batch data (the data starts at byte 0).
+    /// Bytes of batch data (the data starts at the builder's base position, 0 for a segment object).
     pub data_len: u64,
     pub min_timestamp: i64,
     pub max_timestamp: i64,
@@ -309,11 +309,22 @@ pub struct SegmentBuilder {
     end_offset: i64,
     min_timestamp: i64,
     max_timestamp: i64,
+    /// Object position of the first data byte (non-zero for a chunk inside a shared WAL object).
+    base_position: u64,
 }
 
 impl SegmentBuilder {
     pub fn new() -> Self {
         SegmentBuilder::default()
+    }
+
+    /// A builder for a chunk that starts at byte `position` of a larger object (S3 WAL: one chunk
+    /// per partition in a shared object): index positions are object positions.
+    pub fn with_base_position(position: u64) -> Self {
+        SegmentBuilder {
+            base_position: position,
+            ..SegmentBuilder::default()
+        }
     }
 
     /// Adds one whole batch. Batches must come in increasing offset order without overlap.
@@ -352,7 +363,7 @@ impl SegmentBuilder {
         if new_entry {
             self.entries.push(IndexEntry {
                 base_offset: header.base_offset,
-                position: self.data_len,
+                position: self.base_position + self.data_len,
                 max_timestamp: max_ts,
             });
             self.since_entry = 0;
@@ -392,7 +403,7 @@ impl SegmentBuilder {
         let footer = SegmentFooter {
             base_offset,
             end_offset: self.end_offset,
-            index_position: self.data_len,
+            index_position: self.base_position + self.data_len,
             entries: self.entries,
         };
         let mut chunks = self.chunks;

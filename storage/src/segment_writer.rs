@@ -104,15 +104,18 @@ async fn round(inner: &Inner, backoff: &mut HashMap<TopicPartition, (Duration, I
 /// Lets the WAL delete files no partition needs: everything below the smallest lsn still indexed or
 /// in flight.
 pub(crate) fn checkpoint(inner: &Inner) {
+    let Some(wal) = &inner.wal else {
+        return;
+    };
     // Read the end first: a record submitted after this point has an lsn >= end, one submitted
     // before is registered in its partition (see `PartitionState::begin_append`).
-    let end = inner.wal.end_lsn();
+    let end = wal.end_lsn();
     let keep_from = inner
         .loaded_partitions()
         .iter()
         .filter_map(|part| part.state().min_lsn())
         .fold(end, u64::min);
-    if let Err(err) = inner.wal.truncate_prefix(keep_from) {
+    if let Err(err) = wal.truncate_prefix(keep_from) {
         tracing::warn!(error = %err, keep_from, "WAL checkpoint failed");
     }
 }
@@ -212,7 +215,7 @@ async fn flush_partition(inner: &Inner, part: &Partition) -> Result<()> {
 
 /// Folds the idempotent batches of a new segment into the partition's producer snapshot in
 /// metadata (nothing is proposed when the segment holds none).
-async fn save_producer_state(
+pub(crate) async fn save_producer_state(
     inner: &Inner,
     tp: TopicPartition,
     leader_epoch: i32,
@@ -287,7 +290,7 @@ async fn build_segment(
     Ok((built, headers))
 }
 
-async fn put_with_retry(inner: &Inner, key: &str, built: &BuiltSegment) -> Result<()> {
+pub(crate) async fn put_with_retry(inner: &Inner, key: &str, built: &BuiltSegment) -> Result<()> {
     let path = ObjectPath::from(key);
     let mut delay = PUT_BACKOFF_START;
     let mut attempt = 1;
@@ -331,7 +334,7 @@ async fn upload(
     Ok(())
 }
 
-async fn delete_orphan(inner: &Inner, key: &str) {
+pub(crate) async fn delete_orphan(inner: &Inner, key: &str) {
     match inner.objects.delete(&ObjectPath::from(key)).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
         Err(err) => {

@@ -188,7 +188,7 @@ async fn reads_from_tail_cache_wal_and_segments_and_recovers() {
     assert!(tail.get(p0, 52).is_some() && tail.get(p0, 54).is_some());
     // The checkpoint let the WAL drop files whose records are all in segments.
     wait_until(WAIT, "WAL truncated", || async {
-        h.store.inner.wal.start_lsn() > 0
+        h.store.inner.wal.as_ref().unwrap().start_lsn() > 0
     })
     .await;
 

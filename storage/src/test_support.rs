@@ -103,6 +103,14 @@ fn meta_options(dir: &TempDir) -> MetadataOptions {
 
 impl Harness {
     pub(crate) async fn start(configure: impl FnOnce(&mut StorageOptions)) -> Harness {
+        Harness::start_with(|store| store, configure).await
+    }
+
+    /// Like [`Harness::start`], with the object store wrapped by `wrap` (fault injection).
+    pub(crate) async fn start_with(
+        wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
+        configure: impl FnOnce(&mut StorageOptions),
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let node = MetadataNode::start(meta_options(&dir))
             .await
@@ -110,8 +118,9 @@ impl Harness {
         let meta = node.client();
         let objects_dir = dir.path().join("objects");
         std::fs::create_dir_all(&objects_dir).expect("objects dir");
-        let objects: Arc<dyn ObjectStore> =
-            Arc::new(LocalFileSystem::new_with_prefix(&objects_dir).expect("local store"));
+        let objects: Arc<dyn ObjectStore> = wrap(Arc::new(
+            LocalFileSystem::new_with_prefix(&objects_dir).expect("local store"),
+        ));
         let mut opts = StorageOptions::new(dir.path().join("data"), NODE, "test-cluster");
         opts.wal.fsync = false;
         opts.housekeeping_interval = Duration::from_millis(50);
@@ -218,4 +227,113 @@ fn built_batches_are_valid() {
     assert_eq!(header.max_timestamp, 1_200);
     let timestamps = crate::batch::record_timestamps(&batch).expect("timestamps");
     assert_eq!(timestamps, vec![(0, 1_000), (1, 900), (2, 1_200)]);
+}
+
+/// An object store wrapper for fault injection: PUTs can be held (until released) or failed a
+/// number of times; PUTs are counted.
+#[derive(Debug)]
+pub(crate) struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    /// PUTs wait while this is `true`.
+    hold: tokio::sync::watch::Sender<bool>,
+    /// The next this-many PUTs fail with a generic (retriable) error.
+    pub(crate) fail_puts: std::sync::atomic::AtomicU32,
+    pub(crate) puts: std::sync::atomic::AtomicU64,
+}
+
+impl FaultyStore {
+    pub(crate) fn new(inner: Arc<dyn ObjectStore>) -> Arc<FaultyStore> {
+        Arc::new(FaultyStore {
+            inner,
+            hold: tokio::sync::watch::channel(false).0,
+            fail_puts: Default::default(),
+            puts: Default::default(),
+        })
+    }
+
+    pub(crate) fn hold_puts(&self, hold: bool) {
+        self.hold.send_replace(hold);
+    }
+}
+
+impl std::fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        use std::sync::atomic::Ordering;
+        let mut hold = self.hold.subscribe();
+        // Bounded: tests release the hold; a dropped sender also ends the wait.
+        let _ = hold.wait_for(|held| !*held).await;
+        let failing = self
+            .fail_puts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(object_store::Error::Generic {
+                store: "faulty",
+                source: "injected PUT failure".into(),
+            });
+        }
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
 }

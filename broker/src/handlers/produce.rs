@@ -3,6 +3,9 @@
 //! All partitions of a request are appended concurrently, so the WAL group-commits them together.
 //! `acks=1` and `acks=-1` both mean "durable in the WAL"; `acks=0` does the same work without answer.
 
+use std::future::IntoFuture;
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures::future::join_all;
 use kafka_protocol::messages::produce_request::PartitionProduceData;
@@ -70,10 +73,18 @@ pub(super) async fn handle(
     }
     let _ = placed.send(());
 
-    // Phase 2: wait for durability, every partition at once (they share WAL group commits).
+    // Phase 2: wait for durability, every partition at once (they share WAL group commits), up to
+    // the request's timeout: a partition not durable by then is answered REQUEST_TIMED_OUT
+    // (retriable; the append carries on and may still land, as with a Kafka replication timeout).
+    let deadline = (request.timeout_ms > 0).then(|| {
+        tokio::time::Instant::now()
+            + Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0))
+                .min(MAX_PRODUCE_TIMEOUT)
+    });
     let mut responses = join_all(topics.into_iter().map(
         |(name, topic_id, partitions)| async move {
-            let partitions = join_all(partitions.into_iter().map(|p| p.finish(broker))).await;
+            let partitions =
+                join_all(partitions.into_iter().map(|p| p.finish(broker, deadline))).await;
             TopicProduceResponse::default()
                 .with_name(name)
                 .with_topic_id(topic_id)
@@ -90,6 +101,9 @@ pub(super) async fn handle(
     ProduceResponse::default().with_responses(responses)
 }
 
+/// Upper bound of the time a produce waits for durability, whatever the client asks for.
+const MAX_PRODUCE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// One partition of a produce request after phase 1.
 enum Pending {
     /// Answered without appending (bad input, unknown partition).
@@ -105,7 +119,11 @@ enum Pending {
 }
 
 impl Pending {
-    async fn finish(self, broker: &Broker) -> PartitionProduceResponse {
+    async fn finish(
+        self,
+        broker: &Broker,
+        deadline: Option<tokio::time::Instant>,
+    ) -> PartitionProduceResponse {
         let (index, leader_epoch, topic, partition, tickets) = match self {
             Pending::Done(response) => return response,
             Pending::Placed {
@@ -118,7 +136,13 @@ impl Pending {
         };
         let mut first: Option<storage::AppendResult> = None;
         for ticket in tickets {
-            match ticket.await {
+            let outcome = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, ticket.into_future())
+                    .await
+                    .unwrap_or(Err(storage::Error::TimedOut)),
+                None => ticket.await,
+            };
+            match outcome {
                 Ok(result) => {
                     first.get_or_insert(result);
                 }

@@ -1,0 +1,249 @@
+//! Tests of the S3 WAL mode of [`crate::LogStore`]: group commit into shared WAL objects, acks in
+//! offset order, reads of chunks, compaction + GC of WAL objects, backpressure, PUT failures,
+//! restart from the index alone.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use metadata::TopicPartition;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+
+use crate::test_support::{simple_batch, stored, wait_until, FaultyStore, Harness};
+use crate::{ObjectWalOptions, StorageOptions, TimestampType};
+
+fn tp(topic_id: uuid::Uuid, partition: i32) -> TopicPartition {
+    TopicPartition {
+        topic_id,
+        partition,
+    }
+}
+
+fn object_mode(opts: &mut StorageOptions) {
+    opts.object_wal = Some(ObjectWalOptions {
+        linger: Duration::from_millis(5),
+        flush_bytes: 256 * 1024,
+        max_object_bytes: 1024 * 1024,
+        max_inflight_puts: 4,
+        max_unflushed_bytes: 4 * 1024 * 1024,
+    });
+    // Compaction only when asked for by a test.
+    opts.segment_bytes = 1 << 40;
+    opts.segment_max_age = Duration::from_secs(3600);
+}
+
+async fn read_all(h: &Harness, tp: TopicPartition) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    for _ in 0..10_000 {
+        let result = h.store.read(tp, next, 64 * 1024).await.expect("read");
+        if result.batches.is_empty() {
+            break;
+        }
+        for bytes in result.batches {
+            let header = crate::batch::BatchHeader::parse(&bytes).expect("header");
+            next = header.last_offset() + 1;
+            out.push(bytes.to_vec());
+        }
+    }
+    out
+}
+
+async fn wal_objects(objects: &Arc<dyn ObjectStore>) -> usize {
+    objects
+        .list(Some(&ObjectPath::from("test-cluster/wal")))
+        .filter_map(|item| async move { item.ok() })
+        .count()
+        .await
+}
+
+/// Appends `per_partition` batches to each partition concurrently; returns the expected stored
+/// bytes per partition (in offset order).
+async fn produce(h: &Harness, tps: &[TopicPartition], per_partition: usize) -> Vec<Vec<Vec<u8>>> {
+    let mut tickets = Vec::new();
+    let mut batches: Vec<Vec<BytesMut>> = vec![Vec::new(); tps.len()];
+    for i in 0..per_partition {
+        for (p, tp) in tps.iter().enumerate() {
+            let batch = simple_batch(3, 100 + i, 1_000 + i as i64);
+            batches[p].push(batch.clone());
+            tickets.push((
+                p,
+                i,
+                h.store
+                    .submit_append(*tp, batch, TimestampType::CreateTime)
+                    .await,
+            ));
+        }
+    }
+    let mut expected: Vec<Vec<Vec<u8>>> = vec![Vec::new(); tps.len()];
+    for (p, i, ticket) in tickets {
+        let result = ticket.await.expect("append acknowledged");
+        assert_eq!(
+            result.base_offset,
+            (i * 3) as i64,
+            "dense offsets in submit order"
+        );
+        expected[p].push(stored(&batches[p][i], result.base_offset));
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_group_commit_into_shared_objects_and_read_back() {
+    let h = Harness::start(object_mode).await;
+    let topic = h.create_topic("t", 3).await;
+    let tps: Vec<TopicPartition> = (0..3).map(|p| tp(topic, p)).collect();
+    let expected = produce(&h, &tps, 50).await;
+
+    let stats = h.store.object_wal_stats().expect("object WAL stats");
+    assert!(stats.objects >= 1);
+    assert!(
+        stats.objects < 150 / 2,
+        "150 batches should share objects, got {} objects",
+        stats.objects
+    );
+    assert_eq!(h.store.wal_stats().syncs, 0, "no file WAL in object mode");
+    // Every partition's index points into shared WAL objects.
+    let state = h.meta.state();
+    for tp in &tps {
+        let segments = h.segments(*tp);
+        assert!(!segments.is_empty());
+        assert!(segments.iter().all(|s| s.footer_len > 0));
+        assert!(segments
+            .iter()
+            .all(|s| state.shared_objects.contains_key(&s.key)));
+        assert_eq!(h.segmented_end(*tp), 150);
+    }
+    for (p, tp) in tps.iter().enumerate() {
+        assert_eq!(read_all(&h, *tp).await, expected[p]);
+    }
+    // Nothing in the data dir: no file WAL was opened.
+    assert!(!h.opts.data_dir.join("wal").exists());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_reads_everything_back_from_the_objects() {
+    let mut h = Harness::start(object_mode).await;
+    let topic = h.create_topic("t", 2).await;
+    let tps: Vec<TopicPartition> = (0..2).map(|p| tp(topic, p)).collect();
+    let expected = produce(&h, &tps, 20).await;
+    h.restart().await;
+    for (p, tp) in tps.iter().enumerate() {
+        let offsets = h.store.offsets(*tp).expect("offsets");
+        assert_eq!(offsets.high_watermark, 60);
+        // The tail cache is empty after a restart: these reads go to the WAL objects.
+        assert_eq!(read_all(&h, *tp).await, expected[p]);
+    }
+    // Appends continue right after the indexed data.
+    let batch = simple_batch(1, 10, 5);
+    let result = h
+        .store
+        .append(tps[0], batch, TimestampType::CreateTime)
+        .await
+        .expect("append after restart");
+    assert_eq!(result.base_offset, 60);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_rewrites_chunks_and_gc_deletes_wal_objects() {
+    let h = Harness::start(|opts| {
+        object_mode(opts);
+        opts.segment_bytes = 16 * 1024;
+        opts.segment_max_age = Duration::from_millis(200);
+        opts.gc_grace = Duration::from_millis(100);
+    })
+    .await;
+    let topic = h.create_topic("t", 2).await;
+    let tps: Vec<TopicPartition> = (0..2).map(|p| tp(topic, p)).collect();
+    let expected = produce(&h, &tps, 40).await;
+    assert!(wal_objects(&h.objects).await > 0);
+    wait_until(Duration::from_secs(20), "chunks compacted", || async {
+        let state = h.meta.state();
+        tps.iter().all(|tp| {
+            h.segments(*tp)
+                .iter()
+                .all(|s| !state.shared_objects.contains_key(&s.key) && s.footer_len == 0)
+        })
+    })
+    .await;
+    assert!(h.meta.state().shared_objects.is_empty());
+    wait_until(Duration::from_secs(20), "WAL objects deleted", || async {
+        wal_objects(&h.objects).await == 0
+    })
+    .await;
+    for (p, tp) in tps.iter().enumerate() {
+        assert_eq!(h.segmented_end(*tp), 120);
+        assert_eq!(read_all(&h, *tp).await, expected[p]);
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_store_applies_backpressure_and_nothing_is_acked_before_the_put() {
+    let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let handle = faulty.clone();
+    let h = Harness::start_with(
+        move |_| faulty,
+        |opts| {
+            object_mode(opts);
+            if let Some(wal) = &mut opts.object_wal {
+                wal.max_unflushed_bytes = 64 * 1024;
+            }
+        },
+    )
+    .await;
+    let topic = h.create_topic("t", 1).await;
+    let tp = tp(topic, 0);
+    handle.hold_puts(true);
+    // ~20 KiB each: the budget (64 KiB) admits three, the fourth waits to be placed.
+    let mut tickets = Vec::new();
+    for _ in 0..3 {
+        let batch = simple_batch(1, 20 * 1024, 1);
+        tickets.push(
+            h.store
+                .submit_append(tp, batch, TimestampType::CreateTime)
+                .await,
+        );
+    }
+    let store = h.store.clone();
+    let fourth = tokio::spawn(async move {
+        store
+            .submit_append(tp, simple_batch(1, 20 * 1024, 1), TimestampType::CreateTime)
+            .await
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!fourth.is_finished(), "over budget: the producer waits");
+    assert_eq!(
+        h.store.offsets(tp).unwrap().high_watermark,
+        0,
+        "nothing durable yet"
+    );
+    handle.hold_puts(false);
+    for (i, ticket) in tickets.into_iter().enumerate() {
+        assert_eq!(ticket.await.expect("acked").base_offset, i as i64);
+    }
+    assert_eq!(fourth.await.unwrap().expect("acked").base_offset, 3);
+    assert_eq!(h.store.offsets(tp).unwrap().high_watermark, 4);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_puts_are_retried_until_stored() {
+    let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let handle = faulty.clone();
+    let h = Harness::start_with(move |_| faulty, object_mode).await;
+    let topic = h.create_topic("t", 1).await;
+    let tp = tp(topic, 0);
+    handle.fail_puts.store(3, Ordering::SeqCst);
+    let expected = produce(&h, &[tp], 5).await;
+    let stats = h.store.object_wal_stats().unwrap();
+    assert!(stats.put_retries >= 3, "{stats:?}");
+    assert_eq!(read_all(&h, tp).await, expected[0]);
+    h.stop().await;
+}
