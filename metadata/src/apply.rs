@@ -364,44 +364,42 @@ fn add_segment(
     Ok(CommandResponse::Ok)
 }
 
-/// S3 WAL group commit: one chunk per entry of one shared object, each applied or rejected on its
-/// own; the object's reference count grows by the number of accepted chunks.
+/// S3 WAL group commit: one chunk per entry of one or more shared objects (a commit may index
+/// several WAL objects at once), each applied or rejected on its own; every object's reference
+/// count grows by the number of its accepted chunks.
 fn add_segments(state: &mut MetadataState, entries: &[SegmentEntry], now_ms: i64) -> Outcome {
     // Whole-command checks first: nothing is applied if any of them fails.
-    let Some(first) = entries.first() else {
+    if entries.is_empty() {
         return Err(invalid("AddSegments needs at least one entry"));
-    };
-    let key = first.segment.key.as_str();
-    if key.is_empty() {
-        return Err(invalid("segment key must not be empty"));
     }
-    if let Some(other) = entries.iter().find(|e| e.segment.key != key) {
-        return Err(invalid(format!(
-            "AddSegments entries carry different keys ({key}, {})",
-            other.segment.key
-        )));
+    let mut per_key: BTreeMap<&str, u32> = BTreeMap::new();
+    for entry in entries {
+        let count = per_key.entry(entry.segment.key.as_str()).or_insert(0);
+        *count = count.saturating_add(1);
     }
-    // An object already released (queued for GC) must not come back into the index: the GC could
-    // delete it under the new references.
-    if state
-        .deleted_objects
-        .iter()
-        .any(|(deleted, _)| deleted == key)
-    {
-        return Err(invalid(format!(
-            "object {key} was already released for deletion"
-        )));
-    }
-    let held = state.shared_objects.get(key).copied().unwrap_or(0);
-    let most = u32::try_from(entries.len())
-        .ok()
-        .and_then(|count| held.checked_add(count));
-    if most.is_none() {
-        return Err(invalid(format!("too many chunks referencing object {key}")));
+    for (&key, &count) in &per_key {
+        if key.is_empty() {
+            return Err(invalid("segment key must not be empty"));
+        }
+        // An object already released (queued for GC) must not come back into the index: the GC
+        // could delete it under the new references.
+        if state
+            .deleted_objects
+            .iter()
+            .any(|(deleted, _)| deleted == key)
+        {
+            return Err(invalid(format!(
+                "object {key} was already released for deletion"
+            )));
+        }
+        let held = state.shared_objects.get(key).copied().unwrap_or(0);
+        if held.checked_add(count).is_none() {
+            return Err(invalid(format!("too many chunks referencing object {key}")));
+        }
     }
 
     let mut outcomes = Vec::with_capacity(entries.len());
-    let mut accepted: u32 = 0;
+    let mut accepted: BTreeMap<&str, u32> = BTreeMap::new();
     for entry in entries {
         // Entries apply in order, so a later entry of the same partition continues after an
         // earlier accepted one (and a repeated chunk is refused as a duplicate key).
@@ -412,18 +410,25 @@ fn add_segments(state: &mut MetadataState, entries: &[SegmentEntry], now_ms: i64
         });
         match outcome {
             Ok(()) => {
-                accepted += 1;
+                *accepted.entry(entry.segment.key.as_str()).or_insert(0) += 1;
                 outcomes.push(None);
             }
             Err(rejection) => outcomes.push(Some(rejection)),
         }
     }
-    if accepted > 0 {
-        // Cannot overflow: checked against `held + entries.len()` above.
-        state.shared_objects.insert(key.to_owned(), held + accepted);
-    } else if held == 0 {
-        // Nothing references the object (and nothing did before): it is garbage already.
-        state.deleted_objects.push((key.to_owned(), now_ms));
+    for &key in per_key.keys() {
+        let held = state.shared_objects.get(key).copied().unwrap_or(0);
+        match accepted.get(key).copied().unwrap_or(0) {
+            // Cannot overflow: checked against `held + count` above.
+            0 if held == 0 => {
+                // Nothing references the object (and nothing did before): it is garbage already.
+                state.deleted_objects.push((key.to_owned(), now_ms));
+            }
+            0 => {}
+            count => {
+                state.shared_objects.insert(key.to_owned(), held + count);
+            }
+        }
     }
     Ok(CommandResponse::Entries(outcomes))
 }
@@ -1304,16 +1309,41 @@ mod tests {
         };
         for bad in [
             cmd(vec![]),
-            cmd(vec![
-                entry(tp(id, 0), 0, chunk("w1", 0, 10)),
-                entry(tp(id, 1), 0, chunk("w2", 0, 10)),
-            ]),
             cmd(vec![entry(tp(id, 0), 0, chunk("", 0, 10))]),
+            // A released object anywhere in the command refuses all of it.
+            cmd(vec![
+                entry(tp(id, 1), 0, chunk("w2", 0, 10)),
+                entry(tp(id, 0), 0, chunk("released", 0, 10)),
+            ]),
             cmd(vec![entry(tp(id, 0), 0, chunk("released", 0, 10))]),
         ] {
             let rejection = assert_rejected_unchanged(&mut state, bad);
             assert!(matches!(rejection, Rejection::Invalid(_)), "{rejection:?}");
         }
+    }
+
+    #[test]
+    fn add_segments_indexes_several_objects_in_one_command() {
+        let mut state = MetadataState::default();
+        let id = topic_id(1);
+        create(&mut state, "t", id, 2);
+        let outcomes = add_many(
+            &mut state,
+            vec![
+                entry(tp(id, 0), 0, chunk("w1", 0, 10)),
+                entry(tp(id, 1), 0, chunk("w1", 0, 5)),
+                entry(tp(id, 0), 0, chunk("w2", 10, 20)),
+                // Stale epoch: rejected alone; w3 had nothing accepted, so it is garbage.
+                entry(tp(id, 1), 7, chunk("w3", 5, 9)),
+            ],
+        );
+        assert_eq!(outcomes[..3], [None, None, None]);
+        assert!(outcomes[3].is_some());
+        assert_eq!(state.shared_objects.get("w1"), Some(&2));
+        assert_eq!(state.shared_objects.get("w2"), Some(&1));
+        assert!(!state.shared_objects.contains_key("w3"));
+        assert_eq!(state.deleted_objects, vec![("w3".into(), NOW)]);
+        assert_eq!(keys_of(&state, tp(id, 0)), ["w1", "w2"]);
     }
 
     #[test]

@@ -220,8 +220,8 @@ pub enum Command {
         leader_epoch: i32,
         segment: SegmentRef,
     },
-    /// S3 WAL group commit: appends one chunk per partition of a shared WAL object (all entries carry
-    /// the same `segment.key`). Each entry is checked like [`Command::AddSegment`] and applied or
+    /// S3 WAL group commit: appends one chunk per partition of one or more shared WAL objects
+    /// (entries of the same object carry the same `segment.key`). Each entry is checked like [`Command::AddSegment`] and applied or
     /// rejected on its own (a deleted topic must not fail the other partitions of the object);
     /// answered with [`CommandResponse::Entries`] in entry order. The object is reference-counted
     /// (`MetadataState::shared_objects`): it goes to `deleted_objects` only when the last chunk

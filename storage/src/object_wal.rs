@@ -542,10 +542,33 @@ async fn commit(shared: &Shared, group: Vec<Uploaded>) {
     tracing::trace!(?keys, "WAL objects indexed");
 }
 
-/// Proposes `AddSegments` and waits until metadata has it in the bucket. `Ok(Some(results))` = the
-/// per-entry answer; `Ok(None)` = applied and persisted, answer lost to a journal retry (read the
-/// state); `Err` = not indexed, or unknown after an abort.
+/// Entries per `AddSegments` command: keeps every command well under `MAX_COMMAND_BYTES` (an
+/// entry encodes to a few hundred bytes) when thousands of partitions share a flush.
+const ENTRIES_PER_COMMAND: usize = 1000;
+
+/// Proposes `AddSegments` (in commands of at most [`ENTRIES_PER_COMMAND`] entries, in order) and
+/// waits until metadata has them in the bucket. `Ok(Some(results))` = the per-entry answers;
+/// `Ok(None)` = applied and persisted but an answer was lost to a journal retry (read the state);
+/// `Err` = not indexed, or unknown after an abort.
 async fn propose_until_persisted(
+    shared: &Shared,
+    entries: &[SegmentEntry],
+) -> std::result::Result<Option<Vec<Option<metadata::Rejection>>>, String> {
+    let mut all = Some(Vec::with_capacity(entries.len()));
+    for part in entries.chunks(ENTRIES_PER_COMMAND) {
+        match propose_part(shared, part).await? {
+            Some(results) => {
+                if let Some(all) = &mut all {
+                    all.extend(results);
+                }
+            }
+            None => all = None,
+        }
+    }
+    Ok(all)
+}
+
+async fn propose_part(
     shared: &Shared,
     entries: &[SegmentEntry],
 ) -> std::result::Result<Option<Vec<Option<metadata::Rejection>>>, String> {
@@ -554,7 +577,9 @@ async fn propose_until_persisted(
         now_ms: now_ms(),
     };
     match shared.meta.propose(command).await {
-        Ok(CommandResponse::Entries(results)) => Ok(Some(results)),
+        Ok(CommandResponse::Entries(results)) if results.len() == entries.len() => {
+            Ok(Some(results))
+        }
         Ok(CommandResponse::Rejected(rejection)) => Err(rejection.to_string()),
         Ok(other) => Err(format!("unexpected answer {other:?}")),
         Err(metadata::Error::NotPersisted) => {
@@ -565,7 +590,9 @@ async fn propose_until_persisted(
                 let sync = shared.meta.sync();
                 let result = tokio::select! {
                     result = sync => result,
-                    _ = shared.abort.cancelled() => return Err("aborted while the metadata journal was behind".into()),
+                    _ = shared.abort.cancelled() => {
+                        return Err("aborted while the metadata journal was behind".into())
+                    }
                 };
                 match result {
                     Ok(()) => return Ok(None),
