@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 use crate::{
-    Command, CommandResponse, MetadataState, NodeId, PartitionMeta, Rejection, SegmentRef,
-    TopicMeta, TopicPartition, MAX_PARTITIONS_PER_TOPIC,
+    Command, CommandResponse, MetadataState, NodeId, PartitionMeta, Rejection, SegmentEntry,
+    SegmentRef, TopicMeta, TopicPartition, MAX_PARTITIONS_PER_TOPIC,
 };
 
 /// Applies one command to `state` and returns the answer for the proposer.
@@ -58,10 +58,13 @@ pub(crate) fn apply_command(state: &mut MetadataState, command: &Command) -> Com
             advance_log_start(state, *tp, *offset, *now_ms)
         }
         Command::ForgetDeletedObjects { keys } => forget_deleted_objects(state, keys),
-        // TODO(issue 3, metadata helper): implemented on the metadata branch.
-        Command::AddSegments { .. } | Command::ReplaceSegments { .. } => {
-            Err(invalid("not implemented yet"))
-        }
+        Command::AddSegments { entries, now_ms } => add_segments(state, entries, *now_ms),
+        Command::ReplaceSegments {
+            tp,
+            leader_epoch,
+            segment,
+            now_ms,
+        } => replace_segments(state, *tp, *leader_epoch, segment, *now_ms),
         Command::AllocateProducerIds { count } => allocate_producer_ids(state, *count),
         Command::CommitOffsets { commits } => crate::apply_groups::commit_offsets(state, commits),
         Command::DeleteGroupOffsets { group, partitions } => {
@@ -197,10 +200,11 @@ fn delete_topic(state: &mut MetadataState, topic_id: Uuid, now_ms: i64) -> Outco
         .ok_or(Rejection::UnknownTopicOrPartition)?;
     state.topic_ids.remove(&topic.name);
     crate::apply_groups::forget_topic(state, topic_id);
-    // The topic's objects become garbage; the GC deletes them after its grace period.
+    // The topic's objects become garbage (the GC deletes them after its grace period), except
+    // shared WAL objects that other topics' partitions still reference.
     for partition in topic.partitions {
         for segment in partition.segments {
-            state.deleted_objects.push((segment.key, now_ms));
+            release_object(state, segment.key, now_ms);
         }
     }
     Ok(CommandResponse::Ok)
@@ -252,13 +256,8 @@ pub(crate) fn partition_mut(
         .ok_or(Rejection::UnknownTopicOrPartition)
 }
 
-fn add_segment(
-    state: &mut MetadataState,
-    tp: TopicPartition,
-    leader_epoch: i32,
-    segment: &SegmentRef,
-) -> Outcome {
-    let partition = partition_mut(state, tp)?;
+/// Checks the epoch fence: stale → [`Rejection::StaleLeaderEpoch`], ahead → invalid.
+fn check_epoch(partition: &PartitionMeta, leader_epoch: i32) -> Result<(), Rejection> {
     if leader_epoch < partition.leader_epoch {
         return Err(Rejection::StaleLeaderEpoch {
             got: leader_epoch,
@@ -273,6 +272,11 @@ fn add_segment(
             partition.leader_epoch
         )));
     }
+    Ok(())
+}
+
+/// Checks what every indexed segment must satisfy on its own: a key and a non-empty range.
+fn check_segment_shape(segment: &SegmentRef) -> Result<(), Rejection> {
     if segment.key.is_empty() {
         return Err(invalid("segment key must not be empty"));
     }
@@ -282,6 +286,29 @@ fn add_segment(
             segment.base_offset, segment.end_offset
         )));
     }
+    Ok(())
+}
+
+fn check_key_not_indexed(partition: &PartitionMeta, key: &str) -> Result<(), Rejection> {
+    if partition
+        .segments
+        .iter()
+        .any(|existing| existing.key == key)
+    {
+        return Err(invalid(format!("segment key {key} is already indexed")));
+    }
+    Ok(())
+}
+
+/// Checks that `segment` may be appended to `partition` by a writer at `leader_epoch` (the rules
+/// of [`Command::AddSegment`]); mutates nothing.
+fn check_append(
+    partition: &PartitionMeta,
+    leader_epoch: i32,
+    segment: &SegmentRef,
+) -> Result<(), Rejection> {
+    check_epoch(partition, leader_epoch)?;
+    check_segment_shape(segment)?;
     match partition.segments.last() {
         Some(last) => {
             if segment.base_offset != last.end_offset {
@@ -310,18 +337,150 @@ fn add_segment(
             }
         }
     }
-    if partition
-        .segments
-        .iter()
-        .any(|existing| existing.key == segment.key)
-    {
+    check_key_not_indexed(partition, &segment.key)
+}
+
+/// A segment object of its own must not reuse the key of a shared WAL object: releasing it would
+/// decrement the shared object's count and could queue it for GC while other chunks still use it.
+fn check_not_shared(state: &MetadataState, key: &str) -> Result<(), Rejection> {
+    if state.shared_objects.contains_key(key) {
         return Err(invalid(format!(
-            "segment key {} is already indexed",
-            segment.key
+            "segment key {key} belongs to a shared WAL object"
         )));
     }
+    Ok(())
+}
+
+fn add_segment(
+    state: &mut MetadataState,
+    tp: TopicPartition,
+    leader_epoch: i32,
+    segment: &SegmentRef,
+) -> Outcome {
+    check_not_shared(state, &segment.key)?;
+    let partition = partition_mut(state, tp)?;
+    check_append(partition, leader_epoch, segment)?;
     partition.segments.push(segment.clone());
     Ok(CommandResponse::Ok)
+}
+
+/// S3 WAL group commit: one chunk per entry of one shared object, each applied or rejected on its
+/// own; the object's reference count grows by the number of accepted chunks.
+fn add_segments(state: &mut MetadataState, entries: &[SegmentEntry], now_ms: i64) -> Outcome {
+    // Whole-command checks first: nothing is applied if any of them fails.
+    let Some(first) = entries.first() else {
+        return Err(invalid("AddSegments needs at least one entry"));
+    };
+    let key = first.segment.key.as_str();
+    if key.is_empty() {
+        return Err(invalid("segment key must not be empty"));
+    }
+    if let Some(other) = entries.iter().find(|e| e.segment.key != key) {
+        return Err(invalid(format!(
+            "AddSegments entries carry different keys ({key}, {})",
+            other.segment.key
+        )));
+    }
+    // An object already released (queued for GC) must not come back into the index: the GC could
+    // delete it under the new references.
+    if state
+        .deleted_objects
+        .iter()
+        .any(|(deleted, _)| deleted == key)
+    {
+        return Err(invalid(format!(
+            "object {key} was already released for deletion"
+        )));
+    }
+    let held = state.shared_objects.get(key).copied().unwrap_or(0);
+    let most = u32::try_from(entries.len())
+        .ok()
+        .and_then(|count| held.checked_add(count));
+    if most.is_none() {
+        return Err(invalid(format!("too many chunks referencing object {key}")));
+    }
+
+    let mut outcomes = Vec::with_capacity(entries.len());
+    let mut accepted: u32 = 0;
+    for entry in entries {
+        // Entries apply in order, so a later entry of the same partition continues after an
+        // earlier accepted one (and a repeated chunk is refused as a duplicate key).
+        let outcome = partition_mut(state, entry.tp).and_then(|partition| {
+            check_append(partition, entry.leader_epoch, &entry.segment)?;
+            partition.segments.push(entry.segment.clone());
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => {
+                accepted += 1;
+                outcomes.push(None);
+            }
+            Err(rejection) => outcomes.push(Some(rejection)),
+        }
+    }
+    if accepted > 0 {
+        // Cannot overflow: checked against `held + entries.len()` above.
+        state.shared_objects.insert(key.to_owned(), held + accepted);
+    } else if held == 0 {
+        // Nothing references the object (and nothing did before): it is garbage already.
+        state.deleted_objects.push((key.to_owned(), now_ms));
+    }
+    Ok(CommandResponse::Entries(outcomes))
+}
+
+/// Compaction: swaps the run of segments exactly covering `segment`'s range for `segment`.
+fn replace_segments(
+    state: &mut MetadataState,
+    tp: TopicPartition,
+    leader_epoch: i32,
+    segment: &SegmentRef,
+    now_ms: i64,
+) -> Outcome {
+    check_not_shared(state, &segment.key)?;
+    let partition = partition_mut(state, tp)?;
+    check_epoch(partition, leader_epoch)?;
+    check_segment_shape(segment)?;
+    // Segments are sorted and contiguous: the run is [first, last] with first starting at the
+    // new base and last ending at the new end.
+    let first = partition
+        .segments
+        .iter()
+        .position(|s| s.base_offset == segment.base_offset);
+    let last = first.and_then(|first| {
+        partition.segments[first..]
+            .iter()
+            .position(|s| s.end_offset == segment.end_offset)
+            .map(|len| first + len)
+    });
+    let (Some(first), Some(last)) = (first, last) else {
+        return Err(Rejection::NonContiguousSegment(format!(
+            "no run of segments covers exactly [{}, {})",
+            segment.base_offset, segment.end_offset
+        )));
+    };
+    check_key_not_indexed(partition, &segment.key)?;
+    let removed: Vec<SegmentRef> = partition
+        .segments
+        .splice(first..=last, [segment.clone()])
+        .collect();
+    for old in removed {
+        release_object(state, old.key, now_ms);
+    }
+    Ok(CommandResponse::Ok)
+}
+
+/// Drops one index reference to the object `key`. A shared WAL object is queued for GC only when
+/// its last chunk leaves the index; a segment object of its own is queued at once. Every path that
+/// removes a [`SegmentRef`] from the index goes through here.
+pub(crate) fn release_object(state: &mut MetadataState, key: String, now_ms: i64) {
+    match state.shared_objects.get_mut(&key) {
+        Some(count) if *count > 1 => *count -= 1,
+        Some(_) => {
+            state.shared_objects.remove(&key);
+            state.deleted_objects.push((key, now_ms));
+        }
+        None => state.deleted_objects.push((key, now_ms)),
+    }
 }
 
 fn advance_log_start(
@@ -346,9 +505,9 @@ fn advance_log_start(
         .take_while(|s| s.end_offset <= offset)
         .count();
     let removed: Vec<SegmentRef> = partition.segments.drain(..covered).collect();
-    state
-        .deleted_objects
-        .extend(removed.into_iter().map(|segment| (segment.key, now_ms)));
+    for segment in removed {
+        release_object(state, segment.key, now_ms);
+    }
     Ok(CommandResponse::LogStart(offset))
 }
 
@@ -1015,5 +1174,542 @@ mod tests {
             (state, responses)
         };
         assert_eq!(run(), run());
+    }
+
+    // ---- S3 WAL: shared objects (AddSegments, ReplaceSegments, release_object) ----
+
+    fn chunk(key: &str, base: i64, end: i64) -> SegmentRef {
+        SegmentRef {
+            footer_len: 40,
+            ..segment(key, base, end)
+        }
+    }
+
+    fn entry(tp: TopicPartition, epoch: i32, seg: SegmentRef) -> SegmentEntry {
+        SegmentEntry {
+            tp,
+            leader_epoch: epoch,
+            segment: seg,
+        }
+    }
+
+    fn add_many(state: &mut MetadataState, entries: Vec<SegmentEntry>) -> Vec<Option<Rejection>> {
+        match apply_command(
+            state,
+            &Command::AddSegments {
+                entries,
+                now_ms: NOW,
+            },
+        ) {
+            CommandResponse::Entries(outcomes) => outcomes,
+            other => panic!("expected per-entry outcomes, got {other:?}"),
+        }
+    }
+
+    fn replace(tp: TopicPartition, epoch: i32, seg: SegmentRef, now_ms: i64) -> Command {
+        Command::ReplaceSegments {
+            tp,
+            leader_epoch: epoch,
+            segment: seg,
+            now_ms,
+        }
+    }
+
+    fn keys_of(state: &MetadataState, tp: TopicPartition) -> Vec<String> {
+        state
+            .partition(tp)
+            .map(|p| p.segments.iter().map(|s| s.key.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn deleted_keys(state: &MetadataState) -> Vec<&str> {
+        state
+            .deleted_objects
+            .iter()
+            .map(|(key, _)| key.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn add_segments_applies_or_rejects_each_entry() {
+        let mut state = MetadataState::default();
+        let (a, b, gone) = (topic_id(1), topic_id(2), topic_id(3));
+        create(&mut state, "a", a, 2);
+        create(&mut state, "b", b, 1);
+        create(&mut state, "gone", gone, 1);
+        apply_command(
+            &mut state,
+            &Command::DeleteTopic {
+                topic_id: gone,
+                now_ms: NOW,
+            },
+        );
+        if let Some(topic) = state.topics.get_mut(&a) {
+            topic.partitions[1].leader_epoch = 2;
+        }
+        let outcomes = add_many(
+            &mut state,
+            vec![
+                entry(tp(a, 0), 0, chunk("w1", 0, 10)),
+                entry(tp(a, 1), 1, chunk("w1", 0, 5)), // stale epoch
+                entry(tp(gone, 0), 0, chunk("w1", 0, 3)), // deleted topic
+                entry(tp(b, 0), 0, chunk("w1", 0, 7)),
+                entry(tp(a, 0), 0, chunk("w1", 10, 12)), // same object twice in one partition
+            ],
+        );
+        assert_eq!(outcomes.len(), 5);
+        assert_eq!(outcomes[0], None);
+        assert_eq!(
+            outcomes[1],
+            Some(Rejection::StaleLeaderEpoch { got: 1, current: 2 })
+        );
+        assert_eq!(outcomes[2], Some(Rejection::UnknownTopicOrPartition));
+        assert_eq!(outcomes[3], None);
+        assert!(matches!(outcomes[4], Some(Rejection::Invalid(_))));
+        assert_eq!(keys_of(&state, tp(a, 0)), vec!["w1"]);
+        assert!(keys_of(&state, tp(a, 1)).is_empty());
+        assert_eq!(keys_of(&state, tp(b, 0)), vec!["w1"]);
+        assert_eq!(state.shared_objects.get("w1"), Some(&2));
+        assert!(state.deleted_objects.is_empty());
+
+        // The next object continues each partition's index; a gap is refused for that entry only.
+        let outcomes = add_many(
+            &mut state,
+            vec![
+                entry(tp(a, 0), 0, chunk("w2", 10, 20)),
+                entry(tp(b, 0), 0, chunk("w2", 8, 9)),
+                entry(tp(a, 1), 2, chunk("w2", 0, 4)),
+            ],
+        );
+        assert!(matches!(
+            outcomes.as_slice(),
+            [None, Some(Rejection::NonContiguousSegment(_)), None]
+        ));
+        assert_eq!(state.shared_objects.get("w2"), Some(&2));
+        assert_eq!(
+            state.partition(tp(a, 0)).map(PartitionMeta::segmented_end),
+            Some(20)
+        );
+    }
+
+    #[test]
+    fn add_segments_whole_command_rejections_change_nothing() {
+        let mut state = MetadataState::default();
+        let id = topic_id(1);
+        create(&mut state, "t", id, 2);
+        state.deleted_objects.push(("released".into(), NOW));
+        let cmd = |entries| Command::AddSegments {
+            entries,
+            now_ms: NOW,
+        };
+        for bad in [
+            cmd(vec![]),
+            cmd(vec![
+                entry(tp(id, 0), 0, chunk("w1", 0, 10)),
+                entry(tp(id, 1), 0, chunk("w2", 0, 10)),
+            ]),
+            cmd(vec![entry(tp(id, 0), 0, chunk("", 0, 10))]),
+            cmd(vec![entry(tp(id, 0), 0, chunk("released", 0, 10))]),
+        ] {
+            let rejection = assert_rejected_unchanged(&mut state, bad);
+            assert!(matches!(rejection, Rejection::Invalid(_)), "{rejection:?}");
+        }
+    }
+
+    #[test]
+    fn add_segments_with_nothing_accepted_queues_the_object() {
+        let mut state = MetadataState::default();
+        let id = topic_id(1);
+        create(&mut state, "t", id, 1);
+        let outcomes = add_many(
+            &mut state,
+            vec![
+                entry(tp(id, 0), 3, chunk("w1", 0, 10)),
+                entry(tp(topic_id(9), 0), 0, chunk("w1", 0, 10)),
+            ],
+        );
+        assert!(outcomes.iter().all(Option::is_some), "{outcomes:?}");
+        assert!(state.shared_objects.is_empty());
+        assert_eq!(state.deleted_objects, vec![("w1".into(), NOW)]);
+        assert!(keys_of(&state, tp(id, 0)).is_empty());
+    }
+
+    #[test]
+    fn a_retried_add_segments_neither_double_counts_nor_queues_a_live_object() {
+        let mut state = MetadataState::default();
+        let id = topic_id(1);
+        create(&mut state, "t", id, 2);
+        let entries = vec![
+            entry(tp(id, 0), 0, chunk("w1", 0, 10)),
+            entry(tp(id, 1), 0, chunk("w1", 0, 4)),
+        ];
+        assert_eq!(add_many(&mut state, entries.clone()), vec![None, None]);
+        let before = state.clone();
+        // The same command again (a proposer retrying after NotPersisted): every chunk is already
+        // indexed, so every entry is refused and the object stays live with its count.
+        let outcomes = add_many(&mut state, entries);
+        assert!(outcomes.iter().all(Option::is_some), "{outcomes:?}");
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn a_shared_object_is_released_only_when_its_last_chunk_leaves() {
+        let mut state = MetadataState::default();
+        let (a, b, c) = (topic_id(1), topic_id(2), topic_id(3));
+        create(&mut state, "a", a, 2);
+        create(&mut state, "b", b, 1);
+        create(&mut state, "c", c, 1);
+        let outcomes = add_many(
+            &mut state,
+            vec![
+                entry(tp(a, 0), 0, chunk("w1", 0, 10)),
+                entry(tp(a, 1), 0, chunk("w1", 0, 10)),
+                entry(tp(b, 0), 0, chunk("w1", 0, 10)),
+                entry(tp(c, 0), 0, chunk("w1", 0, 10)),
+            ],
+        );
+        assert_eq!(outcomes, vec![None; 4]);
+        assert_eq!(state.shared_objects.get("w1"), Some(&4));
+
+        // Retention removes a-0's chunk.
+        let advance = Command::AdvanceLogStart {
+            tp: tp(a, 0),
+            offset: 10,
+            now_ms: NOW + 1,
+        };
+        assert_eq!(
+            apply_command(&mut state, &advance),
+            CommandResponse::LogStart(10)
+        );
+        assert_eq!(state.shared_objects.get("w1"), Some(&3));
+        // Compaction rewrites a-1's chunk into a segment object of its own.
+        assert_eq!(
+            apply_command(
+                &mut state,
+                &replace(tp(a, 1), 0, segment("a1-seg", 0, 10), NOW + 2)
+            ),
+            CommandResponse::Ok
+        );
+        assert_eq!(state.shared_objects.get("w1"), Some(&2));
+        assert_eq!(keys_of(&state, tp(a, 1)), vec!["a1-seg"]);
+        // Deleting topic b while c still references the object must not queue it.
+        let delete = |topic_id, now_ms| Command::DeleteTopic { topic_id, now_ms };
+        assert_eq!(
+            apply_command(&mut state, &delete(b, NOW + 3)),
+            CommandResponse::Ok
+        );
+        assert_eq!(state.shared_objects.get("w1"), Some(&1));
+        assert!(
+            state.deleted_objects.is_empty(),
+            "{:?}",
+            state.deleted_objects
+        );
+        // The last reference goes with topic c: now the object is garbage, queued once.
+        assert_eq!(
+            apply_command(&mut state, &delete(c, NOW + 4)),
+            CommandResponse::Ok
+        );
+        assert!(state.shared_objects.is_empty());
+        assert_eq!(state.deleted_objects, vec![("w1".into(), NOW + 4)]);
+        // Deleting topic a queues its own segment object, exclusive, at once.
+        assert_eq!(
+            apply_command(&mut state, &delete(a, NOW + 5)),
+            CommandResponse::Ok
+        );
+        assert_eq!(deleted_keys(&state), vec!["w1", "a1-seg"]);
+    }
+
+    #[test]
+    fn replace_segments_swaps_the_exact_run() {
+        let mut state = MetadataState::default();
+        let id = topic_id(1);
+        create(&mut state, "t", id, 2);
+        // Partition 0: chunks of three WAL objects; partition 1 shares w1 and w2.
+        for (key, base, end) in [("w1", 0, 10), ("w2", 10, 20), ("w3", 20, 30)] {
+            let mut entries = vec![entry(tp(id, 0), 0, chunk(key, base, end))];
+            if key != "w3" {
+                entries.push(entry(tp(id, 1), 0, chunk(key, base, end)));
+            }
+            let count = entries.len();
+            assert_eq!(add_many(&mut state, entries), vec![None; count]);
+        }
+        assert_eq!(
+            apply_command(
+                &mut state,
+                &replace(tp(id, 0), 0, segment("p0-a", 0, 20), NOW + 1)
+            ),
+            CommandResponse::Ok
+        );
+        assert_eq!(keys_of(&state, tp(id, 0)), vec!["p0-a", "w3"]);
+        // w1 and w2 are still referenced by partition 1; w3 untouched.
+        assert_eq!(state.shared_objects.get("w1"), Some(&1));
+        assert_eq!(state.shared_objects.get("w2"), Some(&1));
+        assert_eq!(state.shared_objects.get("w3"), Some(&1));
+        assert!(state.deleted_objects.is_empty());
+        // Replacing a run whose members are exclusive objects queues them.
+        assert_eq!(
+            apply_command(
+                &mut state,
+                &replace(tp(id, 0), 0, segment("p0-b", 0, 30), NOW + 2)
+            ),
+            CommandResponse::Ok
+        );
+        assert_eq!(keys_of(&state, tp(id, 0)), vec!["p0-b"]);
+        assert_eq!(deleted_keys(&state), vec!["p0-a", "w3"]);
+        assert!(!state.shared_objects.contains_key("w3"));
+        // Partition 1 compacts w1+w2: both objects are released for good.
+        assert_eq!(
+            apply_command(
+                &mut state,
+                &replace(tp(id, 1), 0, segment("p1-a", 0, 20), NOW + 3)
+            ),
+            CommandResponse::Ok
+        );
+        assert!(state.shared_objects.is_empty());
+        assert_eq!(deleted_keys(&state), vec!["p0-a", "w3", "w1", "w2"]);
+        // The index continues after the replacement.
+        assert_eq!(
+            add(&mut state, tp(id, 1), 0, segment("p1-b", 20, 25)),
+            CommandResponse::Ok
+        );
+    }
+
+    #[test]
+    fn replace_segments_rejections_change_nothing() {
+        let mut state = MetadataState::default();
+        let id = topic_id(1);
+        create(&mut state, "t", id, 1);
+        for (key, base, end) in [("a", 0, 10), ("b", 10, 20), ("c", 20, 30)] {
+            assert_eq!(
+                add(&mut state, tp(id, 0), 0, segment(key, base, end)),
+                CommandResponse::Ok
+            );
+        }
+        assert_eq!(
+            add_many(&mut state, vec![entry(tp(id, 0), 0, chunk("w", 30, 40))]),
+            vec![None]
+        );
+        let t0 = tp(id, 0);
+        // Stale epoch: the owner re-registered meanwhile.
+        if let Some(topic) = state.topics.get_mut(&id) {
+            topic.partitions[0].leader_epoch = 1;
+        }
+        assert_eq!(
+            assert_rejected_unchanged(&mut state, replace(t0, 0, segment("x", 0, 20), NOW)),
+            Rejection::StaleLeaderEpoch { got: 0, current: 1 }
+        );
+        // No run: wrong start, wrong end, past the index.
+        for (base, end) in [(5, 20), (0, 15), (10, 35), (30, 50), (40, 50)] {
+            let rejection =
+                assert_rejected_unchanged(&mut state, replace(t0, 1, segment("x", base, end), NOW));
+            assert!(
+                matches!(rejection, Rejection::NonContiguousSegment(_)),
+                "[{base}, {end}): {rejection:?}"
+            );
+        }
+        for bad in [
+            replace(t0, 2, segment("x", 0, 20), NOW),  // epoch ahead
+            replace(t0, 1, segment("", 0, 20), NOW),   // empty key
+            replace(t0, 1, segment("x", 10, 10), NOW), // empty range
+            replace(t0, 1, segment("c", 0, 20), NOW),  // key indexed in the partition
+            replace(t0, 1, segment("a", 0, 10), NOW),  // the replaced segment's own key
+            replace(t0, 1, segment("w", 0, 20), NOW),  // key of a shared object
+        ] {
+            let rejection = assert_rejected_unchanged(&mut state, bad);
+            assert!(matches!(rejection, Rejection::Invalid(_)), "{rejection:?}");
+        }
+        assert_eq!(
+            assert_rejected_unchanged(&mut state, replace(tp(id, 1), 1, segment("x", 0, 20), NOW)),
+            Rejection::UnknownTopicOrPartition
+        );
+
+        // Retention removed the head of the run meanwhile: the compacted object is refused.
+        let advance = Command::AdvanceLogStart {
+            tp: t0,
+            offset: 12,
+            now_ms: NOW,
+        };
+        assert_eq!(
+            apply_command(&mut state, &advance),
+            CommandResponse::LogStart(12)
+        );
+        assert_eq!(keys_of(&state, t0), vec!["b", "c", "w"]);
+        assert!(matches!(
+            assert_rejected_unchanged(&mut state, replace(t0, 1, segment("x", 0, 30), NOW)),
+            Rejection::NonContiguousSegment(_)
+        ));
+        // A run starting below the log start (inside its first segment) is still replaceable.
+        assert_eq!(
+            apply_command(&mut state, &replace(t0, 1, segment("x", 10, 40), NOW + 1)),
+            CommandResponse::Ok
+        );
+        assert_eq!(keys_of(&state, t0), vec!["x"]);
+        assert_eq!(deleted_keys(&state), vec!["a", "b", "c", "w"]);
+    }
+
+    #[test]
+    fn add_segment_refuses_the_key_of_a_shared_object() {
+        let mut state = MetadataState::default();
+        let id = topic_id(1);
+        create(&mut state, "t", id, 2);
+        assert_eq!(
+            add_many(&mut state, vec![entry(tp(id, 0), 0, chunk("w", 0, 10))]),
+            vec![None]
+        );
+        let rejection = assert_rejected_unchanged(
+            &mut state,
+            Command::AddSegment {
+                tp: tp(id, 1),
+                leader_epoch: 0,
+                segment: segment("w", 0, 10),
+            },
+        );
+        assert!(matches!(rejection, Rejection::Invalid(_)));
+    }
+
+    /// A small deterministic generator (no dependency needed for a property-style test).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n.max(1)
+        }
+    }
+
+    /// The reference-count invariants: every shared object's count equals the chunks indexed
+    /// under its key; nothing indexed is queued for deletion; nothing is queued twice.
+    fn check_refcounts(state: &MetadataState) {
+        let mut indexed: BTreeMap<&str, u32> = BTreeMap::new();
+        for partition in state.topics.values().flat_map(|t| t.partitions.iter()) {
+            for segment in &partition.segments {
+                *indexed.entry(segment.key.as_str()).or_default() += 1;
+            }
+        }
+        for (key, count) in &state.shared_objects {
+            assert_eq!(indexed.get(key.as_str()), Some(count), "count of {key}");
+        }
+        // Chunks (footer_len != 0 in these tests) are always counted.
+        for partition in state.topics.values().flat_map(|t| t.partitions.iter()) {
+            for segment in partition.segments.iter().filter(|s| s.footer_len != 0) {
+                assert!(
+                    state.shared_objects.contains_key(&segment.key),
+                    "{} uncounted",
+                    segment.key
+                );
+            }
+        }
+        let mut queued = BTreeSet::new();
+        for (key, _) in &state.deleted_objects {
+            assert!(
+                !indexed.contains_key(key.as_str()),
+                "{key} queued while indexed"
+            );
+            assert!(queued.insert(key.as_str()), "{key} queued twice");
+        }
+    }
+
+    #[test]
+    fn random_operations_keep_refcounts_exact() {
+        let topics = [topic_id(1), topic_id(2), topic_id(3)];
+        for seed in 0..200u64 {
+            let mut rng = Lcg(seed);
+            let mut state = MetadataState::default();
+            let mut next_key = 0u64;
+            let mut fresh = |prefix: &str| {
+                next_key += 1;
+                format!("{prefix}{next_key}")
+            };
+            for step in 0..80 {
+                let id = topics[rng.below(3) as usize];
+                let partition = rng.below(3) as i32;
+                let now = NOW + step;
+                let command = match rng.below(8) {
+                    0 => Command::CreateTopic {
+                        name: id.to_string(),
+                        topic_id: id,
+                        partitions: 3,
+                        configs: BTreeMap::new(),
+                        owner: 1,
+                        now_ms: now,
+                    },
+                    1 => Command::DeleteTopic {
+                        topic_id: id,
+                        now_ms: now,
+                    },
+                    2 | 3 | 4 => {
+                        // One WAL object with a chunk for a few partitions at their index end.
+                        let key = fresh("w");
+                        let entries = (0..=rng.below(5))
+                            .map(|_| {
+                                let id = topics[rng.below(3) as usize];
+                                let tp = tp(id, rng.below(3) as i32);
+                                let base = state
+                                    .partition(tp)
+                                    .map(PartitionMeta::segmented_end)
+                                    .unwrap_or(0);
+                                let len = 1 + rng.below(10) as i64;
+                                entry(tp, 0, chunk(&key, base, base + len))
+                            })
+                            .collect();
+                        Command::AddSegments {
+                            entries,
+                            now_ms: now,
+                        }
+                    }
+                    5 => {
+                        let tp = tp(id, partition);
+                        let end = state
+                            .partition(tp)
+                            .map(PartitionMeta::segmented_end)
+                            .unwrap_or(0);
+                        Command::AdvanceLogStart {
+                            tp,
+                            offset: rng.below(end.max(0) as u64 + 2) as i64,
+                            now_ms: now,
+                        }
+                    }
+                    _ => {
+                        // Compact a random run (sometimes not an exact one).
+                        let tp = tp(id, partition);
+                        let segments = state
+                            .partition(tp)
+                            .map(|p| p.segments.clone())
+                            .unwrap_or_default();
+                        let n = segments.len() as u64;
+                        let first = rng.below(n) as usize;
+                        let last = first + rng.below(n - first as u64) as usize;
+                        let (base, end) = match (segments.get(first), segments.get(last)) {
+                            (Some(f), Some(l)) => {
+                                (f.base_offset, l.end_offset + rng.below(2) as i64)
+                            }
+                            _ => (0, 1),
+                        };
+                        replace(tp, 0, segment(&fresh("s"), base, end), now)
+                    }
+                };
+                let before = state.clone();
+                let response = apply_command(&mut state, &command);
+                if matches!(response, CommandResponse::Rejected(_)) {
+                    assert_eq!(state, before, "seed {seed} step {step}: {command:?}");
+                }
+                check_refcounts(&state);
+            }
+            // Deleting everything leaves no shared object and every key queued exactly once.
+            for id in topics {
+                apply_command(
+                    &mut state,
+                    &Command::DeleteTopic {
+                        topic_id: id,
+                        now_ms: NOW,
+                    },
+                );
+            }
+            assert!(state.shared_objects.is_empty(), "seed {seed}");
+            check_refcounts(&state);
+        }
     }
 }
