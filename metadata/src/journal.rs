@@ -84,7 +84,9 @@ impl Layout {
     }
 
     fn log_key(&self, first: u64, last: u64) -> Path {
-        self.log_dir.clone().join(format!("{first:020}-{last:020}.json"))
+        self.log_dir
+            .clone()
+            .join(format!("{first:020}-{last:020}.json"))
     }
 
     fn snapshot_key(&self, index: u64) -> Path {
@@ -125,7 +127,8 @@ struct LogDoc {
 
 /// Checks a downloaded log object against its key and returns its entries.
 fn decode_log(bytes: &[u8], first: u64, last: u64) -> std::result::Result<Vec<LogEntry>, String> {
-    let doc: LogDoc = serde_json::from_slice(bytes).map_err(|e| format!("not a log object: {e}"))?;
+    let doc: LogDoc =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a log object: {e}"))?;
     if doc.format_version != LOG_FORMAT_VERSION {
         return Err(format!(
             "log format version {} is not supported (expected {LOG_FORMAT_VERSION})",
@@ -221,10 +224,12 @@ pub(crate) async fn restore(opts: &JournalOptions) -> Result<Option<Restored>> {
     for path in list(store, &layout.snapshot_dir).await? {
         match path.filename().and_then(parse_snapshot_name) {
             Some(index) => snapshots.push((index, path)),
-            None => tracing::warn!(%path, "metadata journal: ignoring an object with a foreign name"),
+            None => {
+                tracing::warn!(%path, "metadata journal: ignoring an object with a foreign name")
+            }
         }
     }
-    snapshots.sort_by(|a, b| b.0.cmp(&a.0));
+    snapshots.sort_by_key(|s| std::cmp::Reverse(s.0));
     let mut base: Option<(u64, MetadataState)> = None;
     for (index, path) in &snapshots {
         let bytes = get(store, path).await?;
@@ -252,10 +257,12 @@ pub(crate) async fn restore(opts: &JournalOptions) -> Result<Option<Restored>> {
     for path in list(store, &layout.log_dir).await? {
         match path.filename().and_then(parse_log_name) {
             Some((first, last)) => logs.push((first, last, path)),
-            None => tracing::warn!(%path, "metadata journal: ignoring an object with a foreign name"),
+            None => {
+                tracing::warn!(%path, "metadata journal: ignoring an object with a foreign name")
+            }
         }
     }
-    logs.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    logs.sort_by_key(|l| (l.0, l.1));
     let mut replayed_any = false;
     let mut unused: Vec<(u64, u64, Path)> = Vec::new();
     for (first, last, path) in logs {
@@ -343,7 +350,10 @@ pub(crate) struct StartPoint {
 
 impl Journal {
     /// Spawns the journal task. `start` is `None` on a fresh cluster.
-    pub(crate) fn start(opts: &JournalOptions, start: Option<StartPoint>) -> (Journal, BatchSender) {
+    pub(crate) fn start(
+        opts: &JournalOptions,
+        start: Option<StartPoint>,
+    ) -> (Journal, BatchSender) {
         let (batches, receiver) = mpsc::unbounded_channel();
         let persisted_index = start.as_ref().map(|s| s.index).unwrap_or(0);
         let (persisted_tx, persisted) = watch::channel(persisted_index);
@@ -419,14 +429,19 @@ fn prepare(batch: JournalBatch) -> Prepared {
     let mut entries = Vec::with_capacity(batch.entries.len());
     let mut bytes = 0;
     for (index, command) in &batch.entries {
-        match serde_json::to_vec(&LogEntryRef { index: *index, command }) {
+        match serde_json::to_vec(&LogEntryRef {
+            index: *index,
+            command,
+        }) {
             Ok(encoded) => {
                 bytes += encoded.len() + 1;
                 entries.push(encoded);
             }
             // A `Command` always serializes (plain data, string keys); were it ever not to, the
             // entry would be missing from the bucket, so say so loudly.
-            Err(error) => tracing::error!(index, %error, "metadata journal: cannot encode a command"),
+            Err(error) => {
+                tracing::error!(index, %error, "metadata journal: cannot encode a command")
+            }
         }
     }
     Prepared {
@@ -548,7 +563,8 @@ impl Task {
             let bytes = Bytes::from(encode_log(first, last, &group));
             if !self.put_until_done(&key, bytes).await {
                 tracing::warn!(
-                    first, last,
+                    first,
+                    last,
                     "metadata journal stopped with entries not uploaded (shutdown deadline)"
                 );
                 return;
@@ -584,7 +600,9 @@ impl Task {
         loop {
             attempt += 1;
             let put = self.put(key, bytes.clone());
-            let error = match self.until_deadline(tokio::time::timeout(ATTEMPT_TIMEOUT, put)).await
+            let error = match self
+                .until_deadline(tokio::time::timeout(ATTEMPT_TIMEOUT, put))
+                .await
             {
                 None => return false,
                 Some(Ok(Ok(_))) => return true,
@@ -592,7 +610,11 @@ impl Task {
                 Some(Err(_)) => format!("timed out after {ATTEMPT_TIMEOUT:?}"),
             };
             tracing::warn!(%key, attempt, %error, "metadata journal upload failed; retrying");
-            if self.until_deadline(tokio::time::sleep(jittered(delay))).await.is_none() {
+            if self
+                .until_deadline(tokio::time::sleep(jittered(delay)))
+                .await
+                .is_none()
+            {
                 return false;
             }
             delay = next_backoff(delay);
@@ -622,7 +644,10 @@ impl Task {
         };
         let key = self.layout.snapshot_key(index);
         let put = self.put(&key, bytes);
-        match self.until_deadline(tokio::time::timeout(ATTEMPT_TIMEOUT, put)).await {
+        match self
+            .until_deadline(tokio::time::timeout(ATTEMPT_TIMEOUT, put))
+            .await
+        {
             Some(Ok(Ok(_))) => {}
             Some(Ok(Err(error))) => {
                 tracing::warn!(%key, %error, "metadata journal: snapshot upload failed");
@@ -663,14 +688,22 @@ impl Task {
                     Some((index, meta.location))
                 })
                 .collect();
-            indexed.sort_by(|a, b| b.0.cmp(&a.0));
-            doomed.extend(indexed.into_iter().skip(SNAPSHOTS_KEPT).map(|(_, path)| path));
+            indexed.sort_by_key(|s| std::cmp::Reverse(s.0));
+            doomed.extend(
+                indexed
+                    .into_iter()
+                    .skip(SNAPSHOTS_KEPT)
+                    .map(|(_, path)| path),
+            );
             for path in &doomed {
                 store.delete(path).await?;
             }
             Ok::<usize, object_store::Error>(doomed.len())
         };
-        match self.until_deadline(tokio::time::timeout(ATTEMPT_TIMEOUT, work)).await {
+        match self
+            .until_deadline(tokio::time::timeout(ATTEMPT_TIMEOUT, work))
+            .await
+        {
             Some(Ok(Ok(deleted))) => tracing::debug!(index, deleted, "metadata journal cleaned up"),
             Some(Ok(Err(error))) => tracing::warn!(%error, "metadata journal cleanup failed"),
             Some(Err(_)) | None => tracing::warn!("metadata journal cleanup timed out"),
@@ -697,7 +730,14 @@ mod tests {
             "cluster-1/metadata/snapshot/00000000000000000042.json"
         );
         assert_eq!(key.filename().and_then(parse_snapshot_name), Some(42));
-        for bad in ["x.json", "1-2", "3-1.json", "a-b.json", "1-2-3.json", "-1-2.json"] {
+        for bad in [
+            "x.json",
+            "1-2",
+            "3-1.json",
+            "a-b.json",
+            "1-2-3.json",
+            "-1-2.json",
+        ] {
             assert_eq!(parse_log_name(bad), None, "{bad}");
         }
         assert_eq!(parse_snapshot_name("nope.json"), None);
@@ -735,15 +775,18 @@ mod tests {
             .as_ref()
             .map(|e| e.iter().map(|e| e.index).collect())
             .unwrap_or_default();
-        assert_eq!(indexes, vec![6, 7, 9], "{entries:?}", entries = entries.err());
+        assert_eq!(
+            indexes,
+            vec![6, 7, 9],
+            "{entries:?}",
+            entries = entries.err()
+        );
         assert!(decode_log(&bytes, 5, 10).is_err(), "key mismatch");
         assert!(decode_log(b"garbage", 5, 9).is_err());
         let out_of_range = encode_log(5, 6, &group);
         assert!(decode_log(&out_of_range, 5, 6).is_err());
-        let newer = String::from_utf8_lossy(&bytes).replace(
-            "\"format_version\":1",
-            "\"format_version\":2",
-        );
+        let newer =
+            String::from_utf8_lossy(&bytes).replace("\"format_version\":1", "\"format_version\":2");
         assert!(decode_log(newer.as_bytes(), 5, 9).is_err());
     }
 
@@ -752,7 +795,10 @@ mod tests {
         let mut delay = FIRST_BACKOFF;
         for _ in 0..20 {
             let slept = jittered(delay);
-            assert!(slept >= delay / 2 && slept <= delay, "{slept:?} for {delay:?}");
+            assert!(
+                slept >= delay / 2 && slept <= delay,
+                "{slept:?} for {delay:?}"
+            );
             delay = next_backoff(delay);
         }
         assert_eq!(delay, MAX_BACKOFF);

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use crate::node_tests::{options, workload, TestResult, NOW};
 use crate::{
-    Command, CommandResponse, Error, JournalOptions, MetadataClient, MetadataNode,
-    MetadataOptions, MetadataState,
+    Command, CommandResponse, Error, JournalOptions, MetadataClient, MetadataNode, MetadataOptions,
+    MetadataState,
 };
 
 const PREFIX: &str = "cluster-x";
@@ -216,6 +216,10 @@ async fn a_wiped_node_restores_from_the_bucket_and_continues() -> TestResult {
     assert!(!dir.path().join("junk").exists());
     assert_eq!(*client.state(), *before);
     assert!(applied(&client) > index);
+    // openraft started from the seeded local snapshot at `index` with an empty log and no vote:
+    // it elected itself at term 1 and wrote its leader blank entry at `index + 1`.
+    assert_eq!(node.inner.log_progress(), (Some(index), Some(index)));
+    assert_eq!(node.inner.term_and_last_index(), (1, Some(index + 1)));
     // The restore uploaded a fresh base snapshot at the restored index.
     assert_eq!(snapshot_indexes(&store).await?, vec![index]);
 
@@ -234,10 +238,14 @@ async fn a_wiped_node_restores_from_the_bucket_and_continues() -> TestResult {
     assert!(index_after > index + 2);
     node.shutdown().await?;
     let ranges = log_ranges(&store).await?;
-    assert!(
-        ranges.iter().all(|r| r.0 > index),
-        "logs covered by the snapshot are gone: {ranges:?}"
+    assert_eq!(
+        ranges.first().map(|r| r.0),
+        Some(index + 1),
+        "the chain continues right after the restored index; covered logs are gone: {ranges:?}"
     );
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[1].0, pair[0].1 + 1, "contiguous chain: {ranges:?}");
+    }
     assert_eq!(ranges.last().map(|r| r.1), Some(index_after));
 
     // A brand-new directory gets the same state, later entries included.
@@ -407,9 +415,7 @@ async fn gaps_and_garbage_in_the_bucket_are_ignored_and_removed() -> TestResult 
     node.shutdown().await?;
 
     let log = |first: u64, last: u64| {
-        Path::from(format!(
-            "{PREFIX}/metadata/log/{first:020}-{last:020}.json"
-        ))
+        Path::from(format!("{PREFIX}/metadata/log/{first:020}-{last:020}.json"))
     };
     let put = |path: Path, bytes: Vec<u8>| {
         let store = store.clone();
@@ -444,7 +450,9 @@ async fn gaps_and_garbage_in_the_bucket_are_ignored_and_removed() -> TestResult 
     let continuation = store.get(&log(n + 1, n + 1)).await?.bytes().await?;
     let doc: serde_json::Value = serde_json::from_slice(&continuation)?;
     assert_eq!(doc["first"], serde_json::json!(n + 1));
-    assert!(names(&store, "log").await?.contains(&"notes.txt".to_owned()));
+    assert!(names(&store, "log")
+        .await?
+        .contains(&"notes.txt".to_owned()));
     for i in 0..8 {
         let alloc = Command::AllocateProducerIds { count: 1 };
         assert_eq!(

@@ -82,19 +82,20 @@ impl RaftNode {
             }
             _ => (None, None),
         };
-        let (state_machine, published, applied) = StateMachine::recover(snapshots.clone(), batches)?;
+        let (state_machine, published, applied) =
+            StateMachine::recover(snapshots.clone(), batches)?;
         let (log_store, wal) = LogStore::open(opts.dir.join("raft-log"), opts.fsync)?;
         let config = Arc::new(raft_config(opts)?);
-        let raft = match Raft::new(node_id, config, SingleNodeNetwork, log_store, state_machine).await
-        {
-            Ok(raft) => raft,
-            Err(error) => {
-                if let Some(journal) = &journal {
-                    journal.shutdown().await;
+        let raft =
+            match Raft::new(node_id, config, SingleNodeNetwork, log_store, state_machine).await {
+                Ok(raft) => raft,
+                Err(error) => {
+                    if let Some(journal) = &journal {
+                        journal.shutdown().await;
+                    }
+                    return Err(Error::Raft(format!("starting raft: {error}")));
                 }
-                return Err(Error::Raft(format!("starting raft: {error}")));
-            }
-        };
+            };
         let node = RaftNode {
             node_id,
             raft,
@@ -195,6 +196,15 @@ impl RaftNode {
             metrics.snapshot.map(|id| id.index),
             metrics.purged.map(|id| id.index),
         )
+    }
+
+    /// `(current term, last log index)`; for tests of the restore path.
+    #[cfg(test)]
+    pub(crate) fn term_and_last_index(&self) -> (u64, Option<u64>) {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        (metrics.current_term, metrics.last_log_index)
     }
 
     /// Stops Raft (later proposals fail with [`Error::ShuttingDown`]) and closes the WAL.

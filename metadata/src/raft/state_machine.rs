@@ -197,7 +197,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // The journal task only goes away at shutdown; the proposer then learns it from
             // `wait_persisted`.
             if journal.send(batch).is_err() {
-                tracing::warn!(first, last = last.index, "metadata journal is gone; batch not mirrored");
+                tracing::warn!(
+                    first,
+                    last = last.index,
+                    "metadata journal is gone; batch not mirrored"
+                );
             }
         }
         for (responder, response) in answers {
