@@ -52,13 +52,38 @@ pub(crate) struct JournalBatch {
     pub(crate) last: u64,
     /// The commands of the batch with their log indexes (blank/membership entries carry none).
     pub(crate) entries: Vec<(u64, Command)>,
-    /// The state after the batch, its log position and membership (for snapshots).
-    pub(crate) state: Arc<MetadataState>,
-    pub(crate) position: LogPosition,
-    pub(crate) membership: StoredMembershipRecord,
+    /// The state after the batch, for a snapshot; attached only every `snapshot_every` entries
+    /// (see [`JournalFeed::wants_state`]).
+    pub(crate) snapshot: Option<SnapshotJob>,
 }
 
-pub(crate) type BatchSender = mpsc::UnboundedSender<JournalBatch>;
+/// The state machine's end of the journal queue.
+pub(crate) struct JournalFeed {
+    sender: mpsc::UnboundedSender<JournalBatch>,
+    snapshot_every: u64,
+    /// Index of the last batch that carried the state.
+    last_state_at: u64,
+}
+
+impl JournalFeed {
+    /// Whether the batch ending at `last` should carry the state. Only every `snapshot_every`
+    /// entries: while the store is down, the queued batches must not each pin their own
+    /// copy-on-write copy of the whole state.
+    pub(crate) fn wants_state(&self, last: u64) -> bool {
+        last.saturating_sub(self.last_state_at) >= self.snapshot_every
+    }
+
+    pub(crate) fn send(&mut self, batch: JournalBatch) {
+        if let Some(job) = &batch.snapshot {
+            self.last_state_at = job.position.index;
+        }
+        let (first, last) = (batch.first, batch.last);
+        // The task only goes away at shutdown; the proposer then learns it from `wait_persisted`.
+        if self.sender.send(batch).is_err() {
+            tracing::warn!(first, last, "metadata journal is gone; batch not mirrored");
+        }
+    }
+}
 
 /// Object keys of the journal under the configured prefix.
 #[derive(Debug, Clone)]
@@ -323,11 +348,11 @@ pub(crate) async fn restore(opts: &JournalOptions) -> Result<Option<Restored>> {
     }))
 }
 
-/// A snapshot the journal task should upload: the state at a persisted index.
-struct SnapshotJob {
-    state: Arc<MetadataState>,
-    position: LogPosition,
-    membership: StoredMembershipRecord,
+/// A snapshot the journal task may upload: the state at a log position, with the membership.
+pub(crate) struct SnapshotJob {
+    pub(crate) state: Arc<MetadataState>,
+    pub(crate) position: LogPosition,
+    pub(crate) membership: StoredMembershipRecord,
 }
 
 /// The handle `RaftNode` keeps: waits for persistence, stops the task.
@@ -353,8 +378,8 @@ impl Journal {
     pub(crate) fn start(
         opts: &JournalOptions,
         start: Option<StartPoint>,
-    ) -> (Journal, BatchSender) {
-        let (batches, receiver) = mpsc::unbounded_channel();
+    ) -> (Journal, JournalFeed) {
+        let (sender, receiver) = mpsc::unbounded_channel();
         let persisted_index = start.as_ref().map(|s| s.index).unwrap_or(0);
         let (persisted_tx, persisted) = watch::channel(persisted_index);
         let (shutdown, shutdown_rx) = watch::channel(None);
@@ -366,10 +391,16 @@ impl Journal {
                 membership: start.membership,
             });
         }
+        let snapshot_every = opts.snapshot_every.max(1);
+        let feed = JournalFeed {
+            sender,
+            snapshot_every,
+            last_state_at: persisted_index,
+        };
         let task = Task {
             store: opts.store.clone(),
             layout: Layout::new(&opts.prefix),
-            snapshot_every: opts.snapshot_every.max(1),
+            snapshot_every,
             batches: receiver,
             carry: None,
             persisted: persisted_tx,
@@ -384,7 +415,7 @@ impl Journal {
             shutdown,
             task: tokio::sync::Mutex::new(Some(handle)),
         };
-        (journal, batches)
+        (journal, feed)
     }
 
     /// Waits until the entry at `index` is in the bucket, up to the persist timeout.
@@ -422,7 +453,7 @@ struct Prepared {
     /// The batch's entries, each one encoded `{"index":..,"command":..}` JSON value.
     entries: Vec<Vec<u8>>,
     bytes: usize,
-    snapshot: SnapshotJob,
+    snapshot: Option<SnapshotJob>,
 }
 
 fn prepare(batch: JournalBatch) -> Prepared {
@@ -449,11 +480,7 @@ fn prepare(batch: JournalBatch) -> Prepared {
         last: batch.last,
         entries,
         bytes,
-        snapshot: SnapshotJob {
-            state: batch.state,
-            position: batch.position,
-            membership: batch.membership,
-        },
+        snapshot: batch.snapshot,
     }
 }
 
@@ -570,11 +597,13 @@ impl Task {
                 return;
             }
             self.persisted.send_replace(last);
-            let Some(newest) = group.pop() else { continue };
-            if last.saturating_sub(self.last_snapshot) >= self.snapshot_every
-                && self.deadline().is_none()
-            {
-                self.upload_snapshot(&newest.snapshot).await;
+            // The newest state in the group is at a persisted index now.
+            let Some(job) = group.iter_mut().rev().find_map(|p| p.snapshot.take()) else {
+                continue;
+            };
+            let due = job.position.index.saturating_sub(self.last_snapshot) >= self.snapshot_every;
+            if due && self.deadline().is_none() {
+                self.upload_snapshot(&job).await;
             }
         }
     }
@@ -756,13 +785,7 @@ mod tests {
                 first,
                 last,
                 entries,
-                state: Arc::new(MetadataState::default()),
-                position: LogPosition {
-                    term: 1,
-                    node_id: 1,
-                    index: last,
-                },
-                membership: StoredMembershipRecord::default(),
+                snapshot: None,
             })
         };
         let group = [

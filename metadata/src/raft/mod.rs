@@ -209,14 +209,17 @@ impl RaftNode {
 
     /// Stops Raft (later proposals fail with [`Error::ShuttingDown`]) and closes the WAL.
     pub(crate) async fn shutdown(&self) -> Result<()> {
-        self.raft
+        let stopped = self
+            .raft
             .shutdown()
             .await
-            .map_err(|e| Error::Raft(format!("raft shutdown: {e}")))?;
-        // Nothing is applied any more: upload what is queued (bounded), then stop the journal.
+            .map_err(|e| Error::Raft(format!("raft shutdown: {e}")));
+        // Nothing is applied any more: upload what is queued (bounded), then stop the journal
+        // (also when Raft failed to stop cleanly, so the task does not outlive the node).
         if let Some(journal) = &self.journal {
             journal.shutdown().await;
         }
+        stopped?;
         // A snapshot build may still run on its own task; let it finish writing (or refuse it).
         let snapshots = self.snapshots.clone();
         tokio::task::spawn_blocking(move || snapshots.close())

@@ -18,7 +18,7 @@ use super::codec;
 use super::types::{
     LogId, Request, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
-use crate::journal::{BatchSender, JournalBatch};
+use crate::journal::{JournalBatch, JournalFeed, SnapshotJob};
 use crate::snapshot::{self, SnapshotStore};
 use crate::{CommandResponse, MetadataState};
 
@@ -45,14 +45,14 @@ pub(crate) struct StateMachine {
     applied: watch::Sender<u64>,
     snapshots: Arc<SnapshotStore>,
     /// The bucket journal (stateless mode): every applied batch is handed to it.
-    journal: Option<BatchSender>,
+    journal: Option<JournalFeed>,
 }
 
 impl StateMachine {
     /// Starts from the newest snapshot on disk (if any); openraft then re-applies the log after it.
     pub(crate) fn recover(
         snapshots: Arc<SnapshotStore>,
-        journal: Option<BatchSender>,
+        journal: Option<JournalFeed>,
     ) -> io::Result<(StateMachine, Published, watch::Receiver<u64>)> {
         let (state, last_applied, last_membership) = match snapshots.load_latest()? {
             Some(bytes) => {
@@ -184,25 +184,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             None => self.state.clone(),
         };
         self.publish(state.clone());
-        if let (Some(journal), Some(first), Some(last)) = (&self.journal, first_index, last_applied)
+        if let (Some(feed), Some(first), Some(last)) =
+            (&mut self.journal, first_index, last_applied)
         {
-            let batch = JournalBatch {
+            let snapshot = feed.wants_state(last.index).then(|| SnapshotJob {
+                state: state.clone(),
+                position: codec::position(&last),
+                membership: codec::stored_membership_record(&self.last_membership),
+            });
+            feed.send(JournalBatch {
                 first,
                 last: last.index,
                 entries: journaled,
-                state,
-                position: codec::position(&last),
-                membership: codec::stored_membership_record(&self.last_membership),
-            };
-            // The journal task only goes away at shutdown; the proposer then learns it from
-            // `wait_persisted`.
-            if journal.send(batch).is_err() {
-                tracing::warn!(
-                    first,
-                    last = last.index,
-                    "metadata journal is gone; batch not mirrored"
-                );
-            }
+                snapshot,
+            });
         }
         for (responder, response) in answers {
             responder.send(response);
