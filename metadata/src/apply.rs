@@ -1670,7 +1670,7 @@ mod tests {
                         topic_id: id,
                         now_ms: now,
                     },
-                    2 | 3 | 4 => {
+                    2..=4 => {
                         // One WAL object with a chunk for a few partitions at their index end.
                         let key = fresh("w");
                         let entries = (0..=rng.below(5))

@@ -11,11 +11,16 @@
 //! exposes openraft types, so a remote-leader forwarding client can replace the local one later.
 //!
 //! The Raft log is kept by the `wal` crate under `{dir}/raft-log`; snapshots are our own versioned
-//! serde format (see `snapshot` module) under `{dir}/snapshots`.
+//! serde format (see `snapshot` module) under `{dir}/snapshots`. With [`JournalOptions`] (stateless
+//! mode) every applied entry is also mirrored to the object store before `propose` answers, and the
+//! node restores from the bucket at start (see the `journal` module).
 
 mod apply;
 mod apply_groups;
 pub mod groups;
+mod journal;
+#[cfg(test)]
+mod journal_tests;
 #[cfg(test)]
 mod node_tests;
 mod raft;

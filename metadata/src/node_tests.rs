@@ -12,11 +12,11 @@ use crate::{
     SegmentRef, TopicPartition,
 };
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const NOW: i64 = 1_700_000_000_000;
+pub(crate) const NOW: i64 = 1_700_000_000_000;
 
-fn options(dir: &Path, snapshot_every: u64) -> MetadataOptions {
+pub(crate) fn options(dir: &Path, snapshot_every: u64) -> MetadataOptions {
     MetadataOptions {
         dir: dir.to_path_buf(),
         node_id: 1,
@@ -56,7 +56,7 @@ fn create_topic(name: &str, topic_id: Uuid, partitions: u32) -> Command {
 }
 
 /// Exercises every command through Raft and checks the answers.
-async fn workload(client: &MetadataClient) -> TestResult {
+pub(crate) async fn workload(client: &MetadataClient) -> TestResult {
     let orders = Uuid::from_u128(1);
     let audit = Uuid::from_u128(2);
     let scratch = Uuid::from_u128(3);

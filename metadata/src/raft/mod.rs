@@ -20,8 +20,10 @@ use self::log_store::LogStore;
 use self::network::SingleNodeNetwork;
 use self::state_machine::{Published, StateMachine};
 use self::types::{Request, TypeConfig};
-use crate::snapshot::SnapshotStore;
-use crate::{Command, CommandResponse, Error, MetadataOptions, MetadataState, Result};
+use crate::journal::{self, Journal, StartPoint};
+use crate::snapshot::{self as snapshot_format, LogPosition, SnapshotStore};
+use crate::snapshot::{MembershipRecord, StoredMembershipRecord};
+use crate::{Command, CommandResponse, Error, MetadataOptions, MetadataState, NodeId, Result};
 
 /// How long `start` waits for this node to become leader and catch up before giving up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,6 +35,8 @@ pub(crate) struct RaftNode {
     snapshots: Arc<SnapshotStore>,
     published: Published,
     applied: watch::Receiver<u64>,
+    /// The bucket journal (stateless mode).
+    journal: Option<Journal>,
 }
 
 fn raft_config(opts: &MetadataOptions) -> Result<Config> {
@@ -57,14 +61,41 @@ fn raft_config(opts: &MetadataOptions) -> Result<Config> {
 impl RaftNode {
     pub(crate) async fn start(opts: &MetadataOptions) -> Result<RaftNode> {
         let node_id = opts.node_id;
+        // Stateless mode: the directory is only a cache of the bucket; start from the bucket.
+        let restored = match &opts.journal {
+            Some(journal_opts) => {
+                wipe_dir(&opts.dir)?;
+                Some(journal::restore(journal_opts).await?)
+            }
+            None => None,
+        };
         std::fs::create_dir_all(&opts.dir)?;
         let snapshots = Arc::new(SnapshotStore::open(opts.dir.join("snapshots"), opts.fsync)?);
-        let (state_machine, published, applied) = StateMachine::recover(snapshots.clone())?;
+        let (journal, batches) = match (&opts.journal, restored) {
+            (Some(journal_opts), Some(restored)) => {
+                let start = match restored {
+                    Some(restored) => Some(seed_local_snapshot(&snapshots, node_id, restored)?),
+                    None => None,
+                };
+                let (journal, batches) = Journal::start(journal_opts, start);
+                (Some(journal), Some(batches))
+            }
+            _ => (None, None),
+        };
+        let (state_machine, published, applied) =
+            StateMachine::recover(snapshots.clone(), batches)?;
         let (log_store, wal) = LogStore::open(opts.dir.join("raft-log"), opts.fsync)?;
         let config = Arc::new(raft_config(opts)?);
-        let raft = Raft::new(node_id, config, SingleNodeNetwork, log_store, state_machine)
-            .await
-            .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
+        let raft =
+            match Raft::new(node_id, config, SingleNodeNetwork, log_store, state_machine).await {
+                Ok(raft) => raft,
+                Err(error) => {
+                    if let Some(journal) = &journal {
+                        journal.shutdown().await;
+                    }
+                    return Err(Error::Raft(format!("starting raft: {error}")));
+                }
+            };
         let node = RaftNode {
             node_id,
             raft,
@@ -72,6 +103,7 @@ impl RaftNode {
             snapshots,
             published,
             applied,
+            journal,
         };
         if let Err(error) = node.become_leader().await {
             // Do not leave the raft task and the WAL writer running behind a failed start.
@@ -131,15 +163,28 @@ impl RaftNode {
 
     pub(crate) async fn propose(&self, command: Command) -> Result<CommandResponse> {
         match self.raft.client_write(Request(command)).await {
-            Ok(response) => Ok(response.data),
+            Ok(response) => {
+                if let Some(journal) = &self.journal {
+                    // Applied locally; answer only once it is in the bucket too.
+                    journal.wait_persisted(response.log_id.index).await?;
+                }
+                Ok(response.data)
+            }
             Err(RaftError::Fatal(fatal)) => Err(fatal_error(fatal)),
             Err(RaftError::APIError(error)) => Err(api_error(error)),
         }
     }
 
-    /// Without a bucket journal, an applied entry is already durable in the local Raft log.
+    /// Waits until everything applied so far is in the bucket journal. Without a journal an
+    /// applied entry is already durable in the local Raft log.
     pub(crate) async fn sync(&self) -> Result<()> {
-        Ok(())
+        match &self.journal {
+            Some(journal) => {
+                let applied = *self.applied.borrow();
+                journal.wait_persisted(applied).await
+            }
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn state(&self) -> Arc<MetadataState> {
@@ -165,12 +210,28 @@ impl RaftNode {
         )
     }
 
+    /// `(current term, last log index)`; for tests of the restore path.
+    #[cfg(test)]
+    pub(crate) fn term_and_last_index(&self) -> (u64, Option<u64>) {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        (metrics.current_term, metrics.last_log_index)
+    }
+
     /// Stops Raft (later proposals fail with [`Error::ShuttingDown`]) and closes the WAL.
     pub(crate) async fn shutdown(&self) -> Result<()> {
-        self.raft
+        let stopped = self
+            .raft
             .shutdown()
             .await
-            .map_err(|e| Error::Raft(format!("raft shutdown: {e}")))?;
+            .map_err(|e| Error::Raft(format!("raft shutdown: {e}")));
+        // Nothing is applied any more: upload what is queued (bounded), then stop the journal
+        // (also when Raft failed to stop cleanly, so the task does not outlive the node).
+        if let Some(journal) = &self.journal {
+            journal.shutdown().await;
+        }
+        stopped?;
         // A snapshot build may still run on its own task; let it finish writing (or refuse it).
         let snapshots = self.snapshots.clone();
         tokio::task::spawn_blocking(move || snapshots.close())
@@ -181,6 +242,56 @@ impl RaftNode {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// Removes everything inside `dir` (kept itself: it may be a mount point). Stateless mode only.
+fn wipe_dir(dir: &std::path::Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error.into()),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the state restored from the bucket as the local snapshot, at log position
+/// `(term 0, this node, index)` with this node as the only voter. openraft then starts from it with
+/// an empty log (it purges up to the snapshot, which makes the node initialized), elects itself at
+/// term 1 and appends from `index + 1`, so the bucket's log chain continues without a gap.
+fn seed_local_snapshot(
+    snapshots: &SnapshotStore,
+    node_id: NodeId,
+    restored: journal::Restored,
+) -> Result<StartPoint> {
+    let position = LogPosition {
+        term: 0,
+        node_id,
+        index: restored.index,
+    };
+    let membership = StoredMembershipRecord {
+        log_id: Some(position),
+        membership: MembershipRecord {
+            configs: vec![std::collections::BTreeSet::from([node_id])],
+            nodes: BTreeMap::from([(node_id, String::new())]),
+        },
+    };
+    let bytes = snapshot_format::encode(Some(&position), &membership, &restored.state)?;
+    snapshots.save(snapshot_format::covered_by(Some(&position)), &bytes)?;
+    Ok(StartPoint {
+        index: restored.index,
+        state: restored.state,
+        position,
+        membership,
+        snapshot: !restored.snapshot_current,
+    })
 }
 
 fn fatal_error(fatal: Fatal<TypeConfig>) -> Error {

@@ -18,6 +18,7 @@ use super::codec;
 use super::types::{
     LogId, Request, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
+use crate::journal::{JournalBatch, JournalFeed, SnapshotJob};
 use crate::snapshot::{self, SnapshotStore};
 use crate::{CommandResponse, MetadataState};
 
@@ -43,12 +44,15 @@ pub(crate) struct StateMachine {
     published: Published,
     applied: watch::Sender<u64>,
     snapshots: Arc<SnapshotStore>,
+    /// The bucket journal (stateless mode): every applied batch is handed to it.
+    journal: Option<JournalFeed>,
 }
 
 impl StateMachine {
     /// Starts from the newest snapshot on disk (if any); openraft then re-applies the log after it.
     pub(crate) fn recover(
         snapshots: Arc<SnapshotStore>,
+        journal: Option<JournalFeed>,
     ) -> io::Result<(StateMachine, Published, watch::Receiver<u64>)> {
         let (state, last_applied, last_membership) = match snapshots.load_latest()? {
             Some(bytes) => {
@@ -72,6 +76,7 @@ impl StateMachine {
             published: published.clone(),
             applied,
             snapshots,
+            journal,
         };
         Ok((machine, published, applied_rx))
     }
@@ -144,11 +149,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut last_applied = self.last_applied;
         let mut last_membership = None;
         let mut answers = Vec::new();
+        let mut first_index = None;
+        let mut journaled = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
+            first_index.get_or_insert(entry.log_id.index);
             let response = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::Ok,
                 EntryPayload::Normal(Request(command)) => {
                     let state = working.get_or_insert_with(|| (*self.state).clone());
+                    if self.journal.is_some() {
+                        journaled.push((entry.log_id.index, command.clone()));
+                    }
                     crate::apply::apply_command(state, command)
                 }
                 EntryPayload::Membership(membership) => {
@@ -172,7 +183,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Some(state) => Arc::new(state),
             None => self.state.clone(),
         };
-        self.publish(state);
+        self.publish(state.clone());
+        if let (Some(feed), Some(first), Some(last)) =
+            (&mut self.journal, first_index, last_applied)
+        {
+            let snapshot = feed.wants_state(last.index).then(|| SnapshotJob {
+                state: state.clone(),
+                position: codec::position(&last),
+                membership: codec::stored_membership_record(&self.last_membership),
+            });
+            feed.send(JournalBatch {
+                first,
+                last: last.index,
+                entries: journaled,
+                snapshot,
+            });
+        }
         for (responder, response) in answers {
             responder.send(response);
         }
