@@ -1,14 +1,15 @@
 //! `storage` — partition logs on top of the WAL and the object store.
 //!
 //! Owns: the record-batch format checks and the one rewrite we allow ([`batch`]), the segment object
-//! format ([`segment`]), building an object store from a URL ([`objects`]), and [`LogStore`]: offset
+//! format ([`segment`]), reading it through a byte-bounded block cache with read-ahead ([`segment_reader`],
+//! [`block_cache`]), building an object store from a URL ([`objects`]), and [`LogStore`]: offset
 //! assignment, the in-memory tail cache, reads from tail cache → WAL → segment objects, moving WAL data
 //! into segment objects by Sluice's own size/time thresholds, retention, DeleteRecords, object GC, and
 //! recovery of WAL data not yet in segments after a restart.
 //!
 //! Private modules: `partition` (offset assignment, in-flight appends, high watermark, WAL index),
 //! `wal_record` (the routing header in front of each batch in the WAL), `tail_cache`, `read` (fetch
-//! and timestamp lookups), `segment_reader` (footer cache, ranged scans), `segment_writer` (WAL →
+//! and timestamp lookups), `segment_writer` (WAL →
 //! segment objects + WAL checkpoint), `housekeeping` (retention + object GC), `recovery` (WAL replay).
 //!
 //! Architecture invariant: a record is acknowledged (its append returns `Ok`) only after the WAL
@@ -16,15 +17,16 @@
 //! Architecture invariant: `storage` never depends on `broker`.
 
 pub mod batch;
+pub mod block_cache;
 pub mod objects;
 pub mod segment;
+pub mod segment_reader;
 
 mod housekeeping;
 mod partition;
 mod producers;
 mod read;
 mod recovery;
-mod segment_reader;
 mod segment_writer;
 #[cfg(test)]
 mod store_tests;
@@ -121,6 +123,8 @@ pub struct StorageOptions {
     pub segment_max_age: Duration,
     /// Bytes of recent batches kept in memory across all partitions (tailing consumers read these).
     pub tail_cache_bytes: usize,
+    /// Catch-up reads of objects: block cache size, block size, read-ahead, GET concurrency.
+    pub block_cache: block_cache::BlockCacheOptions,
     /// How often retention and GC run.
     pub housekeeping_interval: Duration,
     /// Objects removed from the index are deleted from the store only after this grace period.
@@ -142,6 +146,7 @@ impl StorageOptions {
             segment_bytes: 16 * 1024 * 1024,
             segment_max_age: Duration::from_secs(30),
             tail_cache_bytes: 64 * 1024 * 1024,
+            block_cache: block_cache::BlockCacheOptions::default(),
             housekeeping_interval: Duration::from_secs(5),
             gc_grace: Duration::from_secs(60),
         }
@@ -472,7 +477,7 @@ impl LogStore {
         let wal = Wal::open(opts.wal.clone())?;
         let inner = Arc::new(Inner {
             tail: TailCache::new(opts.tail_cache_bytes),
-            segments: SegmentReader::new(objects.clone()),
+            segments: SegmentReader::new(objects.clone(), opts.block_cache.clone()),
             opts,
             objects,
             meta,

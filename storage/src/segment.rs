@@ -283,7 +283,7 @@ pub fn batch_min_timestamp(header: &BatchHeader) -> i64 {
 pub struct BuiltSegment {
     pub chunks: Vec<Bytes>,
     pub footer: SegmentFooter,
-    /// Bytes of batch data (the data starts at byte 0).
+    /// Bytes of batch data (the data starts at byte 0, or at the builder's base position).
     pub data_len: u64,
     pub min_timestamp: i64,
     pub max_timestamp: i64,
@@ -305,6 +305,8 @@ pub struct SegmentBuilder {
     data_len: u64,
     /// Data bytes written since the last index entry started.
     since_entry: u64,
+    /// Object position of the first batch (0 for a segment object of its own).
+    base_position: u64,
     base_offset: Option<i64>,
     end_offset: i64,
     min_timestamp: i64,
@@ -314,6 +316,16 @@ pub struct SegmentBuilder {
 impl SegmentBuilder {
     pub fn new() -> Self {
         SegmentBuilder::default()
+    }
+
+    /// A builder for a chunk that starts at byte `position` of a larger object (a partition's part
+    /// of a shared WAL object): index positions and the footer's `index_position` are absolute
+    /// object positions. `BuiltSegment::data_len` stays the length of the chunk's data.
+    pub fn with_base_position(position: u64) -> Self {
+        SegmentBuilder {
+            base_position: position,
+            ..SegmentBuilder::default()
+        }
     }
 
     /// Adds one whole batch. Batches must come in increasing offset order without overlap.
@@ -352,7 +364,7 @@ impl SegmentBuilder {
         if new_entry {
             self.entries.push(IndexEntry {
                 base_offset: header.base_offset,
-                position: self.data_len,
+                position: self.base_position + self.data_len,
                 max_timestamp: max_ts,
             });
             self.since_entry = 0;
@@ -392,7 +404,7 @@ impl SegmentBuilder {
         let footer = SegmentFooter {
             base_offset,
             end_offset: self.end_offset,
-            index_position: self.data_len,
+            index_position: self.base_position + self.data_len,
             entries: self.entries,
         };
         let mut chunks = self.chunks;
