@@ -35,6 +35,7 @@ pub struct BlockCacheOptions {
     /// Size and alignment of a block, i.e. of one ranged GET.
     pub block_size: u64,
     /// Blocks after the one being read that a fetch starts GETs for in the background (0 = off).
+    /// Capped at half the cache, so read-ahead cannot evict what it fetched before it is read.
     pub read_ahead_blocks: usize,
     /// Ranged GETs in flight at most, across all readers.
     pub max_concurrent_gets: usize,
@@ -44,9 +45,11 @@ impl Default for BlockCacheOptions {
     fn default() -> Self {
         BlockCacheOptions {
             capacity_bytes: 64 * 1024 * 1024,
-            block_size: 1024 * 1024,
+            // With a ~40 ms floor per GET, throughput is (blocks in flight x block size) / latency:
+            // 8 x 4 MiB in flight reads ~640 MB/s (benches/src/catchup.rs).
+            block_size: 4 * 1024 * 1024,
             read_ahead_blocks: 8,
-            max_concurrent_gets: 16,
+            max_concurrent_gets: 8,
         }
     }
 }
@@ -210,6 +213,10 @@ impl BlockCache {
     pub(crate) fn new(store: Arc<dyn ObjectStore>, mut opts: BlockCacheOptions) -> Self {
         opts.block_size = opts.block_size.max(1);
         opts.max_concurrent_gets = opts.max_concurrent_gets.max(1);
+        let half_cache_blocks = (opts.capacity_bytes as u64 / 2 / opts.block_size).max(1);
+        opts.read_ahead_blocks = opts
+            .read_ahead_blocks
+            .min(usize::try_from(half_cache_blocks).unwrap_or(usize::MAX));
         BlockCache {
             inner: Arc::new(CacheInner {
                 store,
@@ -307,7 +314,7 @@ impl BlockCache {
             };
             counters.prefetches.fetch_add(1, Ordering::Relaxed);
             // The GET runs in its own task; readers find its future in the slot.
-            let _ = self.start_fetch(&mut state, key, block, Some(permit));
+            drop(self.start_fetch(&mut state, key, block, Some(permit)));
         }
     }
 
