@@ -1,14 +1,15 @@
 //! `storage` — partition logs on top of the WAL and the object store.
 //!
 //! Owns: the record-batch format checks and the one rewrite we allow ([`batch`]), the segment object
-//! format ([`segment`]), building an object store from a URL ([`objects`]), and [`LogStore`]: offset
+//! format ([`segment`]), reading it through a byte-bounded block cache with read-ahead ([`segment_reader`],
+//! [`block_cache`]), building an object store from a URL ([`objects`]), and [`LogStore`]: offset
 //! assignment, the in-memory tail cache, reads from tail cache → WAL → segment objects, moving WAL data
 //! into segment objects by Sluice's own size/time thresholds, retention, DeleteRecords, object GC, and
 //! recovery of WAL data not yet in segments after a restart.
 //!
 //! Private modules: `partition` (offset assignment, in-flight appends, high watermark, WAL index),
 //! `wal_record` (the routing header in front of each batch in the WAL), `tail_cache`, `read` (fetch
-//! and timestamp lookups), `segment_reader` (footer cache, ranged scans), `segment_writer` (WAL →
+//! and timestamp lookups), `segment_writer` (WAL →
 //! segment objects + WAL checkpoint), `housekeeping` (retention + object GC), `recovery` (WAL replay).
 //!
 //! Architecture invariant: a record is acknowledged (its append returns `Ok`) only after the WAL
@@ -16,8 +17,10 @@
 //! Architecture invariant: `storage` never depends on `broker`.
 
 pub mod batch;
+pub mod block_cache;
 pub mod objects;
 pub mod segment;
+pub mod segment_reader;
 
 mod compaction;
 mod object_wal;
@@ -29,7 +32,6 @@ mod partition;
 mod producers;
 mod read;
 mod recovery;
-mod segment_reader;
 mod segment_writer;
 #[cfg(test)]
 mod store_tests;
@@ -135,6 +137,8 @@ pub struct StorageOptions {
     pub segment_max_age: Duration,
     /// Bytes of recent batches kept in memory across all partitions (tailing consumers read these).
     pub tail_cache_bytes: usize,
+    /// Catch-up reads of objects: block cache size, block size, read-ahead, GET concurrency.
+    pub block_cache: block_cache::BlockCacheOptions,
     /// How often retention and GC run.
     pub housekeeping_interval: Duration,
     /// Objects removed from the index are deleted from the store only after this grace period.
@@ -157,6 +161,7 @@ impl StorageOptions {
             segment_bytes: 16 * 1024 * 1024,
             segment_max_age: Duration::from_secs(30),
             tail_cache_bytes: 64 * 1024 * 1024,
+            block_cache: block_cache::BlockCacheOptions::default(),
             housekeeping_interval: Duration::from_secs(5),
             gc_grace: Duration::from_secs(60),
         }
@@ -242,7 +247,7 @@ pub(crate) struct Inner {
     dropped_topics: Mutex<HashSet<uuid::Uuid>>,
     pub(crate) retention: Mutex<HashMap<uuid::Uuid, Retention>>,
     pub(crate) tail: TailCache,
-    pub(crate) segments: SegmentReader,
+    pub(crate) segments: Arc<SegmentReader>,
     /// Woken when a partition's WAL-only bytes reach `segment_bytes`.
     pub(crate) writer_wake: Notify,
     cancel: CancellationToken,
@@ -597,6 +602,10 @@ impl LogStore {
         objects: Arc<dyn ObjectStore>,
         meta: MetadataClient,
     ) -> Result<LogStore> {
+        let segments = Arc::new(SegmentReader::new(
+            objects.clone(),
+            opts.block_cache.clone(),
+        ));
         let (wal, object_wal) = match &opts.object_wal {
             Some(object_opts) => (
                 None,
@@ -604,6 +613,7 @@ impl LogStore {
                     object_opts.clone(),
                     objects.clone(),
                     meta.clone(),
+                    segments.clone(),
                     &opts.cluster_id,
                     opts.node_id,
                 )),
@@ -612,7 +622,7 @@ impl LogStore {
         };
         let inner = Arc::new(Inner {
             tail: TailCache::new(opts.tail_cache_bytes),
-            segments: SegmentReader::new(objects.clone()),
+            segments: segments.clone(),
             opts,
             objects,
             meta,

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::partition::Partition;
 use crate::segment::SegmentBuilder;
+use crate::segment_reader::SegmentReader;
 use crate::{lock, now_ms, Error, Result};
 
 /// Settings of the S3 WAL.
@@ -111,6 +112,7 @@ struct Shared {
     opts: ObjectWalOptions,
     objects: Arc<dyn ObjectStore>,
     meta: MetadataClient,
+    segments: Arc<SegmentReader>,
     key_prefix: String,
     queue: Mutex<Queue>,
     wake: Notify,
@@ -141,6 +143,7 @@ impl ObjectWal {
         opts: ObjectWalOptions,
         objects: Arc<dyn ObjectStore>,
         meta: MetadataClient,
+        segments: Arc<SegmentReader>,
         cluster_id: &str,
         node_id: metadata::NodeId,
     ) -> ObjectWal {
@@ -153,6 +156,7 @@ impl ObjectWal {
             opts,
             objects,
             meta,
+            segments,
             key_prefix: format!("{cluster_id}/wal/{node_id}-{unique:016x}"),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
@@ -404,6 +408,8 @@ async fn upload(shared: &Shared, seq: u64, batches: Vec<Pending>) -> Uploaded {
             footer_len,
         };
         position += built.object_len();
+        // Later reads of this chunk (after the tail cache let go of it) skip the footer GET.
+        shared.segments.remember(&key, built.footer.clone());
         payload.extend(built.chunks);
         chunks.push((tp, segment, list));
     }

@@ -283,7 +283,7 @@ pub fn batch_min_timestamp(header: &BatchHeader) -> i64 {
 pub struct BuiltSegment {
     pub chunks: Vec<Bytes>,
     pub footer: SegmentFooter,
-    /// Bytes of batch data (the data starts at the builder's base position, 0 for a segment object).
+    /// Bytes of batch data (the data starts at byte 0, or at the builder's base position).
     pub data_len: u64,
     pub min_timestamp: i64,
     pub max_timestamp: i64,
@@ -305,12 +305,12 @@ pub struct SegmentBuilder {
     data_len: u64,
     /// Data bytes written since the last index entry started.
     since_entry: u64,
+    /// Object position of the first batch (0 for a segment object of its own).
+    base_position: u64,
     base_offset: Option<i64>,
     end_offset: i64,
     min_timestamp: i64,
     max_timestamp: i64,
-    /// Object position of the first data byte (non-zero for a chunk inside a shared WAL object).
-    base_position: u64,
 }
 
 impl SegmentBuilder {
@@ -318,8 +318,9 @@ impl SegmentBuilder {
         SegmentBuilder::default()
     }
 
-    /// A builder for a chunk that starts at byte `position` of a larger object (S3 WAL: one chunk
-    /// per partition in a shared object): index positions are object positions.
+    /// A builder for a chunk that starts at byte `position` of a larger object (a partition's part
+    /// of a shared WAL object): index positions and the footer's `index_position` are absolute
+    /// object positions. `BuiltSegment::data_len` stays the length of the chunk's data.
     pub fn with_base_position(position: u64) -> Self {
         SegmentBuilder {
             base_position: position,
