@@ -83,6 +83,23 @@ fn describe() {
         "Request body bytes held by requests in progress"
     );
     metrics::describe_counter!(
+        "wal_objects_written_total",
+        "S3 WAL: WAL objects stored (one PUT each, many partitions per object)"
+    );
+    metrics::describe_counter!(
+        "wal_object_bytes_total",
+        metrics::Unit::Bytes,
+        "S3 WAL: bytes in stored WAL objects"
+    );
+    metrics::describe_counter!(
+        "wal_object_put_retries_total",
+        "S3 WAL: failed WAL object PUTs that were retried"
+    );
+    metrics::describe_counter!(
+        "wal_object_commits_total",
+        "S3 WAL: metadata commits indexing WAL objects"
+    );
+    metrics::describe_counter!(
         "ingest_idempotency_replays_total",
         "Requests answered from the idempotency store"
     );

@@ -42,6 +42,17 @@ pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     metrics::counter!("wal_records_committed_total").absolute(wal.records_committed);
     metrics::counter!("wal_bytes_committed_total").absolute(wal.bytes_committed);
     metrics::counter!("wal_syncs_total").absolute(wal.syncs);
+    if let Some(objects) = shared.producer.store.object_wal_stats() {
+        metrics::counter!("wal_objects_written_total").absolute(objects.objects);
+        metrics::counter!("wal_object_bytes_total").absolute(objects.bytes);
+        metrics::counter!("wal_object_put_retries_total").absolute(objects.put_retries);
+        metrics::counter!("wal_object_commits_total").absolute(objects.commits);
+    }
+    let cache = shared.producer.store.block_cache_stats();
+    metrics::counter!("block_cache_hits_total").absolute(cache.hits);
+    metrics::counter!("block_cache_misses_total").absolute(cache.misses);
+    metrics::counter!("object_gets_total").absolute(cache.gets);
+    metrics::counter!("object_get_bytes_total").absolute(cache.get_bytes);
     shared.prometheus.run_upkeep();
     (
         StatusCode::OK,

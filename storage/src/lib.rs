@@ -759,6 +759,11 @@ impl LogStore {
         self.inner.wal.as_ref().map(Wal::stats).unwrap_or_default()
     }
 
+    /// Counters of the block cache (catch-up reads from objects) since open.
+    pub fn block_cache_stats(&self) -> block_cache::BlockCacheStats {
+        self.inner.segments.stats()
+    }
+
     /// Counters of the S3 WAL since open; `None` with the file WAL.
     pub fn object_wal_stats(&self) -> Option<ObjectWalStats> {
         self.inner.object_wal.as_ref().map(ObjectWal::stats)
