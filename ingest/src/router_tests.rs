@@ -38,7 +38,7 @@ impl Fixture {
             node_id: 1,
             snapshot_every: 1024,
             fsync: false,
-        journal: None,
+            journal: None,
         })
         .await
         .unwrap();

@@ -35,7 +35,7 @@ fn segment(key: &str, base: i64, end: i64) -> SegmentRef {
         data_len: 64,
         min_timestamp: NOW,
         max_timestamp: NOW,
-            footer_len: 0,
+        footer_len: 0,
         created_ms: NOW,
     }
 }

@@ -319,7 +319,10 @@ mod tests {
         assert_eq!(parse("s3://b/").unwrap(), ok("b", ""));
         assert_eq!(parse("s3://b/p").unwrap(), ok("b", "p"));
         assert_eq!(parse("s3://b//p/q//").unwrap(), ok("b", "p/q"));
-        assert_eq!(parse("s3://my.bucket-1/a/b/c").unwrap(), ok("my.bucket-1", "a/b/c"));
+        assert_eq!(
+            parse("s3://my.bucket-1/a/b/c").unwrap(),
+            ok("my.bucket-1", "a/b/c")
+        );
         for bad in [
             "s3://",
             "s3:///p",
@@ -352,7 +355,10 @@ mod tests {
         );
         assert_eq!(get(AmazonS3ConfigKey::Region).as_deref(), Some("eu-west-3"));
         assert_eq!(get(AmazonS3ConfigKey::AccessKeyId).as_deref(), Some("k"));
-        assert_eq!(get(AmazonS3ConfigKey::SecretAccessKey).as_deref(), Some("s"));
+        assert_eq!(
+            get(AmazonS3ConfigKey::SecretAccessKey).as_deref(),
+            Some("s")
+        );
         assert_eq!(get(AmazonS3ConfigKey::Token).as_deref(), Some("t"));
         assert_eq!(
             get(AmazonS3ConfigKey::VirtualHostedStyleRequest).as_deref(),

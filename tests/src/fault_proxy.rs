@@ -103,7 +103,10 @@ pub enum RequestKind {
 impl RequestKind {
     /// Classifies a path-style S3 request (`/bucket/key?query`).
     pub fn classify(method: &Method, path: &str, query: Option<&str>) -> RequestKind {
-        let key = path.trim_start_matches('/').split_once('/').map(|(_, key)| key);
+        let key = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .map(|(_, key)| key);
         let lists = query.is_some_and(|q| q.split('&').any(|p| p.starts_with("list-type=")))
             || key.is_none_or(str::is_empty);
         match *method {
@@ -227,7 +230,9 @@ struct Shared {
 
 impl Shared {
     fn faults(&self) -> MutexGuard<'_, Faults> {
-        self.faults.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.faults
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn count(&self, kind: RequestKind, update: impl FnOnce(&mut KindStats)) {
@@ -402,7 +407,11 @@ async fn handle(
     shared: Arc<Shared>,
     upstream: Arc<tokio::sync::Mutex<Option<SendRequest<ProxyBody>>>>,
 ) -> Result<Response<ProxyBody>, BoxError> {
-    let kind = RequestKind::classify(request.method(), request.uri().path(), request.uri().query());
+    let kind = RequestKind::classify(
+        request.method(),
+        request.uri().path(),
+        request.uri().query(),
+    );
     shared.count(kind, |stats| stats.requests += 1);
 
     // Blackout first: it overrides everything else.
@@ -473,7 +482,10 @@ async fn handle(
         None => match connect_upstream(shared.upstream).await {
             Ok(sender) => sender,
             Err(err) => {
-                eprintln!("fault proxy: upstream {} unreachable: {err}", shared.upstream);
+                eprintln!(
+                    "fault proxy: upstream {} unreachable: {err}",
+                    shared.upstream
+                );
                 return Ok(bad_gateway(&shared));
             }
         },
@@ -587,9 +599,8 @@ mod tests {
 
     #[test]
     fn requests_are_classified_by_method_and_target() {
-        let classify = |m: Method, path: &str, query: Option<&str>| {
-            RequestKind::classify(&m, path, query)
-        };
+        let classify =
+            |m: Method, path: &str, query: Option<&str>| RequestKind::classify(&m, path, query);
         assert_eq!(classify(Method::PUT, "/b/k", None), RequestKind::Put);
         assert_eq!(
             classify(Method::PUT, "/b/k", Some("partNumber=1&uploadId=x")),
@@ -603,7 +614,10 @@ mod tests {
         assert_eq!(classify(Method::GET, "/b/", None), RequestKind::List);
         assert_eq!(classify(Method::HEAD, "/b/k", None), RequestKind::Head);
         assert_eq!(classify(Method::DELETE, "/b/k", None), RequestKind::Delete);
-        assert_eq!(classify(Method::POST, "/b", Some("delete")), RequestKind::Post);
+        assert_eq!(
+            classify(Method::POST, "/b", Some("delete")),
+            RequestKind::Post
+        );
     }
 
     #[test]
@@ -637,10 +651,7 @@ mod tests {
             ..Faults::default()
         };
         assert_eq!(faults.active_blackout(), None);
-        faults.blackout = Some((
-            Instant::now() + Duration::from_secs(60),
-            BlackoutMode::Hang,
-        ));
+        faults.blackout = Some((Instant::now() + Duration::from_secs(60), BlackoutMode::Hang));
         assert!(matches!(
             faults.active_blackout(),
             Some((_, BlackoutMode::Hang))

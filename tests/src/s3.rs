@@ -202,7 +202,6 @@ impl S3Server {
             let _ = child.wait();
         }
     }
-
 }
 
 /// Waits until the child answers HTTP on `addr`; fails if it exits or does not answer in time.
@@ -233,7 +232,11 @@ fn log_tail(log_path: &Path) -> String {
     let text = fs::read_to_string(log_path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(30);
-    format!("--- s3s-fs log ({}) ---\n{}", log_path.display(), lines[start..].join("\n"))
+    format!(
+        "--- s3s-fs log ({}) ---\n{}",
+        log_path.display(),
+        lines[start..].join("\n")
+    )
 }
 
 impl Drop for S3Server {
@@ -324,7 +327,8 @@ fn spawn(
         .append(true)
         .open(log_path)
         .context("opening the s3s-fs log")?;
-    writeln!(log, "=== harness: s3s-fs on 127.0.0.1:{port} ===").context("writing the s3s-fs log")?;
+    writeln!(log, "=== harness: s3s-fs on 127.0.0.1:{port} ===")
+        .context("writing the s3s-fs log")?;
     let stdout = log.try_clone().context("cloning the log handle")?;
     Command::new(binary)
         .arg("--host")
@@ -336,7 +340,10 @@ fn spawn(
         .arg("--secret-key")
         .arg(secret_key)
         .arg(root)
-        .env("RUST_LOG", std::env::var("S3S_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("S3S_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))

@@ -213,7 +213,7 @@ mod tests {
             node_id: 1,
             snapshot_every: 1000,
             fsync: false,
-        journal: None,
+            journal: None,
         })
         .await
         .unwrap()
