@@ -122,6 +122,17 @@ async fn main() -> Result<()> {
             puts.push(started.elapsed());
         }
         report(&format!("PUT {} via proxy", human(size)), &mut puts, size);
+        let mut gets = Vec::with_capacity(rounds);
+        for i in 0..rounds {
+            let started = Instant::now();
+            via_proxy
+                .get(&Path::from(format!("proxy/{size}/{i}")))
+                .await?
+                .bytes()
+                .await?;
+            gets.push(started.elapsed());
+        }
+        report(&format!("GET {} via proxy", human(size)), &mut gets, size);
     }
     let stats = proxy.stats();
     println!(

@@ -419,7 +419,7 @@ async fn log_store_round_trip(kind: Kind) -> Result<()> {
         || {
             let state = meta.state();
             let partition = state.partition(tp)?;
-            (partition.segmented_end() == high_watermark).then(|| partition.segments.len())
+            (partition.segmented_end() == high_watermark).then_some(partition.segments.len())
         },
     )
     .await
