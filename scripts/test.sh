@@ -4,13 +4,26 @@
 #
 # Needs on the machine: the pinned Rust toolchain, cargo-nextest, gcc/make (rdkafka builds its
 # bundled librdkafka), python3 and node/npm. Installs: kcat (apt), the pinned Python clients
-# (tests/compat/.venv) and kafkajs (npm ci) — see tests/compat/setup.sh.
+# (tests/compat/.venv) and kafkajs (npm ci) — see tests/compat/setup.sh —
+# and s3s-fs, the S3 server of the S3 tests (cargo install into ~/.cargo/bin when missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n=== %s ===\n' "$*"; }
 
+# The S3 tests find s3s-fs on PATH or in ~/.cargo/bin; put the latter on PATH for them.
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$CARGO_BIN:$PATH"
+S3S_FS_VERSION=0.14.1
+
 step "install test dependencies"
+if command -v s3s-fs >/dev/null 2>&1 && s3s-fs --version 2>/dev/null | grep -qF "$S3S_FS_VERSION"; then
+  echo "s3s-fs $S3S_FS_VERSION: $(command -v s3s-fs)"
+else
+  # 0.15+ needs a newer rustc than the pinned toolchain; --locked keeps its dependencies as released.
+  echo "s3s-fs $S3S_FS_VERSION missing: cargo install s3s-fs --version $S3S_FS_VERSION --features binary --locked"
+  cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
+fi
 tests/compat/setup.sh
 
 step "cargo fmt --check"

@@ -130,6 +130,8 @@ struct FileConfig {
     s3_region: Option<String>,
     aws_access_key_id: Option<String>,
     aws_secret_access_key: Option<String>,
+    /// `[s3]` table; its keys win over the flat `s3_*`/`aws_*` keys above.
+    s3: Option<S3FileConfig>,
     wal: Option<WalKind>,
     wal_fsync: Option<bool>,
     wal_linger_ms: Option<u64>,
@@ -151,6 +153,63 @@ struct FileConfig {
     group_initial_rebalance_delay_ms: Option<u64>,
     group_min_session_timeout_ms: Option<u64>,
     offsets_retention_minutes: Option<u64>,
+}
+
+/// `[s3]` table of the TOML file: endpoint, region, credentials and client timeouts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3FileConfig {
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_retries: Option<usize>,
+    retry_timeout_ms: Option<u64>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+}
+
+/// S3 settings: flag / `SLUICE_S3_*` > `AWS_*` environment (credentials) > `[s3]` table > flat file
+/// keys > defaults. An endpoint or region left unset here is still read from `AWS_ENDPOINT` /
+/// `AWS_REGION` when the store is built.
+fn resolve_s3(
+    flag_endpoint: Option<String>,
+    flag_region: Option<String>,
+    file: &FileConfig,
+) -> storage::objects::S3Options {
+    let table = file.s3.as_ref();
+    let from_table = |get: fn(&S3FileConfig) -> &Option<String>| table.and_then(|t| get(t).clone());
+    let env = |key: &str| std::env::var(key).ok().filter(|value| !value.is_empty());
+    let millis = |get: fn(&S3FileConfig) -> Option<u64>| {
+        table.and_then(get).map(std::time::Duration::from_millis)
+    };
+    let defaults = storage::objects::S3Options::default();
+    storage::objects::S3Options {
+        endpoint: flag_endpoint
+            .or_else(|| from_table(|t| &t.endpoint))
+            .or_else(|| file.s3_endpoint.clone()),
+        region: flag_region
+            .or_else(|| from_table(|t| &t.region))
+            .or_else(|| file.s3_region.clone()),
+        access_key_id: env("AWS_ACCESS_KEY_ID")
+            .or_else(|| from_table(|t| &t.access_key_id))
+            .or_else(|| file.aws_access_key_id.clone()),
+        secret_access_key: env("AWS_SECRET_ACCESS_KEY")
+            .or_else(|| from_table(|t| &t.secret_access_key))
+            .or_else(|| file.aws_secret_access_key.clone()),
+        session_token: env("AWS_SESSION_TOKEN").or_else(|| from_table(|t| &t.session_token)),
+        connect_timeout: millis(|t| t.connect_timeout_ms).unwrap_or(defaults.connect_timeout),
+        request_timeout: millis(|t| t.request_timeout_ms).unwrap_or(defaults.request_timeout),
+        max_retries: table
+            .and_then(|t| t.max_retries)
+            .unwrap_or(defaults.max_retries),
+        retry_timeout: millis(|t| t.retry_timeout_ms).unwrap_or(defaults.retry_timeout),
+        initial_backoff: millis(|t| t.initial_backoff_ms).unwrap_or(defaults.initial_backoff),
+        max_backoff: millis(|t| t.max_backoff_ms).unwrap_or(defaults.max_backoff),
+    }
 }
 
 /// Fully resolved settings.
@@ -186,11 +245,12 @@ pub(crate) struct ServeConfig {
 }
 
 impl ServeConfig {
-    pub(crate) fn resolve(args: ServeArgs) -> anyhow::Result<ServeConfig> {
+    pub(crate) fn resolve(mut args: ServeArgs) -> anyhow::Result<ServeConfig> {
         let file = match &args.config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
+        let s3 = resolve_s3(args.s3_endpoint.take(), args.s3_region.take(), &file);
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -208,16 +268,7 @@ impl ServeConfig {
                 .unwrap_or_else(|| "127.0.0.1:9092".to_string()),
             advertised_kafka: args.advertised_kafka.or(file.advertised_kafka),
             object_store,
-            s3: storage::objects::S3Options {
-                endpoint: args.s3_endpoint.or(file.s3_endpoint),
-                region: args.s3_region.or(file.s3_region),
-                access_key_id: std::env::var("AWS_ACCESS_KEY_ID")
-                    .ok()
-                    .or(file.aws_access_key_id),
-                secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY")
-                    .ok()
-                    .or(file.aws_secret_access_key),
-            },
+            s3,
             wal: args.wal.or(file.wal).unwrap_or(WalKind::File),
             wal_fsync: args.wal_fsync.or(file.wal_fsync).unwrap_or(true),
             object_wal: {
@@ -365,6 +416,7 @@ fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::time::Duration;
 
     #[derive(Parser)]
     struct TestCli {
@@ -411,5 +463,62 @@ mod tests {
         let config = ServeConfig::resolve(cli.serve).unwrap();
         assert_eq!(config.wal, WalKind::Object);
         assert_eq!(config.object_wal.linger, Duration::from_millis(2));
+    }
+
+    #[test]
+    fn s3_table_fills_s3_options_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s3.toml");
+        std::fs::write(
+            &file,
+            "s3_region = \"flat-region\"\n\
+             [s3]\n\
+             endpoint = \"http://127.0.0.1:9000\"\n\
+             connect_timeout_ms = 250\n\
+             request_timeout_ms = 4000\n\
+             max_retries = 2\n",
+        )
+        .unwrap();
+        let cli = TestCli::parse_from(["sluice", "--config", file.to_str().unwrap()]);
+        let config = ServeConfig::resolve(cli.serve).unwrap();
+        assert_eq!(config.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(config.s3.region.as_deref(), Some("flat-region"));
+        assert_eq!(config.s3.connect_timeout, Duration::from_millis(250));
+        assert_eq!(config.s3.request_timeout, Duration::from_secs(4));
+        assert_eq!(config.s3.max_retries, 2);
+        let defaults = storage::objects::S3Options::default();
+        assert_eq!(config.s3.retry_timeout, defaults.retry_timeout);
+
+        let cli = TestCli::parse_from([
+            "sluice",
+            "--config",
+            file.to_str().unwrap(),
+            "--s3-endpoint",
+            "http://127.0.0.1:1",
+            "--s3-region",
+            "r",
+        ]);
+        let config = ServeConfig::resolve(cli.serve).unwrap();
+        assert_eq!(config.s3.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(config.s3.region.as_deref(), Some("r"));
+
+        // Credentials in the table are read (when AWS_* is not set in this environment).
+        std::fs::write(
+            &file,
+            "[s3]\naccess_key_id = \"id\"\nsecret_access_key = \"secret\"\n",
+        )
+        .unwrap();
+        let cli = TestCli::parse_from(["sluice", "--config", file.to_str().unwrap()]);
+        let config = ServeConfig::resolve(cli.serve).unwrap();
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            assert_eq!(config.s3.access_key_id.as_deref(), Some("id"));
+        }
+        if std::env::var_os("AWS_SECRET_ACCESS_KEY").is_none() {
+            assert_eq!(config.s3.secret_access_key.as_deref(), Some("secret"));
+        }
+
+        std::fs::write(&file, "[s3]\nno_such_key = 1\n").unwrap();
+        let cli = TestCli::parse_from(["sluice", "--config", file.to_str().unwrap()]);
+        assert!(ServeConfig::resolve(cli.serve).is_err());
     }
 }

@@ -1,6 +1,10 @@
 //! End-to-end test harness: runs the real `sluice` binary as a child process on loopback and gives
 //! tests real Kafka clients pointed at it.
 //!
+//! S3 mode: [`s3::S3Server`] runs a real S3 server (s3s-fs) and [`fault_proxy::FaultProxy`] sits
+//! between the broker and it to inject S3 faults; [`SluiceOptions::s3`] / [`SluiceOptions::s3_via`]
+//! point a broker at them.
+//!
 //! Owns: locating the binary, spawning `sluice serve` on port 0 with a private temporary data dir,
 //! waiting for its ready file, killing/terminating/restarting it on the same data dir, and keeping
 //! the process log for debugging. Client builders live in [`clients`], hand-written wire-protocol
@@ -10,6 +14,8 @@
 //! independent and can run in parallel (nextest runs each test in its own process).
 
 pub mod clients;
+pub mod fault_proxy;
+pub mod s3;
 pub mod wire;
 
 use std::fs::{self, File, OpenOptions};
