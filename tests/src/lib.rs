@@ -251,6 +251,18 @@ impl SluiceProcess {
         }
     }
 
+    /// Deletes everything in the data dir of a stopped process (a new machine: the next
+    /// `restart` starts from an empty data dir, e.g. to recover from the bucket alone).
+    pub fn wipe_data_dir(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("wipe_data_dir: sluice is still running");
+        }
+        let data = self.data_dir();
+        fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
+        fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        Ok(())
+    }
+
     /// Starts the process again on the same data dir (after `kill9` or `terminate`; a running
     /// process is terminated first). The Kafka port changes: clients must be rebuilt with the
     /// new `bootstrap()`.

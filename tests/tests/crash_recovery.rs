@@ -15,6 +15,7 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, FutureRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_tests::clients;
+use sluice_tests::s3::S3Server;
 use sluice_tests::{SluiceOptions, SluiceProcess};
 
 const PARTITIONS: i32 = 3;
@@ -77,19 +78,55 @@ fn send_until_stopped(
     Ok(sent)
 }
 
+/// After the kill, how the next broker starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// On the same data dir (file WAL: replayed from it).
+    SameDataDir,
+    /// On an empty data dir, from the bucket alone (S3 WAL: the broker is stateless).
+    EmptyDataDir,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_produce_loses_no_acked_record() -> Result<()> {
-    sigkill_during_produce(SluiceOptions::default()).await
+    sigkill_during_produce(SluiceOptions::default(), Restart::SameDataDir).await
+}
+
+/// Stateless mode on a real S3 server: S3 WAL on s3s-fs, SIGKILL mid-load, then a new broker on an
+/// **empty** data dir against the same bucket serves every acknowledged record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_wal_sigkill_then_empty_data_dir_loses_no_acked_record() -> Result<()> {
+    let s3 = S3Server::start()?;
+    let options = SluiceOptions::default().s3(&s3, "sluice").object_wal();
+    sigkill_during_produce(options, Restart::EmptyDataDir).await
+}
+
+/// The same with tiny segment thresholds: compaction rewrites WAL objects into segments (and the
+/// GC deletes them) while producing, so the new broker reads both kinds of objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_wal_sigkill_with_compaction_loses_no_acked_record() -> Result<()> {
+    let s3 = S3Server::start()?;
+    let options = SluiceOptions::default()
+        .s3(&s3, "sluice")
+        .object_wal()
+        .tiny_segments()
+        .arg("--gc-grace-ms", 200)
+        .arg("--housekeeping-ms", 100);
+    sigkill_during_produce(options, Restart::EmptyDataDir).await
 }
 
 /// The same with tiny segment thresholds and tail cache: after the restart the records come back
 /// through segment objects and the index, not only through the WAL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_produce_loses_no_acked_record_with_tiny_segments() -> Result<()> {
-    sigkill_during_produce(SluiceOptions::default().tiny_segments()).await
+    sigkill_during_produce(
+        SluiceOptions::default().tiny_segments(),
+        Restart::SameDataDir,
+    )
+    .await
 }
 
-async fn sigkill_during_produce(options: SluiceOptions) -> Result<()> {
+async fn sigkill_during_produce(options: SluiceOptions, restart: Restart) -> Result<()> {
     let mut broker = SluiceProcess::start(options)?;
     let topic = "crash".to_string();
     clients::create_topic(&broker.bootstrap(), &topic, PARTITIONS, &[]).await?;
@@ -154,6 +191,9 @@ async fn sigkill_during_produce(options: SluiceOptions) -> Result<()> {
         "every record was acked: nothing was in flight at the kill, the test proves nothing"
     );
 
+    if restart == Restart::EmptyDataDir {
+        broker.wipe_data_dir()?;
+    }
     broker.restart()?;
     let bootstrap = broker.bootstrap();
 
