@@ -272,7 +272,13 @@ impl Producer {
                 }
             };
             let started = Instant::now();
-            match self.store.append(tp, batch, timestamp_type).await {
+            // A store that cannot make the batch durable in time (object store down) gets the
+            // client a retriable 503, not a hung request; the append itself carries on.
+            let appended =
+                tokio::time::timeout(ACK_TIMEOUT, self.store.append(tp, batch, timestamp_type))
+                    .await
+                    .unwrap_or(Err(storage::Error::TimedOut));
+            match appended {
                 Ok(appended) => {
                     metrics::ack_latency(started.elapsed());
                     for (delta, ((index, _), timestamp)) in
@@ -304,6 +310,9 @@ impl Producer {
         results
     }
 }
+
+/// Longest wait for an append to become durable before the request is answered 503.
+const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Splits a partition's events into runs whose encoded batch stays within `max_batch` bytes.
 fn cut_batches(events: Vec<(usize, Event)>, max_batch: usize) -> Vec<Vec<(usize, Event)>> {
