@@ -53,7 +53,9 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         dir: data_dir.join("metadata"),
         node_id: config.node_id,
         snapshot_every: 1024,
-        fsync: config.wal_fsync,
+        // With the journal the bucket is what makes metadata durable; the local Raft log is a
+        // cache rebuilt at every start, so fsyncing it would only add latency to every commit.
+        fsync: config.wal_fsync && journal.is_none(),
         journal,
     })
     .await
