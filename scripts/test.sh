@@ -41,3 +41,5 @@ cargo nextest run --workspace --no-fail-fast
 
 step "client compatibility matrix"
 COMPAT_SKIP_SETUP=1 tests/compat/run.sh
+step "client compatibility matrix, S3 WAL (WAL objects in the local object store)"
+COMPAT_SKIP_SETUP=1 COMPAT_SLUICE_ARGS="--wal object" tests/compat/run.sh

@@ -5,7 +5,8 @@
 #
 # Clients: kcat (librdkafka 2.0.2, Debian), confluent-kafka and kafka-python (PyPI, pinned in
 # requirements.txt), kafkajs (npm, pinned by kafkajs/package-lock.json).
-# Environment: SLUICE_BIN (default target/debug/sluice), COMPAT_SKIP_SETUP=1 to not run setup.sh.
+# Environment: SLUICE_BIN (default target/debug/sluice), COMPAT_SKIP_SETUP=1 to not run setup.sh,
+# COMPAT_SLUICE_ARGS: extra `sluice serve` arguments (e.g. "--wal object"), split on spaces.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -50,6 +51,11 @@ ARGS=(serve --data-dir "$WORK/data" --kafka-listener 127.0.0.1:0 --ready-file "$
 # The HTTP listener (default 127.0.0.1:8082) goes on port 0 too, once the binary has it.
 if "$SLUICE_BIN" serve --help 2>/dev/null | grep -q -- '--http-listener'; then
     ARGS+=(--http-listener 127.0.0.1:0)
+fi
+if [ -n "${COMPAT_SLUICE_ARGS:-}" ]; then
+    read -r -a EXTRA <<<"$COMPAT_SLUICE_ARGS"
+    ARGS+=("${EXTRA[@]}")
+    echo "compat: extra sluice arguments: ${EXTRA[*]}"
 fi
 NO_COLOR=1 RUST_LOG=${RUST_LOG:-info,openraft=warn} "$SLUICE_BIN" "${ARGS[@]}" >"$WORK/sluice.log" 2>&1 </dev/null &
 SLUICE_PID=$!
