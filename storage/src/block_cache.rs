@@ -57,7 +57,7 @@ impl Default for BlockCacheOptions {
 /// Counters of a block cache (monotonic, except the `cached_*` gauges).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BlockCacheStats {
-    /// Ranged GETs issued.
+    /// Ranged GETs issued (blocks and segment footers).
     pub gets: u64,
     /// Bytes those GETs returned.
     pub get_bytes: u64,
@@ -398,6 +398,14 @@ impl BlockCache {
                 }
             }
         }
+    }
+
+    /// Counts a GET made outside the cache for the same reads (segment footers), so `gets` and
+    /// `get_bytes` cover every read of the object store.
+    pub(crate) fn count_get(&self, bytes: usize) {
+        let c = &self.inner.counters;
+        c.gets.fetch_add(1, Ordering::Relaxed);
+        c.get_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn stats(&self) -> BlockCacheStats {

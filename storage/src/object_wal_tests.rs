@@ -120,6 +120,8 @@ async fn appends_group_commit_into_shared_objects_and_read_back() {
     for (p, tp) in tps.iter().enumerate() {
         assert_eq!(read_all(&h, *tp).await, expected[p]);
     }
+    // Tailing readers are served from the tail cache: not a single GET.
+    assert_eq!(h.store.block_cache_stats().gets, 0);
     // Nothing in the data dir: no file WAL was opened.
     assert!(!h.opts.data_dir.join("wal").exists());
     h.stop().await;
@@ -138,6 +140,10 @@ async fn restart_reads_everything_back_from_the_objects() {
         // The tail cache is empty after a restart: these reads go to the WAL objects.
         assert_eq!(read_all(&h, *tp).await, expected[p]);
     }
+    assert!(
+        h.store.block_cache_stats().gets > 0,
+        "cold reads come from the objects"
+    );
     // Appends continue right after the indexed data.
     let batch = simple_batch(1, 10, 5);
     let result = h

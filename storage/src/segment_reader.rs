@@ -177,7 +177,9 @@ impl SegmentReader {
         let path = ObjectPath::from(seg.key.as_str());
         let bytes = if seg.footer_len == 0 {
             let options = GetOptions::new().with_range(Some(GetRange::Offset(footer_at)));
-            self.store.get_opts(&path, options).await?.bytes().await?
+            let got = self.store.get_opts(&path, options).await?.bytes().await?;
+            self.blocks.count_get(got.len());
+            got
         } else {
             let chunk_end = footer_at
                 .checked_add(seg.footer_len)
@@ -186,6 +188,7 @@ impl SegmentReader {
             let from = if whole_chunk { data.start } else { footer_at };
             let options = GetOptions::new().with_range(Some(GetRange::Bounded(from..chunk_end)));
             let got = self.store.get_opts(&path, options).await?.bytes().await?;
+            self.blocks.count_get(got.len());
             if got.len() as u64 != chunk_end - from {
                 return Err(corrupt(
                     seg,
