@@ -26,8 +26,9 @@ use crate::{now_ms, Error, Inner, Result};
 /// Partitions compacted at the same time.
 const CONCURRENCY: usize = 2;
 /// A partition with this many WAL chunks in its index is compacted even if they are young and
-/// small: it bounds the index (and the metadata state) under a high flush rate.
-const MAX_CHUNKS: usize = 64;
+/// small: it bounds the index (and the metadata state) under a high flush rate. Not much lower:
+/// at ~100 WAL objects/s a low bound makes many tiny segments (and metadata commits) per second.
+const MAX_CHUNKS: usize = 256;
 /// Small exclusive segments are merged once this many are in a row.
 const MAX_SMALL_SEGMENTS: usize = 16;
 /// Bytes read per GET while copying a chunk.
@@ -387,11 +388,21 @@ mod tests {
             .collect();
         let run = due_run(&state, &segs, 1000, 60_000, 1000).unwrap();
         assert_eq!(run.len(), 10, "capped at segment_bytes");
+        assert!(
+            due_run(&state, &segs, 1_000_000, 60_000, 1000).is_none(),
+            "70 young small chunks wait"
+        );
+        let keys: Vec<String> = (0..300).map(|i| format!("w{i}")).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let state = state_with_shared(&refs);
+        let segs: Vec<SegmentRef> = (0..300)
+            .map(|i| seg(&keys[i as usize], i * 10, i * 10 + 10, 100, 1000))
+            .collect();
         let run = due_run(&state, &segs, 1_000_000, 60_000, 1000).unwrap();
         assert_eq!(
             run.len(),
-            70,
-            "64+ chunks are due even when young and small"
+            300,
+            "256+ chunks are due even when young and small"
         );
     }
 

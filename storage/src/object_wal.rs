@@ -104,6 +104,9 @@ struct Queue {
 struct Uploaded {
     seq: u64,
     key: String,
+    /// When the object was cut from the queue and when its PUT finished (stage timings).
+    cut_at: Instant,
+    stored_at: Instant,
     /// Per chunk: the partition, its segment ref and the batches it holds.
     chunks: Vec<(TopicPartition, SegmentRef, Vec<Pending>)>,
 }
@@ -364,6 +367,7 @@ fn take_object(shared: &Shared) -> Vec<Pending> {
 
 /// Lays out and PUTs one WAL object (retrying until it is stored or the WAL aborts).
 async fn upload(shared: &Shared, seq: u64, batches: Vec<Pending>) -> Uploaded {
+    let cut_at = Instant::now();
     let key = format!("{}-{seq:012}.wal", shared.key_prefix);
     // Chunks in partition order; inside a partition the queue (= offset) order is kept.
     let mut by_partition: BTreeMap<TopicPartition, Vec<Pending>> = BTreeMap::new();
@@ -424,7 +428,13 @@ async fn upload(shared: &Shared, seq: u64, batches: Vec<Pending>) -> Uploaded {
             }
         }
     }
-    Uploaded { seq, key, chunks }
+    Uploaded {
+        seq,
+        key,
+        cut_at,
+        stored_at: Instant::now(),
+        chunks,
+    }
 }
 
 /// PUTs `body` at `key` until it succeeds (`true`) or the WAL aborts (`false`). The object store
@@ -508,7 +518,17 @@ async fn commit(shared: &Shared, group: Vec<Uploaded>) {
         return;
     }
     let keys: Vec<String> = group.iter().map(|o| o.key.clone()).collect();
+    let commit_start = Instant::now();
+    let oldest_cut = group.iter().map(|o| o.cut_at).min();
+    let last_stored = group.iter().map(|o| o.stored_at).max();
     let outcome = propose_until_persisted(shared, &entries).await;
+    tracing::debug!(
+        objects = group.len(),
+        put_ms = ?oldest_cut.zip(last_stored).map(|(c, s)| s.duration_since(c)),
+        wait_ms = ?last_stored.map(|s| commit_start.duration_since(s)),
+        commit_ms = ?commit_start.elapsed(),
+        "S3 WAL commit"
+    );
     shared.commits.fetch_add(1, Ordering::Relaxed);
     let mut index = 0usize;
     for object in group {
