@@ -168,6 +168,7 @@ async fn put_segment(
         max_timestamp: built.max_timestamp,
         created_ms: 0,
         footer_len: 0,
+        producer_batches: false,
     })
 }
 

@@ -573,6 +573,7 @@ mod tests {
             max_timestamp: NOW + 10,
             created_ms: NOW,
             footer_len: 0,
+            producer_batches: false,
         }
     }
 
@@ -1186,6 +1187,7 @@ mod tests {
     fn chunk(key: &str, base: i64, end: i64) -> SegmentRef {
         SegmentRef {
             footer_len: 40,
+            producer_batches: false,
             ..segment(key, base, end)
         }
     }

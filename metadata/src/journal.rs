@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -241,6 +241,9 @@ pub(crate) struct Restored {
 /// Rebuilds the metadata state from the bucket. `Ok(None)` for an empty journal (fresh cluster).
 /// Fails (rather than start a new cluster over it) when the journal has objects but none of them
 /// can be used, and on read errors that persist over a few retries.
+/// Log objects fetched at once while restoring.
+const RESTORE_CONCURRENCY: usize = 16;
+
 pub(crate) async fn restore(opts: &JournalOptions) -> Result<Option<Restored>> {
     let layout = Layout::new(&opts.prefix);
     let store = &opts.store;
@@ -288,17 +291,30 @@ pub(crate) async fn restore(opts: &JournalOptions) -> Result<Option<Restored>> {
         }
     }
     logs.sort_by_key(|l| (l.0, l.1));
+    // Objects wholly covered by the snapshot are never read (cleanup deletes them); the others are
+    // fetched RESTORE_CONCURRENCY at a time — one GET after another would make a restart wait out
+    // the object store's per-request latency hundreds of times — and used in order.
+    let logs: Vec<(u64, u64, Path)> = logs.into_iter().filter(|l| l.1 >= next).collect();
+    let fetches: Vec<_> = logs.iter().map(|(_, _, path)| get(store, path)).collect();
+    let mut fetched = futures::stream::iter(fetches).buffered(RESTORE_CONCURRENCY);
     let mut replayed_any = false;
     let mut unused: Vec<(u64, u64, Path)> = Vec::new();
-    for (first, last, path) in logs {
+    for (first, last, path) in logs.iter().cloned() {
+        let bytes = fetched.next().await;
         if last < next {
-            continue; // covered by the snapshot or an earlier object; cleanup deletes it
+            continue; // covered by an earlier object; cleanup deletes it
         }
         if first > next {
             unused.push((first, last, path));
             continue;
         }
-        let bytes = get(store, &path).await?;
+        let Some(bytes) = bytes else {
+            return Err(storage_error(
+                "restoring",
+                "a log object fetch went missing",
+            ));
+        };
+        let bytes = bytes?;
         match decode_log(&bytes, first, last) {
             Ok(entries) => {
                 for entry in entries.iter().filter(|entry| entry.index >= next) {

@@ -76,6 +76,10 @@ pub struct SegmentRef {
     /// WAL object (S3 WAL), where other partitions' chunks follow.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub footer_len: u64,
+    /// A WAL chunk holding batches of idempotent producers (S3 WAL): recovery reads such chunks
+    /// back to rebuild producer sequences; chunks without them are never read at startup.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub producer_batches: bool,
 }
 
 fn is_zero(value: &u64) -> bool {

@@ -36,6 +36,7 @@ fn segment(key: &str, base: i64, end: i64) -> SegmentRef {
         min_timestamp: NOW,
         max_timestamp: NOW,
         footer_len: 0,
+        producer_batches: false,
         created_ms: NOW,
     }
 }

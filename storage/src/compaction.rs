@@ -31,6 +31,8 @@ const CONCURRENCY: usize = 2;
 const MAX_CHUNKS: usize = 256;
 /// Small exclusive segments are merged once this many are in a row.
 const MAX_SMALL_SEGMENTS: usize = 16;
+/// Chunks read at once by compaction and by producer-state recovery.
+const READ_CONCURRENCY: usize = 8;
 /// Bytes read per GET while copying a chunk.
 const READ_BYTES: usize = 8 * 1024 * 1024;
 const FAILED_BACKOFF_START: Duration = Duration::from_millis(500);
@@ -207,8 +209,22 @@ async fn compact(inner: &Inner, run: &Run) -> Result<()> {
     let (base_offset, end_offset) = (first.base_offset, last.end_offset);
     let mut builder = SegmentBuilder::new();
     let mut headers = Vec::new();
-    for seg in &run.segments {
-        for bytes in batches_of(inner, tp, seg).await? {
+    // The run's chunks are fetched concurrently (a run can be hundreds of small chunks, each its
+    // own GET) and pushed in offset order.
+    // (Futures built up front: a closure inside the stream trips the `Send` check of the spawned
+    // task — rust-lang/rust#102211.)
+    let reads: Vec<_> = run
+        .segments
+        .iter()
+        .map(|seg| batches_of(inner, tp, seg))
+        .collect();
+    let mut fetched = futures::stream::iter(reads).buffered(READ_CONCURRENCY);
+    let mut segments = run.segments.iter();
+    while let Some(batches) = fetched.next().await {
+        let Some(seg) = segments.next() else {
+            break;
+        };
+        for bytes in batches? {
             // Consecutive segments may share a batch only if the log start moved into it;
             // a batch already pushed is not pushed again.
             let header = BatchHeader::parse(&bytes)?;
@@ -244,6 +260,7 @@ async fn compact(inner: &Inner, run: &Run) -> Result<()> {
         max_timestamp: built.max_timestamp,
         created_ms: now_ms(),
         footer_len: 0,
+        producer_batches: false,
     };
     if let Err(err) = save_producer_state(inner, tp, run.leader_epoch, &headers, end_offset).await {
         delete_orphan(inner, &key).await;
@@ -297,10 +314,13 @@ pub(crate) async fn recover_producers(inner: &Inner) -> Result<usize> {
             };
             let snapshot = state.producer_state(tp);
             let as_of = snapshot.map_or(i64::MIN, |p| p.as_of_offset);
+            // Only chunks that hold idempotent batches matter (flagged when they were written).
             let chunks: Vec<&SegmentRef> = pm
                 .segments
                 .iter()
-                .filter(|seg| is_shared(&state, seg) && seg.end_offset > as_of)
+                .filter(|seg| {
+                    seg.producer_batches && is_shared(&state, seg) && seg.end_offset > as_of
+                })
                 .collect();
             if chunks.is_empty() {
                 continue;
@@ -308,8 +328,15 @@ pub(crate) async fn recover_producers(inner: &Inner) -> Result<usize> {
             let mut table = snapshot
                 .map(crate::producers::ProducerTable::from_snapshot)
                 .unwrap_or_default();
-            for seg in chunks {
-                for bytes in batches_of(inner, tp, seg).await? {
+            // Chunks are fetched concurrently (an object store's per-GET latency would make a
+            // sequential read of hundreds of chunks take minutes) and folded in offset order.
+            let reads: Vec<_> = chunks
+                .into_iter()
+                .map(|seg| batches_of(inner, tp, seg))
+                .collect();
+            let mut fetched = futures::stream::iter(reads).buffered(READ_CONCURRENCY);
+            while let Some(batches) = fetched.next().await {
+                for bytes in batches? {
                     let header = BatchHeader::parse(&bytes)?;
                     if header.has_producer_id()
                         && header.base_sequence >= 0
@@ -345,6 +372,7 @@ mod tests {
             max_timestamp: 0,
             created_ms: created,
             footer_len: 0,
+            producer_batches: false,
         }
     }
 

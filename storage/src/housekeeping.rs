@@ -249,6 +249,7 @@ mod tests {
             max_timestamp: max_ts,
             created_ms: 0,
             footer_len: 0,
+            producer_batches: false,
         }
     }
 

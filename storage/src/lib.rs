@@ -512,6 +512,7 @@ impl Inner {
             base_offset,
             bytes: stored.clone(),
             permit,
+            idempotent: header.has_producer_id(),
         });
         if let Err(err) = pushed {
             part.state().abort_append(base_offset);

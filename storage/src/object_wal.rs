@@ -91,6 +91,8 @@ pub(crate) struct Pending {
     pub(crate) base_offset: i64,
     pub(crate) bytes: Bytes,
     pub(crate) permit: OwnedSemaphorePermit,
+    /// The batch carries a producer id (idempotent producer).
+    pub(crate) idempotent: bool,
 }
 
 #[derive(Default)]
@@ -410,6 +412,7 @@ async fn upload(shared: &Shared, seq: u64, batches: Vec<Pending>) -> Uploaded {
             max_timestamp: built.max_timestamp,
             created_ms,
             footer_len,
+            producer_batches: list.iter().any(|p| p.idempotent),
         };
         position += built.object_len();
         // Later reads of this chunk (after the tail cache let go of it) skip the footer GET.

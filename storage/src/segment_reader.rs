@@ -428,6 +428,7 @@ mod tests {
             max_timestamp: built.max_timestamp,
             created_ms: 0,
             footer_len: 0,
+            producer_batches: false,
         };
         (seg, batches)
     }
@@ -607,6 +608,7 @@ mod tests {
                     max_timestamp: built.max_timestamp,
                     created_ms: 0,
                     footer_len,
+                    producer_batches: false,
                 },
                 batches,
             ));

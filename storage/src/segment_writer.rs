@@ -173,6 +173,7 @@ async fn flush_partition(inner: &Inner, part: &Partition) -> Result<()> {
             max_timestamp: built.max_timestamp,
             created_ms: now_ms(),
             footer_len: 0,
+            producer_batches: false,
         };
         let end_offset = segment.end_offset;
         // The producer snapshot goes in first: once the segment is indexed its WAL data may be

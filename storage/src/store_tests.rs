@@ -905,13 +905,19 @@ async fn append_one(h: &Harness, tp: TopicPartition, batch: &BytesMut) -> crate:
 
 /// Retries, gaps and fenced epochs are recognized, before and after restarts — whether the
 /// original batches are still in the WAL or were moved to segments and the WAL truncated.
-async fn producer_state_survives_restart(segment_first: bool) {
+/// With `object`, the same through the S3 WAL: no local WAL, so recovery rebuilds the sequences
+/// from the WAL objects' chunks flagged as holding idempotent batches (or from the producer
+/// snapshot compaction saved).
+async fn producer_state_survives_restart(segment_first: bool, object: bool) {
     let mut h = Harness::start(|o| {
         o.segment_max_age = if segment_first {
             Duration::from_millis(100)
         } else {
             Duration::from_secs(3600)
         };
+        if object {
+            o.object_wal = Some(crate::ObjectWalOptions::default());
+        }
     })
     .await;
     let topic = h.create_topic("idem", 1).await;
@@ -922,8 +928,13 @@ async fn producer_state_survives_restart(segment_first: bool) {
     }
     assert_eq!(append_one(&h, p, &batches[1]).await.unwrap(), 2, "retry");
     if segment_first {
-        wait_until(WAIT, "segmented", || async { h.segmented_end(p) == 6 }).await;
-        assert!(h.meta.state().producer_state(p).is_some());
+        wait_until(WAIT, "segmented", || async {
+            h.segmented_end(p) == 6 && h.meta.state().producer_state(p).is_some()
+        })
+        .await;
+    } else if object {
+        let segments = h.segments(p);
+        assert!(!segments.is_empty() && segments.iter().all(|s| s.producer_batches));
     }
     h.restart().await;
     if segment_first {
@@ -960,10 +971,20 @@ async fn producer_state_survives_restart(segment_first: bool) {
 
 #[tokio::test]
 async fn producer_state_survives_restart_from_the_wal() {
-    producer_state_survives_restart(false).await;
+    producer_state_survives_restart(false, false).await;
 }
 
 #[tokio::test]
 async fn producer_state_survives_restart_after_wal_truncation() {
-    producer_state_survives_restart(true).await;
+    producer_state_survives_restart(true, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_state_survives_restart_from_wal_objects() {
+    producer_state_survives_restart(false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_state_survives_restart_after_compaction() {
+    producer_state_survives_restart(true, true).await;
 }
