@@ -7,6 +7,7 @@
 //! here may panic, whatever the command carries (it comes from the replicated log).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -120,7 +121,7 @@ fn register_broker(state: &mut MetadataState, node_id: NodeId, host: &str, port:
     for partition in state
         .topics
         .values_mut()
-        .flat_map(|topic| topic.partitions.iter_mut())
+        .flat_map(|topic| Arc::make_mut(topic).partitions.iter_mut())
     {
         if partition.owner == node_id {
             partition.leader_epoch += 1;
@@ -189,7 +190,7 @@ fn create_topic(
         created_ms: now_ms,
     };
     state.topic_ids.insert(name.to_owned(), topic_id);
-    state.topics.insert(topic_id, topic);
+    state.topics.insert(topic_id, Arc::new(topic));
     Ok(CommandResponse::Ok)
 }
 
@@ -202,9 +203,9 @@ fn delete_topic(state: &mut MetadataState, topic_id: Uuid, now_ms: i64) -> Outco
     crate::apply_groups::forget_topic(state, topic_id);
     // The topic's objects become garbage (the GC deletes them after its grace period), except
     // shared WAL objects that other topics' partitions still reference.
-    for partition in topic.partitions {
-        for segment in partition.segments {
-            release_object(state, segment.key, now_ms);
+    for partition in &topic.partitions {
+        for segment in &partition.segments {
+            release_object(state, segment.key.clone(), now_ms);
         }
     }
     Ok(CommandResponse::Ok)
@@ -219,6 +220,7 @@ fn create_partitions(
     let topic = state
         .topics
         .get_mut(&topic_id)
+        .map(Arc::make_mut)
         .ok_or(Rejection::UnknownTopicOrPartition)?;
     let count = validate_partition_count(total)?;
     let current = topic.partitions.len();
@@ -239,6 +241,7 @@ fn set_topic_configs(
     let topic = state
         .topics
         .get_mut(&topic_id)
+        .map(Arc::make_mut)
         .ok_or(Rejection::UnknownTopicOrPartition)?;
     topic.configs = configs.clone();
     Ok(CommandResponse::Ok)
@@ -249,10 +252,18 @@ pub(crate) fn partition_mut(
     tp: TopicPartition,
 ) -> Result<&mut PartitionMeta, Rejection> {
     let index = usize::try_from(tp.partition).map_err(|_| Rejection::UnknownTopicOrPartition)?;
+    // Read-only lookup first: a rejected command must not copy the topic.
+    let exists = state
+        .topics
+        .get(&tp.topic_id)
+        .is_some_and(|topic| index < topic.partitions.len());
+    if !exists {
+        return Err(Rejection::UnknownTopicOrPartition);
+    }
     state
         .topics
         .get_mut(&tp.topic_id)
-        .and_then(|topic| topic.partitions.get_mut(index))
+        .and_then(|topic| Arc::make_mut(topic).partitions.get_mut(index))
         .ok_or(Rejection::UnknownTopicOrPartition)
 }
 
@@ -422,11 +433,11 @@ fn add_segments(state: &mut MetadataState, entries: &[SegmentEntry], now_ms: i64
             // Cannot overflow: checked against `held + count` above.
             0 if held == 0 => {
                 // Nothing references the object (and nothing did before): it is garbage already.
-                state.deleted_objects.push((key.to_owned(), now_ms));
+                Arc::make_mut(&mut state.deleted_objects).push((key.to_owned(), now_ms));
             }
             0 => {}
             count => {
-                state.shared_objects.insert(key.to_owned(), held + count);
+                Arc::make_mut(&mut state.shared_objects).insert(key.to_owned(), held + count);
             }
         }
     }
@@ -478,13 +489,17 @@ fn replace_segments(
 /// its last chunk leaves the index; a segment object of its own is queued at once. Every path that
 /// removes a [`SegmentRef`] from the index goes through here.
 pub(crate) fn release_object(state: &mut MetadataState, key: String, now_ms: i64) {
-    match state.shared_objects.get_mut(&key) {
+    if !state.shared_objects.contains_key(&key) {
+        Arc::make_mut(&mut state.deleted_objects).push((key, now_ms));
+        return;
+    }
+    let shared = Arc::make_mut(&mut state.shared_objects);
+    match shared.get_mut(&key) {
         Some(count) if *count > 1 => *count -= 1,
-        Some(_) => {
-            state.shared_objects.remove(&key);
-            state.deleted_objects.push((key, now_ms));
+        _ => {
+            shared.remove(&key);
+            Arc::make_mut(&mut state.deleted_objects).push((key, now_ms));
         }
-        None => state.deleted_objects.push((key, now_ms)),
     }
 }
 
@@ -518,9 +533,7 @@ fn advance_log_start(
 
 fn forget_deleted_objects(state: &mut MetadataState, keys: &[String]) -> Outcome {
     let forget: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
-    state
-        .deleted_objects
-        .retain(|(key, _)| !forget.contains(key.as_str()));
+    Arc::make_mut(&mut state.deleted_objects).retain(|(key, _)| !forget.contains(key.as_str()));
     Ok(CommandResponse::Ok)
 }
 
@@ -710,7 +723,7 @@ mod tests {
 
         let id = topic_id(1);
         create(&mut state, "t", id, 1);
-        if let Some(topic) = state.topics.get_mut(&id) {
+        if let Some(topic) = state.topics.get_mut(&id).map(Arc::make_mut) {
             topic.partitions[0].leader_epoch = i32::MAX;
         }
         let rejection = assert_rejected_unchanged(
@@ -807,7 +820,7 @@ mod tests {
         assert_eq!(response, CommandResponse::Ok);
         assert!(state.topics.is_empty() && state.topic_ids.is_empty());
         assert_eq!(
-            state.deleted_objects,
+            *state.deleted_objects,
             vec![("a".into(), NOW + 1), ("b".into(), NOW + 1)]
         );
         // The name can be reused by a new topic.
@@ -1039,7 +1052,7 @@ mod tests {
         assert_eq!(partition.log_start_offset, 15);
         let keys: Vec<&str> = partition.segments.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(keys, vec!["b", "c"]);
-        assert_eq!(state.deleted_objects, vec![("a".into(), NOW)]);
+        assert_eq!(*state.deleted_objects, vec![("a".into(), NOW)]);
         // Backwards and equal moves change nothing and answer the current start.
         let before = state.clone();
         assert_eq!(
@@ -1057,7 +1070,7 @@ mod tests {
             CommandResponse::LogStart(20)
         );
         assert_eq!(
-            state.deleted_objects,
+            *state.deleted_objects,
             vec![("a".into(), NOW), ("b".into(), NOW + 2)]
         );
         // Past every segment: the index is empty and continues at the log start.
@@ -1099,14 +1112,14 @@ mod tests {
     #[test]
     fn forget_deleted_objects_removes_only_named_keys() {
         let mut state = MetadataState {
-            deleted_objects: vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)],
+            deleted_objects: Arc::new(vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)]),
             ..Default::default()
         };
         let forget = Command::ForgetDeletedObjects {
             keys: vec!["a".into(), "c".into(), "zz".into()],
         };
         assert_eq!(apply_command(&mut state, &forget), CommandResponse::Ok);
-        assert_eq!(state.deleted_objects, vec![("b".into(), 2)]);
+        assert_eq!(*state.deleted_objects, vec![("b".into(), 2)]);
     }
 
     #[test]
@@ -1251,7 +1264,7 @@ mod tests {
                 now_ms: NOW,
             },
         );
-        if let Some(topic) = state.topics.get_mut(&a) {
+        if let Some(topic) = state.topics.get_mut(&a).map(Arc::make_mut) {
             topic.partitions[1].leader_epoch = 2;
         }
         let outcomes = add_many(
@@ -1304,7 +1317,7 @@ mod tests {
         let mut state = MetadataState::default();
         let id = topic_id(1);
         create(&mut state, "t", id, 2);
-        state.deleted_objects.push(("released".into(), NOW));
+        Arc::make_mut(&mut state.deleted_objects).push(("released".into(), NOW));
         let cmd = |entries| Command::AddSegments {
             entries,
             now_ms: NOW,
@@ -1344,7 +1357,7 @@ mod tests {
         assert_eq!(state.shared_objects.get("w1"), Some(&2));
         assert_eq!(state.shared_objects.get("w2"), Some(&1));
         assert!(!state.shared_objects.contains_key("w3"));
-        assert_eq!(state.deleted_objects, vec![("w3".into(), NOW)]);
+        assert_eq!(*state.deleted_objects, vec![("w3".into(), NOW)]);
         assert_eq!(keys_of(&state, tp(id, 0)), ["w1", "w2"]);
     }
 
@@ -1362,7 +1375,7 @@ mod tests {
         );
         assert!(outcomes.iter().all(Option::is_some), "{outcomes:?}");
         assert!(state.shared_objects.is_empty());
-        assert_eq!(state.deleted_objects, vec![("w1".into(), NOW)]);
+        assert_eq!(*state.deleted_objects, vec![("w1".into(), NOW)]);
         assert!(keys_of(&state, tp(id, 0)).is_empty());
     }
 
@@ -1442,7 +1455,7 @@ mod tests {
             CommandResponse::Ok
         );
         assert!(state.shared_objects.is_empty());
-        assert_eq!(state.deleted_objects, vec![("w1".into(), NOW + 4)]);
+        assert_eq!(*state.deleted_objects, vec![("w1".into(), NOW + 4)]);
         // Deleting topic a queues its own segment object, exclusive, at once.
         assert_eq!(
             apply_command(&mut state, &delete(a, NOW + 5)),
@@ -1523,7 +1536,7 @@ mod tests {
         );
         let t0 = tp(id, 0);
         // Stale epoch: the owner re-registered meanwhile.
-        if let Some(topic) = state.topics.get_mut(&id) {
+        if let Some(topic) = state.topics.get_mut(&id).map(Arc::make_mut) {
             topic.partitions[0].leader_epoch = 1;
         }
         assert_eq!(
@@ -1621,7 +1634,7 @@ mod tests {
                 *indexed.entry(segment.key.as_str()).or_default() += 1;
             }
         }
-        for (key, count) in &state.shared_objects {
+        for (key, count) in state.shared_objects.iter() {
             assert_eq!(indexed.get(key.as_str()), Some(count), "count of {key}");
         }
         // Chunks (footer_len != 0 in these tests) are always counted.
@@ -1635,7 +1648,7 @@ mod tests {
             }
         }
         let mut queued = BTreeSet::new();
-        for (key, _) in &state.deleted_objects {
+        for (key, _) in state.deleted_objects.iter() {
             assert!(
                 !indexed.contains_key(key.as_str()),
                 "{key} queued while indexed"

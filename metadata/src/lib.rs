@@ -137,11 +137,14 @@ pub struct BrokerMeta {
 pub struct MetadataState {
     pub cluster_id: String,
     pub brokers: BTreeMap<NodeId, BrokerMeta>,
-    pub topics: BTreeMap<Uuid, TopicMeta>,
+    /// Each topic sits behind an `Arc` (copy-on-write): the state is cloned for every applied
+    /// batch — at S3 WAL commit rates, 100+ times a second — and that clone must copy pointers,
+    /// not every partition's object index.
+    pub topics: BTreeMap<Uuid, Arc<TopicMeta>>,
     pub topic_ids: BTreeMap<String, Uuid>,
     pub next_producer_id: i64,
     /// Objects removed from the index, waiting for GC: (key, removed_ms).
-    pub deleted_objects: Vec<(String, i64)>,
+    pub deleted_objects: Arc<Vec<(String, i64)>>,
     /// Committed offsets per consumer group. Each group sits behind an `Arc` so the copy-on-write
     /// clone per applied batch copies pointers, not every group's offsets.
     #[serde(default)]
@@ -152,12 +155,15 @@ pub struct MetadataState {
     pub producer_states: BTreeMap<Uuid, BTreeMap<i32, Arc<PartitionProducers>>>,
     /// Shared WAL objects (S3 WAL) still referenced by the index: key → number of chunks indexed.
     #[serde(default)]
-    pub shared_objects: BTreeMap<String, u32>,
+    pub shared_objects: Arc<BTreeMap<String, u32>>,
 }
 
 impl MetadataState {
     pub fn topic_by_name(&self, name: &str) -> Option<&TopicMeta> {
-        self.topic_ids.get(name).and_then(|id| self.topics.get(id))
+        self.topic_ids
+            .get(name)
+            .and_then(|id| self.topics.get(id))
+            .map(Arc::as_ref)
     }
     /// The producer snapshot of a partition, if one was ever written.
     pub fn producer_state(&self, tp: TopicPartition) -> Option<&PartitionProducers> {

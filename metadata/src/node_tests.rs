@@ -178,7 +178,7 @@ pub(crate) async fn workload(client: &MetadataClient) -> TestResult {
     assert_eq!(partition.log_start_offset, 15);
     let keys: Vec<&str> = partition.segments.iter().map(|s| s.key.as_str()).collect();
     assert_eq!(keys, vec!["o0-b", "o0-c"]);
-    assert_eq!(state.deleted_objects, vec![("o0-a".to_owned(), NOW)]);
+    assert_eq!(*state.deleted_objects, vec![("o0-a".to_owned(), NOW)]);
     Ok(())
 }
 

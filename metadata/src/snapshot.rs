@@ -230,7 +230,7 @@ mod tests {
             next_producer_id: 42,
             ..Default::default()
         };
-        state.deleted_objects.push(("k".into(), 7));
+        std::sync::Arc::make_mut(&mut state.deleted_objects).push(("k".into(), 7));
         state
     }
 

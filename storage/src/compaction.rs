@@ -379,7 +379,7 @@ mod tests {
     fn state_with_shared(keys: &[&str]) -> MetadataState {
         let mut state = MetadataState::default();
         for key in keys {
-            state.shared_objects.insert((*key).to_string(), 1);
+            std::sync::Arc::make_mut(&mut state.shared_objects).insert((*key).to_string(), 1);
         }
         state
     }

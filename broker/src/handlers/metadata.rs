@@ -42,7 +42,7 @@ pub(super) async fn handle(
             for wanted in requested {
                 let name = wanted.name.as_ref().map(|n| n.as_str().to_string());
                 let found = if !wanted.topic_id.is_nil() {
-                    state.topics.get(&wanted.topic_id).cloned()
+                    state.topics.get(&wanted.topic_id).map(|t| (**t).clone())
                 } else {
                     name.as_deref()
                         .and_then(|n| state.topic_by_name(n))

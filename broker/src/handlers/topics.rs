@@ -37,7 +37,7 @@ pub(crate) fn resolve<'a>(
     topic_id: Uuid,
 ) -> Option<&'a TopicMeta> {
     if !topic_id.is_nil() {
-        return state.topics.get(&topic_id);
+        return state.topics.get(&topic_id).map(std::sync::Arc::as_ref);
     }
     name.and_then(|name| state.topic_by_name(name))
 }
