@@ -16,7 +16,7 @@
 #                      [--latency-rate MIBPS] [--linger-ms MS] [--kinds "file s3"] [--smoke]
 #                      [--no-build] [--out DIR] [-- extra sluice serve flags for the S3 WAL broker]
 # Needs s3s-fs 0.14.1 (`cargo install s3s-fs --version 0.14.1 --features binary --locked`; $S3S_FS_BIN
-# overrides the path), curl and jq. Every scenario is bounded in time; every process started here is
+# overrides the path), curl, jq and bc. Every scenario is bounded in time; every process started here is
 # stopped by its PID (SIGTERM, then SIGKILL after 30 s).
 set -euo pipefail
 
@@ -57,7 +57,7 @@ if ! [[ "$RUNS" =~ ^[1-9][0-9]?$ ]]; then
     echo "s3.sh: --runs must be between 1 and 99" >&2
     exit 2
 fi
-for tool in curl jq; do
+for tool in curl jq bc; do
     command -v "$tool" > /dev/null || { echo "s3.sh: $tool is required" >&2; exit 1; }
 done
 S3S_FS=${S3S_FS_BIN:-$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")}
@@ -169,14 +169,19 @@ start_broker() {
             --s3-region us-east-1 --wal-linger-ms "$LINGER_MS" "${EXTRA_S3_FLAGS[@]}")
     fi
     echo "+ ${command[*]} &" >> "$COMMANDS"
+    local t0
+    t0=$(date +%s.%N)
     "${command[@]}" >> "$log" 2>&1 &
     BROKER_PID=$!
-    if ! BOOTSTRAP=$("$LOADGEN" wait-ready --file "$data.ready.json" --pid "$BROKER_PID" --timeout-secs 180); then
+    # A broker on an empty data dir first rebuilds its state from the bucket: allow for it.
+    if ! BOOTSTRAP=$("$LOADGEN" wait-ready --file "$data.ready.json" --pid "$BROKER_PID" --timeout-secs 900); then
         echo "s3.sh: broker did not become ready; its log ($log) ends with:" >&2
         tail -n 20 "$log" >&2
         exit 1
     fi
     HTTP=$(jq -r .http "$data.ready.json")
+    # Start-to-ready time (the S3 WAL restart on an empty data dir includes recovery from the bucket).
+    READY_SECONDS=$(echo "$(date +%s.%N) - $t0" | bc)
     echo "$kind broker pid $BROKER_PID: Kafka $BOOTSTRAP, HTTP $HTTP" >&2
 }
 
@@ -208,6 +213,8 @@ run_kind() {
         data=$dir/data-empty
     fi
     start_broker "$kind" "$data" "$log"
+    echo "{\"scenario\":\"broker-start\",\"label\":\"$kind-cold\",\"metrics\":{\"ready_seconds\":$READY_SECONDS},\"info\":{}}" >> "$RESULTS"
+    echo "[broker-start $kind-cold] ready_seconds=$READY_SECONDS" >&2
     common=(--partitions 6 --record-size 1024 --acks all --broker-pid "$BROKER_PID"
         --metrics-addr "$HTTP" --wal-linger-ms "$LINGER_MS")
     scenario "$LOADGEN" tail-during-catchup --bootstrap "$BOOTSTRAP" --topic "tail-$round" \

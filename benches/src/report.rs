@@ -440,7 +440,7 @@ const fn row(
 }
 
 /// What `benches/s3.sh` measures for both WAL kinds, with the S3 targets.
-const WAL_ROWS: [WalRow; 25] = [
+const WAL_ROWS: [WalRow; 26] = [
     row(
         "produce throughput (closed loop, linger 5)",
         "produce",
@@ -545,6 +545,14 @@ const WAL_ROWS: [WalRow; 25] = [
         "fill-{}",
         "mib_per_s",
         "MiB/s",
+        None,
+    ),
+    row(
+        "restart to ready (S3 WAL: empty data dir, rebuilt from the bucket)",
+        "broker-start",
+        "{}-cold",
+        "ready_seconds",
+        "s",
         None,
     ),
     row(
