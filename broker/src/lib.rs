@@ -40,7 +40,12 @@ pub struct BrokerConfig {
     pub max_request_bytes: usize,
     /// Budget of request bytes being read or handled at once, across all connections (backpressure).
     pub inflight_request_bytes: usize,
-    /// Responses of one connection waiting for a slow client to read them before handling pauses.
+    /// Requests of one connection in progress or answered-but-unsent before the broker stops reading
+    /// that connection. It must exceed request rate x ack latency (Little's law): with the S3 WAL an
+    /// ack takes a PUT + a metadata commit (~15 ms on loopback s3s-fs), and a librdkafka producer with
+    /// `linger.ms=0` sends one request per few records (~18k/s at 20 MiB/s of 1 KiB records), so a
+    /// small window makes requests queue unread in the socket (benches/RESULTS.md, "S3 WAL vs file
+    /// WAL"). Memory stays bounded by `inflight_request_bytes`, not by this.
     pub max_pipelined_requests: usize,
     /// Group coordinator settings (session bounds, initial rebalance delay, offset retention).
     pub coordinator: groups::CoordinatorConfig,
@@ -56,7 +61,7 @@ impl BrokerConfig {
             default_partitions: 1,
             max_request_bytes: 100 * 1024 * 1024,
             inflight_request_bytes: 128 * 1024 * 1024,
-            max_pipelined_requests: 64,
+            max_pipelined_requests: 1024,
             coordinator: groups::CoordinatorConfig::default(),
         }
     }
