@@ -159,7 +159,7 @@ pub(crate) fn run(args: &ConsumeArgs) -> Result<Outcome> {
     }
     let byte_bound = args.bytes.unwrap_or(u64::MAX);
 
-    let meters = ProcessMeters::start(args.kafka.broker_pid)?;
+    let meters = ProcessMeters::start_for(&args.kafka)?;
     let started = Instant::now();
     let give_up = started + Duration::from_secs_f64(args.seconds);
     consumer

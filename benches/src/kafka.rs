@@ -18,6 +18,7 @@ use rdkafka::metadata::Metadata;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::brokermetrics::MetricsMeter;
 use crate::procstat::{self, CpuMeter};
 use crate::report::Outcome;
 
@@ -44,6 +45,13 @@ pub(crate) struct KafkaArgs {
     /// Bound on topic creation and metadata discovery.
     #[arg(long, default_value_t = 30)]
     pub(crate) setup_timeout_secs: u64,
+    /// The broker's HTTP listener (`host:port`): its `/metrics` is scraped before and after the
+    /// scenario (S3 WAL PUTs, GETs, block cache).
+    #[arg(long)]
+    pub(crate) metrics_addr: Option<String>,
+    /// The broker's `--wal-linger-ms`, for the "one PUT per 4 MiB or per linger window" check.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) wal_linger_ms: f64,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -231,6 +239,7 @@ pub(crate) struct ProcessMeters {
     started: Instant,
     cpu_pressure_us: Option<u64>,
     io_pressure_us: Option<u64>,
+    metrics: Option<MetricsMeter>,
 }
 
 impl ProcessMeters {
@@ -249,13 +258,31 @@ impl ProcessMeters {
             started: Instant::now(),
             cpu_pressure_us: procstat::read_pressure_some_us("cpu").ok(),
             io_pressure_us: procstat::read_pressure_some_us("io").ok(),
+            metrics: None,
         })
     }
 
+    /// [`ProcessMeters::start`] for a Kafka scenario: also scrapes the broker's `/metrics` when
+    /// `--metrics-addr` is given (a failed scrape fails the scenario: the figures were asked for).
+    pub(crate) fn start_for(args: &KafkaArgs) -> Result<ProcessMeters> {
+        let mut meters = ProcessMeters::start(args.broker_pid)?;
+        if let Some(addr) = &args.metrics_addr {
+            meters.metrics = Some(
+                MetricsMeter::start(addr, args.wal_linger_ms)
+                    .with_context(|| format!("scraping the broker's /metrics at {addr}"))?,
+            );
+        }
+        Ok(meters)
+    }
+
     /// Adds `broker_cpu_pct`, `broker_runqueue_wait_pct`, `broker_peak_rss_mib`, `broker_rss_mib`,
-    /// `loadgen_cpu_pct`, `machine_cpu_pressure_pct` and `machine_io_pressure_pct`.
+    /// `loadgen_cpu_pct`, `machine_cpu_pressure_pct` and `machine_io_pressure_pct`; with
+    /// `--metrics-addr`, the broker's counters too (see [`crate::brokermetrics::add_deltas`]).
     pub(crate) fn finish(&self, outcome: &mut Outcome) {
         let wall_us = self.started.elapsed().as_micros() as f64;
+        if let Some(metrics) = &self.metrics {
+            metrics.finish(outcome);
+        }
         if let Some((pid, meter, sched_start)) = &self.broker {
             match meter.finish() {
                 Ok((_, percent)) => outcome.metric("broker_cpu_pct", percent),
@@ -325,6 +352,8 @@ mod tests {
             broker_pid: None,
             label: String::new(),
             setup_timeout_secs: 1,
+            metrics_addr: None,
+            wal_linger_ms: 5.0,
         };
         let config = client_config(
             &args,

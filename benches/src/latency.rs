@@ -10,7 +10,7 @@
 //!
 //! Records of the first `--warmup-seconds` are sent but not counted (connection set-up, first metadata).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use crate::report::Outcome;
 use crate::stats::LatencySummary;
 use crate::units::{mib_per_s, MIB};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub(crate) struct LatencyArgs {
     #[command(flatten)]
     pub(crate) kafka: KafkaArgs,
@@ -132,6 +132,25 @@ impl ProducerContext for LatencyContext {
 }
 
 pub(crate) fn run(args: &LatencyArgs) -> Result<Outcome> {
+    run_with(args, Instant::now(), None).map(|run| run.outcome)
+}
+
+/// A latency run with its raw samples, for scenarios that slice it by time.
+pub(crate) struct LatencyRun {
+    pub(crate) outcome: Outcome,
+    /// Per measured record, in acknowledgement order: (sent, latency send→ack), nanoseconds;
+    /// "sent" counts from the `started` given to [`run_with`].
+    pub(crate) samples: Vec<(u64, u64)>,
+}
+
+/// [`run`] with the clock origin chosen by the caller (so it can relate its own events to the
+/// samples) and an optional `stop` flag: once it is set, sending ends early — a normal end, not a
+/// generator that fell behind — and the records sent so far are drained and measured.
+pub(crate) fn run_with(
+    args: &LatencyArgs,
+    started: Instant,
+    stop: Option<&AtomicBool>,
+) -> Result<LatencyRun> {
     let valid = |value: f64| value.is_finite() && value > 0.0;
     if args.record_size == 0 || !valid(args.rate_mibps) || !valid(args.seconds) {
         bail!("--record-size, --rate-mibps and --seconds must be positive");
@@ -154,7 +173,7 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Outcome> {
         ("message.timeout.ms", "60000".to_string()),
     ];
     let context = LatencyContext {
-        started: Instant::now(),
+        started,
         sent_at_ns: (0..total_records).map(|_| AtomicU64::new(0)).collect(),
         interval_ns: 1e9 / records_per_second,
         schedule_origin_ns: AtomicU64::new(0),
@@ -180,13 +199,18 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Outcome> {
     );
     let give_up_ns = context.due_ns(total_records) + SCHEDULE_GRACE.as_nanos() as u64;
 
-    let meters = ProcessMeters::start(args.kafka.broker_pid)?;
+    let meters = ProcessMeters::start_for(&args.kafka)?;
     let mut sent: u64 = 0;
     let mut queue_full_waits: u64 = 0;
     let mut max_send_lag_ns: u64 = 0;
     let mut first_measured_send_ns: Option<u64> = None;
     let mut last_send_ns: u64 = 0;
+    let mut stopped = false;
     'sending: while sent < total_records {
+        if stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+            stopped = true;
+            break;
+        }
         let due_ns = context.due_ns(sent);
         let now_ns = context.started.elapsed().as_nanos() as u64;
         if now_ns < due_ns {
@@ -241,7 +265,7 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Outcome> {
             args.drain_timeout_secs
         );
     }
-    if sent < total_records {
+    if sent < total_records && !stopped {
         bail!(
             "the generator fell more than {SCHEDULE_GRACE:?} behind its schedule after {sent} of \
              {total_records} records; the machine cannot offer this rate"
@@ -255,6 +279,12 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Outcome> {
     if let Some(path) = &args.samples_out {
         write_samples(path, &samples.sent_ns, &samples.from_send_ns)?;
     }
+    let pairs: Vec<(u64, u64)> = samples
+        .sent_ns
+        .iter()
+        .copied()
+        .zip(samples.from_send_ns.iter().copied())
+        .collect();
     let from_send = LatencySummary::from_samples(samples.from_send_ns)
         .context("no measured record was acknowledged")?;
     let from_due = LatencySummary::from_samples(samples.from_due_ns)
@@ -290,7 +320,13 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Outcome> {
     outcome.info("acks", args.acks.as_str());
     outcome.info("linger_ms", args.linger_ms);
     outcome.info("warmup_seconds", args.warmup_seconds);
-    Ok(outcome)
+    if stopped {
+        outcome.info("stopped_early_after_records", sent);
+    }
+    Ok(LatencyRun {
+        outcome,
+        samples: pairs,
+    })
 }
 
 /// Writes "seconds_since_start latency_ms" lines, in acknowledgement order.

@@ -5,9 +5,10 @@
 //! into medians, ratios against the targets and ratios against the baselines of the same run.
 //! `benches/run.sh` drives the whole suite against a `sluice serve` it starts itself.
 //!
-//! Kafka scenarios (`produce`, `latency`, `consume`) use librdkafka through the `rdkafka` crate, as a
+//! Kafka scenarios (`produce`, `latency`, `consume`, `tail-during-catchup`) use librdkafka through the `rdkafka` crate, as a
 //! real client would. Baselines (`disk-baseline`, `wal`) need no broker.
 
+mod brokermetrics;
 mod consume;
 mod disk;
 mod kafka;
@@ -20,6 +21,7 @@ mod report;
 #[cfg(test)]
 mod scenario_tests;
 mod stats;
+mod tailcatchup;
 mod units;
 mod walbench;
 
@@ -46,6 +48,8 @@ enum Command {
     Latency(latency::LatencyArgs),
     /// Catch-up consume throughput from the start of a topic.
     Consume(consume::ConsumeArgs),
+    /// Tail-produce latency alone, then while a catch-up read of another topic runs.
+    TailDuringCatchup(tailcatchup::TailCatchupArgs),
     /// Raw disk baseline: append+fdatasync per size, sequential write and read.
     DiskBaseline(disk::DiskArgs),
     /// Group-commit throughput of the `wal` crate with N concurrent submitters.
@@ -88,6 +92,11 @@ fn run(command: Command) -> Result<()> {
         Command::Produce(args) => produce::run(&args)?.emit(),
         Command::Latency(args) => latency::run(&args)?.emit(),
         Command::Consume(args) => consume::run(&args)?.emit(),
+        Command::TailDuringCatchup(args) => {
+            for outcome in tailcatchup::run(&args)? {
+                outcome.emit();
+            }
+        }
         Command::DiskBaseline(args) => disk::run(&args)?.emit(),
         Command::Wal(args) => {
             for outcome in walbench::run(&args)? {

@@ -111,7 +111,7 @@ pub(crate) fn run(args: &ProduceArgs) -> Result<Outcome> {
         .bytes
         .map(|bytes| bytes.div_ceil(args.record_size as u64))
         .unwrap_or(u64::MAX);
-    let meters = ProcessMeters::start(args.kafka.broker_pid)?;
+    let meters = ProcessMeters::start_for(&args.kafka)?;
 
     let context = producer.context().clone();
     // Acknowledgement times are measured from the context's creation; the clock of the run starts

@@ -37,6 +37,10 @@ impl Outcome {
 
     #[cfg(test)]
     pub(crate) fn get(&self, name: &str) -> Option<f64> {
+        self.metric_value(name)
+    }
+
+    pub(crate) fn metric_value(&self, name: &str) -> Option<f64> {
         self.metrics.get(name).copied()
     }
 
@@ -378,6 +382,8 @@ fn render(samples: &Samples, machine: &str) -> String {
         );
     }
 
+    render_wal_comparison(samples, &mut out);
+
     let _ = writeln!(out, "\n## All figures\n");
     let _ = writeln!(out, "| scenario | metric | median | min | max | runs |");
     let _ = writeln!(out, "|---|---|---|---|---|---|");
@@ -401,6 +407,287 @@ fn render(samples: &Samples, machine: &str) -> String {
         }
     }
     out
+}
+
+/// One row of the S3 WAL vs file WAL table: the same metric under the labels of both WAL kinds.
+struct WalRow {
+    what: &'static str,
+    scenario: &'static str,
+    /// Label with `{}` standing for the WAL kind (`file` or `s3`).
+    label: &'static str,
+    metric: &'static str,
+    unit: &'static str,
+    /// The target for the S3 WAL, if any.
+    target: Option<(Goal, f64)>,
+}
+
+const fn row(
+    what: &'static str,
+    scenario: &'static str,
+    label: &'static str,
+    metric: &'static str,
+    unit: &'static str,
+    target: Option<(Goal, f64)>,
+) -> WalRow {
+    WalRow {
+        what,
+        scenario,
+        label,
+        metric,
+        unit,
+        target,
+    }
+}
+
+/// What `benches/s3.sh` measures for both WAL kinds, with the S3 targets.
+const WAL_ROWS: [WalRow; 26] = [
+    row(
+        "produce throughput (closed loop, linger 5)",
+        "produce",
+        "{}",
+        "mib_per_s",
+        "MiB/s",
+        Some((Goal::AtLeast, 150.0)),
+    ),
+    row(
+        "  PUTs/s during it",
+        "produce",
+        "{}",
+        "wal_puts_per_s",
+        "/s",
+        None,
+    ),
+    row(
+        "  MiB per PUT",
+        "produce",
+        "{}",
+        "wal_bytes_per_put_mib",
+        "MiB",
+        None,
+    ),
+    row(
+        "  PUTs/s ÷ max(bytes/s ÷ 4 MiB, 1000 ÷ linger)",
+        "produce",
+        "{}",
+        "wal_put_rate_vs_bound",
+        "",
+        Some((Goal::AtMost, 1.0)),
+    ),
+    row(
+        "  metadata commits/s",
+        "produce",
+        "{}",
+        "wal_commits_per_s",
+        "/s",
+        None,
+    ),
+    row("  broker CPU", "produce", "{}", "broker_cpu_pct", "%", None),
+    row(
+        "latency at 20 MiB/s, linger 0: p50",
+        "latency",
+        "{}",
+        "ack_p50_ms",
+        "ms",
+        None,
+    ),
+    row(
+        "  p99",
+        "latency",
+        "{}",
+        "ack_p99_ms",
+        "ms",
+        Some((Goal::AtMost, 20.0)),
+    ),
+    row("  p999", "latency", "{}", "ack_p999_ms", "ms", None),
+    row(
+        "  p99 from the due time (no coordinated omission)",
+        "latency",
+        "{}",
+        "sched_ack_p99_ms",
+        "ms",
+        None,
+    ),
+    row(
+        "  PUTs/s during it",
+        "latency",
+        "{}",
+        "wal_puts_per_s",
+        "/s",
+        None,
+    ),
+    row(
+        "  MiB per PUT",
+        "latency",
+        "{}",
+        "wal_bytes_per_put_mib",
+        "MiB",
+        None,
+    ),
+    row(
+        "  PUTs/s ÷ max(bytes/s ÷ 4 MiB, 1000 ÷ linger)",
+        "latency",
+        "{}",
+        "wal_put_rate_vs_bound",
+        "",
+        Some((Goal::AtMost, 1.0)),
+    ),
+    row(
+        "  validity: achieved / offered rate",
+        "latency",
+        "{}",
+        "offered_rate_ratio",
+        "",
+        None,
+    ),
+    row(
+        "fill (closed loop, the catch-up topic)",
+        "produce",
+        "fill-{}",
+        "mib_per_s",
+        "MiB/s",
+        None,
+    ),
+    row(
+        "restart to ready (S3 WAL: empty data dir, rebuilt from the bucket)",
+        "broker-start",
+        "{}-cold",
+        "ready_seconds",
+        "s",
+        None,
+    ),
+    row(
+        "cold catch-up read after a restart",
+        "consume",
+        "{}-cold",
+        "mib_per_s",
+        "MiB/s",
+        Some((Goal::AtLeast, 500.0)),
+    ),
+    row(
+        "  GETs during it",
+        "consume",
+        "{}-cold",
+        "object_gets",
+        "",
+        None,
+    ),
+    row(
+        "  GET MiB/s",
+        "consume",
+        "{}-cold",
+        "object_get_mib_per_s",
+        "MiB/s",
+        None,
+    ),
+    row(
+        "  validity: missing records",
+        "consume",
+        "{}-cold",
+        "missing_records",
+        "",
+        None,
+    ),
+    row(
+        "tail produce p99 at 20 MiB/s alone",
+        "tail-during-catchup",
+        "{}-cold",
+        "alone_p99_ms",
+        "ms",
+        None,
+    ),
+    row(
+        "  … during the catch-up read",
+        "tail-during-catchup",
+        "{}-cold",
+        "during_p99_ms",
+        "ms",
+        None,
+    ),
+    row(
+        "  p99 rise",
+        "tail-during-catchup",
+        "{}-cold",
+        "p99_rise_pct",
+        "%",
+        Some((Goal::AtMost, 10.0)),
+    ),
+    row(
+        "broker peak RSS: produce, latency, fill",
+        "broker-rss",
+        "{}",
+        "peak_rss_mib",
+        "MiB",
+        None,
+    ),
+    row(
+        "broker peak RSS: restart + catch-up",
+        "broker-rss",
+        "{}-cold",
+        "peak_rss_mib",
+        "MiB",
+        None,
+    ),
+    row(
+        "machine CPU pressure during the latency run",
+        "latency",
+        "{}",
+        "machine_cpu_pressure_pct",
+        "%",
+        None,
+    ),
+];
+
+/// The "S3 WAL vs file WAL" table, when the results hold both kinds.
+fn render_wal_comparison(samples: &Samples, out: &mut String) {
+    let has = |kind: &str| samples.keys().any(|(_, label)| label == kind);
+    if !has("file") || !has("s3") {
+        return;
+    }
+    let _ = writeln!(out, "\n## S3 WAL vs file WAL (medians)\n");
+    let _ = writeln!(
+        out,
+        "| measure | file WAL | S3 WAL | S3 / file | S3 target | verdict |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for row in &WAL_ROWS {
+        let value = |kind: &str| {
+            sample_median(
+                samples,
+                row.scenario,
+                &row.label.replace("{}", kind),
+                row.metric,
+            )
+        };
+        let (file, s3) = (value("file"), value("s3"));
+        let ratio = match (file, s3) {
+            (Some(file), Some(s3)) if file != 0.0 => Some(s3 / file),
+            _ => None,
+        };
+        let (target, verdict) = match row.target {
+            None => (String::new(), ""),
+            Some((goal, goal_value)) => {
+                let comparator = if goal == Goal::AtLeast { "≥" } else { "≤" };
+                let verdict = match (s3, goal) {
+                    (None, _) => "not measured",
+                    (Some(v), Goal::AtLeast) if v >= goal_value => "met",
+                    (Some(v), Goal::AtMost) if v <= goal_value => "met",
+                    (Some(_), _) => "MISSED",
+                };
+                (
+                    format!("{comparator} {}", with_unit(Some(goal_value), row.unit)),
+                    verdict,
+                )
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {target} | {verdict} |",
+            row.what,
+            with_unit(file, row.unit),
+            with_unit(s3, row.unit),
+            format_value(ratio),
+        );
+    }
 }
 
 /// One line naming the machine: cores, CPU model, memory, kernel.
@@ -495,6 +782,37 @@ mod tests {
             report.contains("| 7.00 | ≤ 0.000 | n/a | MISSED |"),
             "{report}"
         );
+    }
+
+    #[test]
+    fn wal_kinds_side_by_side() {
+        let text = [
+            line("produce", "file", &[("mib_per_s", 200.0)]),
+            line("produce", "s3", &[("mib_per_s", 100.0)]),
+            line("latency", "s3", &[("ack_p99_ms", 12.0)]),
+            line("tail-during-catchup", "s3-cold", &[("p99_rise_pct", 25.0)]),
+        ]
+        .join("\n");
+        let report = render(&parse_results(&text).expect("parses"), "test machine");
+        assert!(report.contains("## S3 WAL vs file WAL"), "{report}");
+        assert!(
+            report.contains("| 200 MiB/s | 100 MiB/s | 0.500 | ≥ 150 MiB/s | MISSED |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| n/a | 12.00 ms | n/a | ≤ 20.00 ms | met |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| n/a | 25.00 % | n/a | ≤ 10.00 % | MISSED |"),
+            "{report}"
+        );
+        // Without both kinds there is no such table.
+        let single = render(
+            &parse_results(&line("produce", "", &[])).expect("parses"),
+            "m",
+        );
+        assert!(!single.contains("S3 WAL vs file WAL"), "{single}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ fn kafka_args(bootstrap: &str, topic: &str) -> KafkaArgs {
         broker_pid: Some(std::process::id()),
         label: String::new(),
         setup_timeout_secs: 20,
+        metrics_addr: None,
+        wal_linger_ms: 5.0,
     }
 }
 
