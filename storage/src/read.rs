@@ -155,6 +155,13 @@ impl Inner {
             .map(|pm| pm.segments.as_slice())
             .unwrap_or_default();
         if let Some(seg) = segment_for(segments, offset) {
+            // A sequential reader over small WAL chunks: fetch the next ones in the background.
+            if seg.footer_len > 0 {
+                let index = segments.partition_point(|s| s.end_offset <= offset);
+                if let Some(next) = segments.get(index + 1..) {
+                    self.segments.prefetch_chunks(next);
+                }
+            }
             let batches = self
                 .segments
                 .read(seg, offset, end, budget, take_first)

@@ -38,7 +38,14 @@ pub struct SegmentReader {
     store: Arc<dyn ObjectStore>,
     blocks: BlockCache,
     footers: Mutex<FooterCache>,
+    /// Chunks whose footer (and, when small, data) a prefetch is fetching: no second GET for them.
+    prefetching: Mutex<std::collections::HashSet<(String, u64)>>,
 }
+
+/// Small WAL chunks of the same partition read ahead of a sequential reader (each is one GET:
+/// footer and data together), so a catch-up over uncompacted chunks has several GETs in flight
+/// instead of one chunk at a time.
+pub(crate) const CHUNK_READ_AHEAD: usize = 8;
 
 /// Footers by (object key, data start): one shared WAL object holds many partitions' chunks.
 #[derive(Default)]
@@ -140,6 +147,36 @@ impl SegmentReader {
             blocks: BlockCache::new(store.clone(), blocks),
             store,
             footers: Mutex::new(FooterCache::default()),
+            prefetching: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// Starts background fetches of the footers (and data, for small chunks) of `next` — the
+    /// segments after the one being read — unless cached or already being fetched.
+    pub(crate) fn prefetch_chunks(self: &Arc<Self>, next: &[SegmentRef]) {
+        for seg in next.iter().take(CHUNK_READ_AHEAD) {
+            if seg.footer_len == 0 || self.cache().get(&seg.key, seg.data_start).is_some() {
+                continue;
+            }
+            let id = (seg.key.clone(), seg.data_start);
+            {
+                let mut prefetching = self.prefetching.lock().unwrap_or_else(|e| e.into_inner());
+                if !prefetching.insert(id.clone()) {
+                    continue;
+                }
+            }
+            let reader = self.clone();
+            let seg = seg.clone();
+            tokio::spawn(async move {
+                if let Err(error) = reader.footer(&seg).await {
+                    tracing::debug!(key = %seg.key, %error, "chunk prefetch failed");
+                }
+                reader
+                    .prefetching
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            });
         }
     }
 
