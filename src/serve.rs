@@ -116,6 +116,10 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     broker_config.auto_create_topics = config.auto_create_topics;
     broker_config.default_partitions = config.default_partitions;
     broker_config.max_request_bytes = config.max_request_bytes;
+    if config.wal == WalKind::Object {
+        // ~10 ms to durability: more requests of a connection must be in flight (see the field).
+        broker_config.max_pipelined_requests = 1024;
+    }
     broker_config.coordinator.group.initial_rebalance_delay =
         Duration::from_millis(config.group_initial_rebalance_delay_ms);
     broker_config.coordinator.group.min_session_timeout =
