@@ -8,7 +8,6 @@
 //! `ReplaceSegments` (fenced by the leader epoch; rejected if the run changed meanwhile) → remember
 //! the footer. A crash before the swap leaves an unindexed object that is never read.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::BatchHeader;
 use crate::segment::{segment_key, SegmentBuilder};
-use crate::segment_writer::{delete_orphan, put_with_retry, save_producer_state};
+use crate::segment_writer::{delete_orphan, put_with_retry, save_producer_state, PartitionBackoff};
 use crate::{now_ms, Error, Inner, Result};
 
 /// Partitions compacted at the same time.
@@ -35,15 +34,13 @@ const MAX_SMALL_SEGMENTS: usize = 16;
 const READ_CONCURRENCY: usize = 8;
 /// Bytes read per GET while copying a chunk.
 const READ_BYTES: usize = 8 * 1024 * 1024;
-const FAILED_BACKOFF_START: Duration = Duration::from_millis(500);
-const FAILED_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     let tick =
         (inner.opts.segment_max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backoff: HashMap<TopicPartition, (Duration, Instant)> = HashMap::new();
+    let mut backoff = PartitionBackoff::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -104,7 +101,7 @@ fn due_run(
     due.then_some(run)
 }
 
-async fn round(inner: &Inner, backoff: &mut HashMap<TopicPartition, (Duration, Instant)>) {
+async fn round(inner: &Inner, backoff: &mut PartitionBackoff) {
     let state = inner.meta.state();
     let now = Instant::now();
     let wall = now_ms();
@@ -122,7 +119,7 @@ async fn round(inner: &Inner, backoff: &mut HashMap<TopicPartition, (Duration, I
                 topic_id: topic.id,
                 partition,
             };
-            if backoff.get(&tp).is_some_and(|(_, at)| *at > now) {
+            if !backoff.ready(tp, now) {
                 continue;
             }
             if let Some(segments) = due_run(
@@ -147,16 +144,10 @@ async fn round(inner: &Inner, backoff: &mut HashMap<TopicPartition, (Duration, I
         .await;
     for (tp, result) in results {
         match result {
-            Ok(()) => {
-                backoff.remove(&tp);
-            }
+            Ok(()) => backoff.succeeded(tp),
             Err(err) => {
-                let delay = backoff
-                    .get(&tp)
-                    .map(|(d, _)| (*d * 2).min(FAILED_BACKOFF_MAX))
-                    .unwrap_or(FAILED_BACKOFF_START);
+                let delay = backoff.failed(tp);
                 tracing::warn!(?tp, error = %err, retry_in = ?delay, "compaction failed; the chunks stay indexed");
-                backoff.insert(tp, (delay, Instant::now() + delay));
             }
         }
     }

@@ -37,12 +37,43 @@ const PUT_BACKOFF_START: Duration = Duration::from_millis(100);
 const FAILED_FLUSH_BACKOFF_START: Duration = Duration::from_millis(500);
 const FAILED_FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Per-partition retry delays of a background writer (segment writer, compaction): a partition
+/// whose last attempt failed waits, doubling from 500 ms up to 30 s; a success resets it.
+#[derive(Default)]
+pub(crate) struct PartitionBackoff {
+    waits: HashMap<TopicPartition, (Duration, Instant)>,
+}
+
+impl PartitionBackoff {
+    /// Whether `tp` may be tried at `now`.
+    pub(crate) fn ready(&self, tp: TopicPartition, now: Instant) -> bool {
+        self.waits
+            .get(&tp)
+            .is_none_or(|(_, retry_at)| *retry_at <= now)
+    }
+
+    pub(crate) fn succeeded(&mut self, tp: TopicPartition) {
+        self.waits.remove(&tp);
+    }
+
+    /// Records a failure; returns how long `tp` now waits.
+    pub(crate) fn failed(&mut self, tp: TopicPartition) -> Duration {
+        let delay = self
+            .waits
+            .get(&tp)
+            .map(|(d, _)| (*d * 2).min(FAILED_FLUSH_BACKOFF_MAX))
+            .unwrap_or(FAILED_FLUSH_BACKOFF_START);
+        self.waits.insert(tp, (delay, Instant::now() + delay));
+        delay
+    }
+}
+
 pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     let tick =
         (inner.opts.segment_max_age / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backoff: HashMap<TopicPartition, (Duration, Instant)> = HashMap::new();
+    let mut backoff = PartitionBackoff::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -66,16 +97,12 @@ fn due(inner: &Inner, part: &Partition) -> bool {
     st.wal_bytes >= inner.opts.segment_bytes || first.added.elapsed() >= inner.opts.segment_max_age
 }
 
-async fn round(inner: &Inner, backoff: &mut HashMap<TopicPartition, (Duration, Instant)>) {
+async fn round(inner: &Inner, backoff: &mut PartitionBackoff) {
     let now = Instant::now();
     let candidates: Vec<Arc<Partition>> = inner
         .loaded_partitions()
         .into_iter()
-        .filter(|part| {
-            backoff
-                .get(&part.tp)
-                .is_none_or(|(_, retry_at)| *retry_at <= now)
-        })
+        .filter(|part| backoff.ready(part.tp, now))
         .filter(|part| due(inner, part))
         .collect();
     let results: Vec<(TopicPartition, Result<()>)> = futures::stream::iter(candidates)
@@ -85,16 +112,10 @@ async fn round(inner: &Inner, backoff: &mut HashMap<TopicPartition, (Duration, I
         .await;
     for (tp, result) in results {
         match result {
-            Ok(()) => {
-                backoff.remove(&tp);
-            }
+            Ok(()) => backoff.succeeded(tp),
             Err(err) => {
-                let delay = backoff
-                    .get(&tp)
-                    .map(|(d, _)| (*d * 2).min(FAILED_FLUSH_BACKOFF_MAX))
-                    .unwrap_or(FAILED_FLUSH_BACKOFF_START);
+                let delay = backoff.failed(tp);
                 tracing::warn!(?tp, error = %err, retry_in = ?delay, "writing a segment failed; the data stays in the WAL");
-                backoff.insert(tp, (delay, Instant::now() + delay));
             }
         }
     }
