@@ -376,35 +376,20 @@ impl Inner {
             return Err(Error::ShuttingDown);
         };
         let guard = part.append_lock.lock().await;
-        let (base_offset, log_start_offset, sequence) = {
-            let st = part.state();
-            if st.poisoned {
-                return Err(Error::Wal(wal::Error::Poisoned));
-            }
-            (
-                st.next_offset,
-                st.log_start_offset,
-                st.producers.check(&header),
-            )
-        };
-        match sequence? {
-            SequenceCheck::Append => {}
-            SequenceCheck::Duplicate(original) => {
+        let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type)? {
+            Assigned::Append(placed) => placed,
+            Assigned::Duplicate(original) => {
                 drop(guard);
                 drop(ordered.take());
                 return duplicate_result(&part, original).await;
             }
-        }
-        let last_offset = base_offset + i64::from(header.last_offset_delta);
-        batch::set_base_offset(&mut batch, base_offset);
-        let (log_append_time_ms, max_timestamp) = match timestamp_type {
-            TimestampType::CreateTime => (-1, header.max_timestamp),
-            TimestampType::LogAppendTime => {
-                let now = now_ms();
-                batch::set_log_append_time(&mut batch, now);
-                (now, now)
-            }
         };
+        let Placed {
+            base_offset,
+            last_offset,
+            max_timestamp,
+            ..
+        } = placed;
         let (record, stored) = wal_record::encode(tp, &batch);
         let (waiter, answer) = oneshot::channel();
         {
@@ -437,15 +422,7 @@ impl Inner {
         if wal_bytes >= self.opts.segment_bytes {
             self.writer_wake.notify_one();
         }
-        match answer.await {
-            Ok(Ok(())) => Ok(AppendResult {
-                base_offset,
-                log_append_time_ms,
-                log_start_offset,
-            }),
-            Ok(Err(err)) => Err(Error::Wal(err)),
-            Err(_) => Err(Error::ShuttingDown),
-        }
+        placed.answered(answer).await
     }
 
     /// The S3 WAL twin of the file-WAL path in [`Inner::append`]: same checks and offset
@@ -464,35 +441,20 @@ impl Inner {
     ) -> Result<AppendResult> {
         let tp = part.tp;
         let guard = part.append_lock.lock().await;
-        let (base_offset, log_start_offset, sequence) = {
-            let st = part.state();
-            if st.poisoned {
-                return Err(Error::Wal(wal::Error::Poisoned));
-            }
-            (
-                st.next_offset,
-                st.log_start_offset,
-                st.producers.check(&header),
-            )
-        };
-        match sequence? {
-            SequenceCheck::Append => {}
-            SequenceCheck::Duplicate(original) => {
+        let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type)? {
+            Assigned::Append(placed) => placed,
+            Assigned::Duplicate(original) => {
                 drop(guard);
                 drop(ordered.take());
                 return duplicate_result(&part, original).await;
             }
-        }
-        let last_offset = base_offset + i64::from(header.last_offset_delta);
-        batch::set_base_offset(&mut batch, base_offset);
-        let (log_append_time_ms, max_timestamp) = match timestamp_type {
-            TimestampType::CreateTime => (-1, header.max_timestamp),
-            TimestampType::LogAppendTime => {
-                let now = now_ms();
-                batch::set_log_append_time(&mut batch, now);
-                (now, now)
-            }
         };
+        let Placed {
+            base_offset,
+            last_offset,
+            max_timestamp,
+            ..
+        } = placed;
         let stored = batch.freeze();
         let (waiter, answer) = oneshot::channel();
         {
@@ -523,15 +485,7 @@ impl Inner {
         if let Some(ordered) = ordered.take() {
             let _ = ordered.send(());
         }
-        match answer.await {
-            Ok(Ok(())) => Ok(AppendResult {
-                base_offset,
-                log_append_time_ms,
-                log_start_offset,
-            }),
-            Ok(Err(err)) => Err(Error::Wal(err)),
-            Err(_) => Err(Error::ShuttingDown),
-        }
+        placed.answered(answer).await
     }
 
     async fn delete_records(&self, tp: TopicPartition, offset: i64) -> Result<i64> {
@@ -563,6 +517,82 @@ impl Inner {
             _ => Ok(part.advance_log_start(offset)),
         }
     }
+}
+
+/// Where a batch goes, fixed under the partition's append lock by [`assign_offsets`].
+#[derive(Clone, Copy)]
+struct Placed {
+    base_offset: i64,
+    last_offset: i64,
+    log_start_offset: i64,
+    /// Broker time stamped into a LogAppendTime batch, else -1.
+    log_append_time_ms: i64,
+    max_timestamp: i64,
+}
+
+impl Placed {
+    /// The appender's answer once the partition reports the batch visible (or why it never is).
+    async fn answered(
+        self,
+        answer: oneshot::Receiver<Result<(), wal::Error>>,
+    ) -> Result<AppendResult> {
+        match answer.await {
+            Ok(Ok(())) => Ok(AppendResult {
+                base_offset: self.base_offset,
+                log_append_time_ms: self.log_append_time_ms,
+                log_start_offset: self.log_start_offset,
+            }),
+            Ok(Err(err)) => Err(Error::Wal(err)),
+            Err(_) => Err(Error::ShuttingDown),
+        }
+    }
+}
+
+enum Assigned {
+    Append(Placed),
+    /// A retry of an idempotent batch already placed at this original.
+    Duplicate(metadata::ProducerBatchRecord),
+}
+
+/// The part of an append both WAL backends share, under the partition's append lock: refuse a
+/// poisoned partition, check the producer sequence, take the next offsets, and rewrite
+/// `baseOffset` (and for LogAppendTime the timestamp + CRC). Nothing is registered yet.
+fn assign_offsets(
+    part: &Partition,
+    header: &BatchHeader,
+    batch: &mut BytesMut,
+    timestamp_type: TimestampType,
+) -> Result<Assigned> {
+    let (base_offset, log_start_offset, sequence) = {
+        let st = part.state();
+        if st.poisoned {
+            return Err(Error::Wal(wal::Error::Poisoned));
+        }
+        (
+            st.next_offset,
+            st.log_start_offset,
+            st.producers.check(header),
+        )
+    };
+    if let SequenceCheck::Duplicate(original) = sequence? {
+        return Ok(Assigned::Duplicate(original));
+    }
+    batch::set_base_offset(batch, base_offset);
+    let (log_append_time_ms, max_timestamp) = match timestamp_type {
+        TimestampType::CreateTime => (-1, header.max_timestamp),
+        TimestampType::LogAppendTime => {
+            let now = now_ms();
+            batch::set_log_append_time(batch, now);
+            (now, now)
+        }
+    };
+    Ok(Assigned::Append(Placed {
+        base_offset,
+        last_offset: base_offset + i64::from(header.last_offset_delta),
+        log_start_offset,
+        log_append_time_ms,
+        max_timestamp,
+    }))
 }
 
 /// The answer to a retried idempotent batch: its original offsets, once they are visible (the
