@@ -2,10 +2,12 @@
 # THE test command (see README): installs what the tests need on a fresh Debian machine, then
 # runs every check in order — format, lints, build, unit + end-to-end tests, client matrix.
 #
-# Needs on the machine: the pinned Rust toolchain, cargo-nextest, gcc/make (rdkafka builds its
-# bundled librdkafka), python3 and node/npm. Installs: kcat (apt), the pinned Python clients
-# (tests/compat/.venv) and kafkajs (npm ci) — see tests/compat/setup.sh —
-# and s3s-fs, the S3 server of the S3 tests (cargo install into ~/.cargo/bin when missing).
+# Needs on the machine: the pinned Rust toolchain, gcc/make (rdkafka builds its bundled
+# librdkafka), python3, node/npm, OpenJDK 17 + Maven, Go. Installs when missing: cargo-nextest and
+# s3s-fs (the S3 server of the S3 tests) with `cargo install` into ~/.cargo/bin; kcat (apt), the
+# pinned Python clients (tests/compat/.venv) and kafkajs (npm ci) — see tests/compat/setup.sh; the
+# JVM classpath (Apache Kafka 4.4.0, kafka-clients, kafka-tools from Maven Central) — see
+# tests/java/setup.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -15,8 +17,16 @@ step() { printf '\n=== %s ===\n' "$*"; }
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 export PATH="$CARGO_BIN:$PATH"
 S3S_FS_VERSION=0.14.1
+# 0.9.151 builds with the pinned rustc (its rust-version is 1.91).
+NEXTEST_VERSION=0.9.151
 
 step "install test dependencies"
+if command -v cargo-nextest >/dev/null 2>&1 && cargo nextest --version 2>/dev/null | grep -qF "$NEXTEST_VERSION"; then
+  echo "cargo-nextest $NEXTEST_VERSION: $(command -v cargo-nextest)"
+else
+  echo "cargo-nextest $NEXTEST_VERSION missing: cargo install cargo-nextest --version $NEXTEST_VERSION --locked"
+  cargo install cargo-nextest --version "$NEXTEST_VERSION" --locked
+fi
 if command -v s3s-fs >/dev/null 2>&1 && s3s-fs --version 2>/dev/null | grep -qF "$S3S_FS_VERSION"; then
   echo "s3s-fs $S3S_FS_VERSION: $(command -v s3s-fs)"
 else
@@ -25,6 +35,7 @@ else
   cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
 fi
 tests/compat/setup.sh
+tests/java/setup.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
