@@ -632,11 +632,21 @@ impl Normalize for FetchResponse {
 }
 
 impl Normalize for ListOffsetsResponse {
-    fn normalize(&mut self, _n: &mut Normalizer) {}
+    fn normalize(&mut self, _n: &mut Normalizer) {
+        self.topics.sort_by(|a, b| a.name.cmp(&b.name));
+        for topic in &mut self.topics {
+            topic.partitions.sort_by_key(|p| p.partition_index);
+        }
+    }
 }
 
 impl Normalize for OffsetForLeaderEpochResponse {
-    fn normalize(&mut self, _n: &mut Normalizer) {}
+    fn normalize(&mut self, _n: &mut Normalizer) {
+        self.topics.sort_by(|a, b| a.topic.cmp(&b.topic));
+        for topic in &mut self.topics {
+            topic.partitions.sort_by_key(|p| p.partition);
+        }
+    }
 }
 
 impl Normalize for FindCoordinatorResponse {
@@ -681,8 +691,10 @@ impl Normalize for LeaveGroupResponse {
 
 impl Normalize for OffsetCommitResponse {
     fn normalize(&mut self, n: &mut Normalizer) {
+        self.topics.sort_by(|a, b| a.name.cmp(&b.name));
         for topic in &mut self.topics {
             n.topic_id(&mut topic.topic_id);
+            topic.partitions.sort_by_key(|p| p.partition_index);
         }
     }
 }
@@ -733,13 +745,25 @@ impl Normalize for DescribeConfigsResponse {
     fn normalize(&mut self, n: &mut Normalizer) {
         for result in &mut self.results {
             n.message(&mut result.error_message);
+            // D3: compared on the configs Sluice implements.
+            result
+                .configs
+                .retain(|config| SLUICE_TOPIC_CONFIGS.contains(&config.name.as_str()));
             result.configs.sort_by(|a, b| a.name.cmp(&b.name));
+            for config in &mut result.configs {
+                config_source(config.name.as_str(), &mut config.config_source);
+            }
         }
     }
 }
 
 impl Normalize for DeleteRecordsResponse {
-    fn normalize(&mut self, _n: &mut Normalizer) {}
+    fn normalize(&mut self, _n: &mut Normalizer) {
+        self.topics.sort_by(|a, b| a.name.cmp(&b.name));
+        for topic in &mut self.topics {
+            topic.partitions.sort_by_key(|p| p.partition_index);
+        }
+    }
 }
 
 impl Normalize for DeleteTopicsResponse {
@@ -748,6 +772,8 @@ impl Normalize for DeleteTopicsResponse {
             n.topic_id(&mut topic.topic_id);
             n.message(&mut topic.error_message);
         }
+        self.responses
+            .sort_by(|a, b| (&a.name, a.topic_id).cmp(&(&b.name, b.topic_id)));
     }
 }
 
@@ -765,5 +791,6 @@ impl Normalize for CreatePartitionsResponse {
         for result in &mut self.results {
             n.message(&mut result.error_message);
         }
+        self.results.sort_by(|a, b| a.name.cmp(&b.name));
     }
 }

@@ -629,6 +629,51 @@ fn fetch(d: &mut Differ) -> Result<()> {
                 )],
             )
         })?;
+        // read_committed: the aborted-transactions list is present (empty), not null.
+        d.diff("fetch: read_committed", version, |broker| {
+            fetch_request(
+                0,
+                1,
+                vec![fetch_topic(
+                    broker,
+                    version,
+                    "fe-two",
+                    vec![fetch_partition(0, 0), fetch_partition(9, 0)],
+                )],
+            )
+            .with_isolation_level(1)
+        })?;
+        if version >= 7 {
+            // A client opening a fetch session (epoch 0, as the Java client and librdkafka do):
+            // Kafka creates one, Sluice declines (session id 0, D7); everything else is equal.
+            let answers = d.exchange("fetch: session requested", version, |broker| {
+                fetch_request(
+                    0,
+                    1,
+                    vec![fetch_topic(
+                        broker,
+                        version,
+                        "fe-two",
+                        vec![fetch_partition(1, 0)],
+                    )],
+                )
+                .with_session_epoch(0)
+            })?;
+            if let Some((mut kafka, sluice)) = answers {
+                if kafka.session_id == 0 || sluice.session_id != 0 {
+                    d.fail(format!(
+                        "fetch v{version}: session ids kafka {}, sluice {} (expected a session from Kafka only)",
+                        kafka.session_id, sluice.session_id
+                    ));
+                }
+                kafka.session_id = 0;
+                d.compare(
+                    &format!("fetch: session requested (Fetch v{version})"),
+                    &kafka,
+                    &sluice,
+                );
+            }
+        }
         d.diff(
             "fetch: unknown partition next to a good one",
             version,
@@ -748,8 +793,50 @@ fn offset_for_leader_epoch(d: &mut Differ) -> Result<()> {
     Ok(())
 }
 
-/// FindCoordinator at every version (a group; from v4 a batch of two keys).
+/// Repeats `request` on Kafka alone until `ready` accepts the answer (bounded): Kafka creates
+/// internal state lazily (ARCHITECTURE.md D5) and answers "try again" meanwhile.
+fn warm_up_kafka<R, F>(d: &mut Differ, what: &str, version: i16, request: R, ready: F) -> Result<()>
+where
+    R: kafka_protocol::protocol::Request + Clone,
+    F: Fn(&R::Response) -> bool,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = d.send(Side::Kafka, what, version, |_| request.clone())?;
+        if ready(&response) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{what}: Kafka not ready after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// FindCoordinator at every version (a group; from v4 a batch of two keys). Kafka creates
+/// __consumer_offsets on the first lookup and answers COORDINATOR_NOT_AVAILABLE until it exists
+/// (D5); Sluice answers at once. Compared once Kafka has it.
 fn find_coordinator(d: &mut Differ) -> Result<()> {
+    let first = d.send(Side::Sluice, "find_coordinator: first lookup", 3, |_| {
+        FindCoordinatorRequest::default()
+            .with_key(str("fc-first"))
+            .with_key_type(0)
+    })?;
+    if first.error_code != 0 {
+        d.fail(format!(
+            "find_coordinator: Sluice's first lookup answered {}",
+            first.error_code
+        ));
+    }
+    warm_up_kafka(
+        d,
+        "find_coordinator warm-up",
+        3,
+        FindCoordinatorRequest::default()
+            .with_key(str("fc-first"))
+            .with_key_type(0),
+        |r| r.error_code == 0,
+    )?;
     for version in d.versions::<FindCoordinatorRequest>() {
         d.diff("find_coordinator: group", version, |_| {
             if version >= 4 {
@@ -925,6 +1012,20 @@ fn groups(d: &mut Differ) -> Result<()> {
             heartbeat_version,
             heartbeat(generation),
         )?;
+        // D6: Kafka keeps listing a group whose last member left as Empty until its periodic
+        // cleanup even without committed offsets; Sluice lists an empty group only while it has
+        // offsets. Committing one makes both list it (describe_and_list_groups).
+        let commit_version = *d.versions::<OffsetCommitRequest>().last().unwrap_or(&2);
+        d.diff("groups: commit after leaving", commit_version, |_| {
+            OffsetCommitRequest::default()
+                .with_group_id(GroupId(str(&group)))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![OffsetCommitRequestTopic::default()
+                    .with_name(topic_name("gr-topic"))
+                    .with_partitions(vec![OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(0)])])
+        })?;
     }
     Ok(())
 }
@@ -1192,8 +1293,21 @@ fn create_partitions(d: &mut Differ) -> Result<()> {
     Ok(())
 }
 
-/// InitProducerId at every version (idempotent producer, no transactional id).
+/// InitProducerId at every version (idempotent producer, no transactional id). Kafka answers
+/// COORDINATOR_LOAD_IN_PROGRESS until its first block of producer ids arrives from the
+/// controller (D5); compared once it has one.
 fn init_producer_id(d: &mut Differ) -> Result<()> {
+    warm_up_kafka(
+        d,
+        "init_producer_id warm-up",
+        4,
+        InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+        |r| r.error_code == 0,
+    )?;
     for version in d.versions::<InitProducerIdRequest>() {
         d.diff("init_producer_id", version, |_| {
             let request = InitProducerIdRequest::default()
@@ -1206,6 +1320,12 @@ fn init_producer_id(d: &mut Differ) -> Result<()> {
             } else {
                 request
             }
+        })?;
+        // An empty transactional id is not "no transactional id".
+        d.diff("init_producer_id: empty transactional id", version, |_| {
+            InitProducerIdRequest::default()
+                .with_transactional_id(Some(TransactionalId(str(""))))
+                .with_transaction_timeout_ms(60_000)
         })?;
     }
     Ok(())

@@ -62,6 +62,8 @@ pub(super) async fn handle(
                 response
             };
             partitions.push(match lookup(broker, tp, p.timestamp).await {
+                // No record matches: Kafka answers offset, timestamp and epoch -1.
+                Ok((-1, _)) => response.with_leader_epoch(-1),
                 Ok((offset, timestamp)) => response.with_offset(offset).with_timestamp(timestamp),
                 Err(code) => response.with_error_code(code.code()),
             });
@@ -87,8 +89,9 @@ async fn lookup(
         // With no transactions, the last stable offset equals the high watermark.
         LATEST | LATEST_TIERED => Ok((offsets.high_watermark, -1)),
         EARLIEST | EARLIEST_LOCAL => Ok((offsets.log_start_offset, -1)),
+        // The store answers (timestamp, offset).
         MAX_TIMESTAMP => match store.max_timestamp(tp).await {
-            Ok(Some((offset, ts))) => Ok((offset, ts)),
+            Ok(Some((ts, offset))) => Ok((offset, ts)),
             Ok(None) => Ok((-1, -1)),
             Err(e) => Err(storage_error_code(&e)),
         },
