@@ -405,7 +405,7 @@ pub fn api_name(key: i16) -> String {
 // | error messages (top-level, per topic, per partition, per coordinator) | null | free text, sent or not at will; the error *code* is compared |
 // | order of topics / partitions in responses Kafka builds from hash maps (Produce, Metadata, …) | sorted | Kafka's order is arbitrary |
 // | CreateTopics topic id                   | nil                     | random; Kafka even returns one for validate-only |
-// | config source of min.insync.replicas    | DEFAULT_CONFIG          | Kafka's storage tool sets it as a cluster default |
+// | config source of min.insync.replicas    | DEFAULT_CONFIG          | D8: Kafka's storage tool sets it as a cluster default |
 // | InitProducerId producer id (when ≥ 0)   | 1000                    | allocated per cluster                 |
 // | DescribeGroups client_host              | "<host>"                | Kafka prints "/127.0.0.1"             |
 // | record batches in Fetch                 | parsed into their header fields + payload length and CRC | readable diff |
@@ -573,7 +573,7 @@ pub const SLUICE_TOPIC_CONFIGS: &[&str] = &[
     "delete.retention.ms",
 ];
 
-/// Kafka's storage tool writes `min.insync.replicas=1` as a cluster-wide dynamic default, so
+/// D8: Kafka's storage tool writes `min.insync.replicas=1` as a cluster-wide dynamic default, so
 /// Kafka reports its source as DYNAMIC_DEFAULT_BROKER_CONFIG (3) where Sluice, with no such
 /// layer, reports DEFAULT_CONFIG (5): a difference of the reference setup, not of behaviour.
 fn config_source(name: &str, source: &mut i8) {
