@@ -47,7 +47,9 @@ pub(crate) fn build_batch(records: &[(i64, Vec<u8>)]) -> BytesMut {
     let mut batch = BytesMut::new();
     batch.put_i64(0);
     batch.put_i32((crate::batch::HEADER_LEN - 12 + body.len()) as i32);
-    batch.put_i32(-1);
+    // partitionLeaderEpoch: the store stamps the partition's epoch (0 in these tests), so
+    // batches built with 0 read back byte-for-byte.
+    batch.put_i32(0);
     batch.put_i8(2);
     batch.put_u32(0);
     batch.put_i16(0);

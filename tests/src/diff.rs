@@ -401,14 +401,16 @@ pub fn api_name(key: i16) -> String {
 // | broker / coordinator / endpoint port    | 0                       | each broker listens on its own port   |
 // | cluster id                              | "CLUSTER"               | each cluster has its own              |
 // | topic id                                | a UUID derived from the topic name (nil stays nil) | ids are random |
-// | member id (JoinGroup, DescribeGroups …) | "member-N" by first appearance in the case ("" stays "") | random suffix |
+// | member id (JoinGroup, LeaveGroup, DescribeGroups) | "member-N" by first appearance in the response ("" stays "") | random suffix |
 // | error messages (top-level, per topic, per partition, per coordinator) | null | free text, sent or not at will; the error *code* is compared |
 // | order of topics / partitions in responses Kafka builds from hash maps (Produce, Metadata, …) | sorted | Kafka's order is arbitrary |
 // | CreateTopics topic id                   | nil                     | random; Kafka even returns one for validate-only |
 // | config source of min.insync.replicas    | DEFAULT_CONFIG          | D8: Kafka's storage tool sets it as a cluster default |
 // | InitProducerId producer id (when ≥ 0)   | 1000                    | allocated per cluster                 |
 // | DescribeGroups client_host              | "<host>"                | Kafka prints "/127.0.0.1"             |
-// | record batches in Fetch                 | parsed into their header fields + payload length and CRC | readable diff |
+// | record batches in Fetch                 | parsed into their header fields + payload length and CRC | readable diff (nothing is lost: the CRC covers the payload) |
+// | ApiVersions API list and features       | removed                 | D1/D2: checked separately in the test |
+// | topic configs (CreateTopics, DescribeConfigs) | only SLUICE_TOPIC_CONFIGS kept | D3                       |
 //
 // Differences that are not bugs are normalised here too, marked with their row in the
 // "Differences from Apache Kafka" table of ARCHITECTURE.md (D1, D2, …).
