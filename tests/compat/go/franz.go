@@ -40,7 +40,9 @@ func runFranz(bootstrap string) {
 	defer cancel()
 	run := runID()
 
-	adminClient, err := kgo.NewClient(franzOpts(bootstrap)...)
+	// kadm caches metadata for MetadataMinAge (default 5 s): short, so that ListTopics right after a
+	// deletion or CreatePartitions shows the broker's answer, not the client's memory.
+	adminClient, err := kgo.NewClient(franzOpts(bootstrap, kgo.MetadataMinAge(100*time.Millisecond))...)
 	c.check(err, "admin client")
 	defer adminClient.Close()
 	adm := kadm.NewClient(adminClient)
@@ -452,6 +454,8 @@ func franzAdmin(ctx context.Context, c *checker, bootstrap string, adm *kadm.Cli
 		}
 	}
 
+	c.logf("admin: topics created and listed")
+
 	// Configs: the one given at creation, then an incremental alter, then a whole (non-incremental) one.
 	expectConfig(ctx, c, adm, topic, "retention.ms", hour, kmsg.ConfigSourceDynamicTopicConfig)
 	bigger := "2000000"
@@ -486,6 +490,8 @@ func franzAdmin(ctx context.Context, c *checker, bootstrap string, adm *kadm.Cli
 		c.failf("retention.ms=soon: %v, want INVALID_CONFIG", r.Err)
 	}
 
+	c.logf("admin: configs described and altered")
+
 	// Partitions 2 -> 3.
 	added, err := adm.CreatePartitions(ctx, 1, topic)
 	c.check(err, "CreatePartitions")
@@ -495,6 +501,8 @@ func franzAdmin(ctx context.Context, c *checker, bootstrap string, adm *kadm.Cli
 	if n := len(topics[topic].Partitions); n != 3 {
 		c.failf("after CreatePartitions(+1): %d partitions, want 3", n)
 	}
+
+	c.logf("admin: partitions created")
 
 	// Offsets and records deletion: 6 records in p0, 3 in p1, 1 in p2.
 	producer, err := kgo.NewClient(franzOpts(bootstrap,
@@ -539,6 +547,8 @@ func franzAdmin(ctx context.Context, c *checker, bootstrap string, adm *kadm.Cli
 		c.failf("first record after DeleteRecords: %v, want offset 4", rs)
 	}
 	reader.Close()
+
+	c.logf("admin: offsets listed, records deleted")
 
 	// Groups: commit offsets for a group without members, fetch them, list, describe, delete.
 	commit := kadm.Offsets{topic: {
@@ -591,6 +601,8 @@ func franzAdmin(ctx context.Context, c *checker, bootstrap string, adm *kadm.Cli
 		c.failf("FetchOffsets after DeleteGroups: %v", fetched)
 	}
 
+	c.logf("admin: group offsets committed, fetched, group deleted")
+
 	dropped, err := adm.DeleteTopics(ctx, topic)
 	c.check(err, "DeleteTopics")
 	c.check(dropped.Error(), "DeleteTopics")
@@ -598,6 +610,7 @@ func franzAdmin(ctx context.Context, c *checker, bootstrap string, adm *kadm.Cli
 		topics, err := adm.ListTopics(ctx)
 		return err == nil && !topics.Has(topic)
 	})
+	c.logf("admin: topic deleted")
 	missing, err := adm.DeleteTopics(ctx, topic)
 	c.check(err, "DeleteTopics again")
 	if !errors.Is(missing[topic].Err, kerr.UnknownTopicOrPartition) {
