@@ -11,6 +11,11 @@ package main
 // and once, at the newest version, ClusterAdmin: topics (create/list/describe/delete), configs
 // (describe, alter, incremental alter), partitions, offsets, records deletion, consumer groups
 // (list, describe, offsets, delete).
+//
+// Why Sarama 1.22 failed and 1.61 at the same V2_2_0_0 does not: 1.22 commits offsets with
+// OffsetCommit v1 (v2 only when Consumer.Offsets.Retention is set), which neither Sluice (v2-9) nor
+// Kafka 4.x serves; its consumer group then reports the undecodable UNSUPPORTED_VERSION answer as
+// "insufficient data to decode packet". 1.61 sends OffsetCommit v6 at V2_2_0_0.
 
 import (
 	"context"
