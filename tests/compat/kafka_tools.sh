@@ -4,8 +4,9 @@
 # partitions, delete), kafka-configs (describe, alter: add + delete, a refused value),
 # kafka-console-producer/-consumer, kafka-get-offsets (earliest, latest, max timestamp),
 # kafka-consumer-groups (list, describe, reset offsets --to-earliest --execute, delete),
-# kafka-delete-records, and kafka-metadata-quorum (not implemented by sluice yet: its clear
-# UNSUPPORTED_VERSION failure is asserted, so the check flips when DescribeQuorum lands).
+# kafka-delete-records, kafka-cluster cluster-id; and kafka-metadata-quorum, kafka-acls,
+# kafka-log-dirs, kafka-transactions, whose APIs sluice does not implement yet: their clear
+# UNSUPPORTED_VERSION failure is asserted (no hang), so each check flips when the API lands.
 # Every step asserts on the tool's exit code and output.
 # Usage: kafka_tools.sh BOOTSTRAP   (run tests/java/setup.sh first)
 set -euo pipefail
@@ -174,6 +175,17 @@ tool_fails org.apache.kafka.tools.MetadataQuorumCommand "${B[@]}" describe --sta
 expect "UnsupportedVersionException: The node does not support DESCRIBE_QUORUM"
 echo "kafka-tools: kafka-metadata-quorum refused with UNSUPPORTED_VERSION as expected (no DescribeQuorum yet)"
 
+# --- kafka-cluster; tools for APIs sluice does not implement fail fast and clearly, never hang ---
+tool org.apache.kafka.tools.ClusterTool cluster-id "${B[@]}"
+expect "^Cluster ID: [A-Za-z0-9_-]{22}\$"
+tool_fails org.apache.kafka.tools.AclCommand "${B[@]}" --list
+expect "UnsupportedVersionException: The node does not support DESCRIBE_ACLS"
+tool_fails org.apache.kafka.tools.LogDirsCommand "${B[@]}" --describe
+expect "UnsupportedVersionException: The node does not support DESCRIBE_LOG_DIRS"
+tool_fails org.apache.kafka.tools.TransactionsCommand "${B[@]}" list
+expect "The node does not support LIST_TRANSACTIONS"
+echo "kafka-tools: kafka-cluster cluster-id OK; kafka-acls, kafka-log-dirs, kafka-transactions refused with UNSUPPORTED_VERSION as expected"
+
 # --- kafka-topics --delete ---
 tool $TOPICS "${B[@]}" --delete --topic $TOPIC
 for _ in $(seq 1 50); do
@@ -187,4 +199,4 @@ expect "Topic '$TOPIC' does not exist|UnknownTopicOrPartitionException"
 echo "kafka-tools: kafka-topics delete OK"
 
 echo "kafka-tools: OK (kafka-topics, kafka-configs, console producer/consumer, kafka-get-offsets," \
-    "kafka-consumer-groups, kafka-delete-records; kafka-metadata-quorum refused as expected)"
+    "kafka-consumer-groups, kafka-delete-records, kafka-cluster; unsupported APIs refused as expected)"
