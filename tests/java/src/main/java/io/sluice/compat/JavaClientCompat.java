@@ -525,9 +525,11 @@ public final class JavaClientCompat {
         long baseTs = System.currentTimeMillis() - 600_000;
         try (KafkaProducer<byte[], byte[]> producer = producer("gzip")) {
             List<Future<RecordMetadata>> acks = new ArrayList<>();
+            // Record i has timestamp baseTs + 10 i, except record 50, which carries the largest
+            // timestamp (baseTs + 5000) from the middle of its batch.
             for (int i = 0; i < 100; i++) {
-                acks.add(producer.send(new ProducerRecord<>(topic, 0, baseTs + 10L * i, bytes("k" + i),
-                        bytes("v" + i))));
+                long ts = i == 50 ? baseTs + 5_000 : baseTs + 10L * i;
+                acks.add(producer.send(new ProducerRecord<>(topic, 0, ts, bytes("k" + i), bytes("v" + i))));
             }
             for (int i = 0; i < 100; i++) {
                 check(get(acks.get(i)).offset() == i, "offset of record " + i);
@@ -538,10 +540,13 @@ public final class JavaClientCompat {
         check(offsetOf(tp, OffsetSpec.forTimestamp(baseTs + 255)) == 26, "offset for timestamp +255 ms: "
                 + offsetOf(tp, OffsetSpec.forTimestamp(baseTs + 255)));
         check(offsetOf(tp, OffsetSpec.forTimestamp(baseTs + 250)) == 25, "offset for timestamp +250 ms");
+        check(offsetOf(tp, OffsetSpec.forTimestamp(baseTs + 1_000)) == 50, "offset for timestamp +1000 ms");
         check(offsetOf(tp, OffsetSpec.forTimestamp(baseTs + 100_000)) == -1,
                 "offset for a timestamp after every record must be -1");
+        // MAX_TIMESTAMP: the exact record with the largest timestamp (as Kafka answers), not the
+        // last offset of its batch.
         ListOffsetsResultInfo max = get(admin.listOffsets(Map.of(tp, OffsetSpec.maxTimestamp())).partitionResult(tp));
-        check(max.offset() == 99 && max.timestamp() == baseTs + 990, "max timestamp: " + max);
+        check(max.offset() == 50 && max.timestamp() == baseTs + 5_000, "max timestamp: " + max);
 
         DeletedRecords deleted = get(admin.deleteRecords(Map.of(tp, RecordsToDelete.beforeOffset(40)))
                 .lowWatermarks().get(tp));
