@@ -75,7 +75,23 @@ start_sluice() {
 }
 acked() { grep -c '"name":"producer_send_success"' "$WORK/producer.jsonl" 2>/dev/null || true; }
 
-start_sluice 1 127.0.0.1:0
+# A fixed port below the ephemeral range (32768+ on Linux), so that no outgoing connection (not
+# even the producer reconnecting while sluice is down, which can connect to itself on an
+# ephemeral port) takes it between the kill and the restart.
+PORT=$(python3 -c '
+import random, socket
+for _ in range(100):
+    port = random.randrange(20000, 32000)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(port)
+        break
+')
+[ -n "$PORT" ] || fail "no free loopback port in 20000..32000"
+start_sluice 1 "127.0.0.1:$PORT"
 echo "kill9: sluice (pid $SLUICE_PID) on $BOOTSTRAP${EXTRA[*]:+ with ${EXTRA[*]}}"
 timeout 60 "${JAVA[@]}" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --create \
     --topic $TOPIC --partitions 3 --replication-factor 1 >"$WORK/topic.out" 2>&1 ||
@@ -111,9 +127,8 @@ done
 kill -KILL "$SLUICE_PID"
 wait "$SLUICE_PID" 2>/dev/null || true
 AT_KILL=$(acked)
-PORT=${BOOTSTRAP##*:}
 echo "kill9: SIGKILLed sluice after $AT_KILL acknowledged records; restarting it on port $PORT"
-sleep 1
+sleep 0.5
 start_sluice 2 "127.0.0.1:$PORT"
 [ "$BOOTSTRAP" = "127.0.0.1:$PORT" ] || fail "restarted sluice serves $BOOTSTRAP, not port $PORT"
 
