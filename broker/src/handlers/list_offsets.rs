@@ -88,7 +88,8 @@ async fn lookup(
         LATEST | LATEST_TIERED => Ok((offsets.high_watermark, -1)),
         EARLIEST | EARLIEST_LOCAL => Ok((offsets.log_start_offset, -1)),
         MAX_TIMESTAMP => match store.max_timestamp(tp).await {
-            Ok(Some((offset, ts))) => Ok((offset, ts)),
+            // The store answers (timestamp, offset), the reverse of `offset_for_timestamp`.
+            Ok(Some((max_timestamp, offset))) => Ok((offset, max_timestamp)),
             Ok(None) => Ok((-1, -1)),
             Err(e) => Err(storage_error_code(&e)),
         },
