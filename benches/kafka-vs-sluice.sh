@@ -68,7 +68,7 @@ while [[ $# -gt 0 ]]; do
         --sluice) SLUICE=$2; shift 2 ;;
         --loadgen) LOADGEN=$2; shift 2 ;;
         --out) OUT_DIR=$2; shift 2 ;;
-        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
         *) echo "kafka-vs-sluice.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
