@@ -24,6 +24,7 @@ pub const HEADER_LEN: usize = 61;
 
 /// Byte positions of the header fields we read or rewrite individually.
 const BASE_OFFSET_AT: usize = 0;
+const PARTITION_LEADER_EPOCH_AT: usize = 12;
 const BATCH_LENGTH_AT: usize = 8;
 const MAGIC_AT: usize = 16;
 const CRC_AT: usize = 17;
@@ -117,7 +118,7 @@ impl BatchHeader {
         Ok(BatchHeader {
             base_offset: i64::from_be_bytes(header_field(h, BASE_OFFSET_AT)),
             batch_length: i32::from_be_bytes(header_field(h, BATCH_LENGTH_AT)),
-            partition_leader_epoch: i32::from_be_bytes(header_field(h, 12)),
+            partition_leader_epoch: i32::from_be_bytes(header_field(h, PARTITION_LEADER_EPOCH_AT)),
             magic: i8::from_be_bytes(header_field(h, MAGIC_AT)),
             crc: u32::from_be_bytes(header_field(h, CRC_AT)),
             attributes: i16::from_be_bytes(header_field(h, ATTRIBUTES_AT)),
@@ -204,6 +205,16 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
 pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     if let Some(field) = batch.get_mut(BASE_OFFSET_AT..BASE_OFFSET_AT + 8) {
         field.copy_from_slice(&base_offset.to_be_bytes());
+    }
+}
+
+/// Overwrites `partitionLeaderEpoch` with the epoch of the leader appending the batch, as Kafka
+/// does (outside the CRC, like `baseOffset`); consumers read it to track leader epochs.
+///
+/// Meant for batches that passed [`validate`]; a buffer too short to hold a header is left untouched.
+pub fn set_partition_leader_epoch(batch: &mut [u8], leader_epoch: i32) {
+    if let Some(field) = batch.get_mut(PARTITION_LEADER_EPOCH_AT..PARTITION_LEADER_EPOCH_AT + 4) {
+        field.copy_from_slice(&leader_epoch.to_be_bytes());
     }
 }
 
@@ -1079,6 +1090,11 @@ mod tests {
             assert_eq!(header.base_offset, 1_000_000);
             assert_eq!(header.last_offset(), 1_000_002);
             assert_eq!(&batch[8..], &original[8..], "only baseOffset changes");
+            set_partition_leader_epoch(&mut batch, 7);
+            let header = validate(&batch).expect("still valid after the epoch stamp");
+            assert_eq!(header.partition_leader_epoch, 7);
+            assert_eq!(&batch[8..12], &original[8..12]);
+            assert_eq!(&batch[16..], &original[16..], "only the epoch changes");
             assert_eq!(
                 record_timestamps(&batch),
                 Ok(expected_timestamps(&sample_records(), 1_000_000))

@@ -269,6 +269,14 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
+    /// The partition's current leader epoch, stamped into every appended batch (as Kafka does).
+    fn leader_epoch(&self, tp: TopicPartition) -> i32 {
+        self.meta
+            .state()
+            .partition(tp)
+            .map_or(0, |pm| pm.leader_epoch)
+    }
+
     /// The partition's state, created from metadata on first use.
     pub(crate) fn partition(&self, tp: TopicPartition) -> Result<Arc<Partition>> {
         if let Some(part) = self
@@ -376,7 +384,9 @@ impl Inner {
             return Err(Error::ShuttingDown);
         };
         let guard = part.append_lock.lock().await;
-        let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type)? {
+        let leader_epoch = self.leader_epoch(part.tp);
+        let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type, leader_epoch)?
+        {
             Assigned::Append(placed) => placed,
             Assigned::Duplicate(original) => {
                 drop(guard);
@@ -441,7 +451,9 @@ impl Inner {
     ) -> Result<AppendResult> {
         let tp = part.tp;
         let guard = part.append_lock.lock().await;
-        let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type)? {
+        let leader_epoch = self.leader_epoch(part.tp);
+        let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type, leader_epoch)?
+        {
             Assigned::Append(placed) => placed,
             Assigned::Duplicate(original) => {
                 drop(guard);
@@ -562,6 +574,7 @@ fn assign_offsets(
     header: &BatchHeader,
     batch: &mut BytesMut,
     timestamp_type: TimestampType,
+    leader_epoch: i32,
 ) -> Result<Assigned> {
     let (base_offset, log_start_offset, sequence) = {
         let st = part.state();
@@ -578,6 +591,7 @@ fn assign_offsets(
         return Ok(Assigned::Duplicate(original));
     }
     batch::set_base_offset(batch, base_offset);
+    batch::set_partition_leader_epoch(batch, leader_epoch);
     let (log_append_time_ms, max_timestamp) = match timestamp_type {
         TimestampType::CreateTime => (-1, header.max_timestamp),
         TimestampType::LogAppendTime => {

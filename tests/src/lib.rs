@@ -14,7 +14,9 @@
 //! independent and can run in parallel (nextest runs each test in its own process).
 
 pub mod clients;
+pub mod diff;
 pub mod fault_proxy;
+pub mod kafka_ref;
 pub mod s3;
 pub mod wire;
 

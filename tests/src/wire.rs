@@ -107,6 +107,18 @@ impl RawConnection {
     /// Sends a request and decodes its response; fails on a closed connection, a timeout or a
     /// mismatched correlation id.
     pub fn request<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
+        self.request_with_bytes(request, version)
+            .map(|(response, _)| response)
+    }
+
+    /// Like [`RawConnection::request`], also returning the response body as received (after the
+    /// response header), for byte-level checks. Fails if the body has bytes the decoder did not
+    /// consume.
+    pub fn request_with_bytes<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<(R::Response, Bytes)> {
         let (correlation_id, body) = self.encode_request(request, version)?;
         self.send_frame(&body)?;
         let mut frame = match self.read_frame(RESPONSE_TIMEOUT)? {
@@ -124,8 +136,16 @@ impl RawConnection {
                 header.correlation_id
             );
         }
+        let raw_body = frame.clone();
         let response = R::Response::decode(&mut frame, version).context("decoding response")?;
-        Ok(response)
+        if !frame.is_empty() {
+            bail!(
+                "{} undecoded bytes after the response body (api key {} v{version})",
+                frame.len(),
+                R::KEY
+            );
+        }
+        Ok((response, raw_body))
     }
 
     /// Asks the broker for its supported version ranges (ApiVersions v3): api key → (min, max).

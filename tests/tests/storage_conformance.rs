@@ -463,9 +463,18 @@ async fn log_store_round_trip(kind: Kind) -> Result<()> {
         read_batches.len()
     );
     for (i, (read, sent)) in read_batches.iter().zip(&sent).enumerate() {
-        // Stored as sent, except baseOffset (first 8 bytes).
+        // Stored as sent, except baseOffset (bytes 0..8) and partitionLeaderEpoch (12..16,
+        // the partition's epoch, 0 here).
         ensure!(read.len() == sent.len(), "batch {i}: length");
-        ensure!(read[8..] == sent[8..], "batch {i}: bytes differ");
+        ensure!(
+            read[8..12] == sent[8..12],
+            "batch {i}: length field differs"
+        );
+        ensure!(
+            read[12..16] == 0i32.to_be_bytes(),
+            "batch {i}: leader epoch not stamped"
+        );
+        ensure!(read[16..] == sent[16..], "batch {i}: bytes differ");
     }
     store.shutdown().await?;
     node.shutdown().await?;

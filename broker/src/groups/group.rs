@@ -624,7 +624,8 @@ impl Group {
         self.generation_id = self.generation_id.wrapping_add(1).max(1);
         if self.members.is_empty() {
             self.state = GroupState::Empty;
-            self.protocol_type = None;
+            // Like Kafka, an empty group keeps its protocol type (ListGroups/DescribeGroups
+            // still say "consumer"); only the selected protocol goes.
             self.protocol_name = None;
             self.leader = None;
             self.empty_since = Some(now);

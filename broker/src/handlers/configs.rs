@@ -77,9 +77,11 @@ pub(super) async fn describe_configs(
                             if version >= 3 {
                                 entry = entry.with_config_type(def.config_type as i8);
                             }
-                            if version >= 3 && request.include_documentation {
-                                entry = entry
-                                    .with_documentation(Some(StrBytes::from_static_str(def.doc)));
+                            if version >= 3 {
+                                // Null unless asked for, like Kafka (the field's default is "").
+                                entry.documentation = request
+                                    .include_documentation
+                                    .then(|| StrBytes::from_static_str(def.doc));
                             }
                             if request.include_synonyms {
                                 let mut synonyms = Vec::new();

@@ -32,6 +32,8 @@ struct Target {
     partition: i32,
     /// `Err` = answer with this error and no data.
     resolved: Result<(TopicPartition, i32), ErrorCode>,
+    /// The partition's leader epoch, when it exists.
+    leader_epoch: Option<i32>,
     fetch_offset: i64,
     max_bytes: usize,
 }
@@ -100,6 +102,7 @@ fn resolve_targets(
         };
         topics.push((fetch_topic.topic.clone(), fetch_topic.topic_id));
         for p in &fetch_topic.partitions {
+            let mut leader_epoch = None;
             let resolved = match topic.and_then(|t| partition_of(t, p.partition).map(|tp| (t, tp)))
             {
                 None if by_id && topic.is_none() => Err(ErrorCode::UnknownTopicId),
@@ -109,6 +112,7 @@ fn resolve_targets(
                         .partitions
                         .get(tp.partition as usize)
                         .map_or(0, |m| m.leader_epoch);
+                    leader_epoch = Some(epoch);
                     match p.current_leader_epoch {
                         e if e >= 0 && e < epoch => Err(ErrorCode::FencedLeaderEpoch),
                         e if e > epoch => Err(ErrorCode::UnknownLeaderEpoch),
@@ -120,6 +124,7 @@ fn resolve_targets(
                 topic_index,
                 partition: p.partition,
                 resolved,
+                leader_epoch,
                 fetch_offset: p.fetch_offset,
                 max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
             });
@@ -145,20 +150,37 @@ async fn read_all(
             .with_partition_index(target.partition)
             .with_preferred_read_replica(BrokerId(-1))
             .with_aborted_transactions(read_committed.then(Vec::new));
+        // Error partitions look like Kafka's: offsets -1; a partition Kafka refuses before
+        // reading (unknown topic or partition) has an empty aborted-transactions list, one
+        // refused while reading (leader epoch, offset out of range) a null one; the current
+        // leader only with NOT_LEADER_OR_FOLLOWER / FENCED_LEADER_EPOCH (KIP-951).
         match target.resolved {
             Err(code) => {
                 any_error = true;
                 data = data
                     .with_error_code(code.code())
                     .with_high_watermark(-1)
-                    .with_last_stable_offset(-1);
-            }
-            Ok((tp, epoch)) => {
-                if version >= 12 {
-                    data.current_leader = LeaderIdAndEpoch::default()
-                        .with_leader_id(BrokerId(node_id))
-                        .with_leader_epoch(epoch);
+                    .with_last_stable_offset(-1)
+                    .with_log_start_offset(-1);
+                if matches!(
+                    code,
+                    ErrorCode::UnknownTopicOrPartition | ErrorCode::UnknownTopicId
+                ) {
+                    data.aborted_transactions = Some(Vec::new());
                 }
+                if let (
+                    ErrorCode::FencedLeaderEpoch | ErrorCode::NotLeaderOrFollower,
+                    Some(epoch),
+                ) = (code, target.leader_epoch)
+                {
+                    if version >= 12 {
+                        data.current_leader = LeaderIdAndEpoch::default()
+                            .with_leader_id(BrokerId(node_id))
+                            .with_leader_epoch(epoch);
+                    }
+                }
+            }
+            Ok((tp, _epoch)) => {
                 // KIP-74: the first non-empty partition may exceed the limits by one batch.
                 let budget = target.max_bytes.min(response_limit.saturating_sub(total));
                 let read = if budget == 0 && total > 0 {
@@ -189,16 +211,11 @@ async fn read_all(
                     }
                     Err(error) => {
                         any_error = true;
-                        let offsets = broker.store.offsets(tp).ok();
                         data = data
                             .with_error_code(storage_error_code(&error).code())
-                            .with_high_watermark(offsets.map_or(-1, |o| o.high_watermark))
-                            .with_last_stable_offset(offsets.map_or(-1, |o| o.high_watermark))
-                            .with_log_start_offset(if version >= 5 {
-                                offsets.map_or(-1, |o| o.log_start_offset)
-                            } else {
-                                -1
-                            });
+                            .with_high_watermark(-1)
+                            .with_last_stable_offset(-1)
+                            .with_log_start_offset(-1);
                     }
                 }
             }

@@ -315,9 +315,11 @@ fn all_groups(broker: &Broker) -> Vec<(String, GroupState, String)> {
             group.protocol_type.clone().unwrap_or_default(),
         ));
     }
+    // A group known only by its committed offsets (committed without joining, or members gone
+    // since a restart): Kafka reports such a group with an empty protocol type.
     for id in state.group_offsets.keys() {
         if !seen.contains(id) {
-            listed.push((id.clone(), GroupState::Empty, "consumer".to_owned()));
+            listed.push((id.clone(), GroupState::Empty, String::new()));
         }
     }
     listed.sort_by(|a, b| a.0.cmp(&b.0));
@@ -416,12 +418,9 @@ pub(super) async fn describe_groups(
             let (group_state, protocol_type, protocol, members) = match in_memory {
                 Some(found) if found.0 != GroupState::Dead => found,
                 // Kafka describes an unknown group as Dead with no error.
-                _ if state.group_offsets.contains_key(&id) => (
-                    GroupState::Empty,
-                    "consumer".to_owned(),
-                    String::new(),
-                    Vec::new(),
-                ),
+                _ if state.group_offsets.contains_key(&id) => {
+                    (GroupState::Empty, String::new(), String::new(), Vec::new())
+                }
                 _ => (GroupState::Dead, String::new(), String::new(), Vec::new()),
             };
             described.group_state = text(group_state.name());

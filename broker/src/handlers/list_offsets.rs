@@ -62,6 +62,8 @@ pub(super) async fn handle(
                 response
             };
             partitions.push(match lookup(broker, tp, p.timestamp).await {
+                // No record matches: Kafka answers offset, timestamp and epoch -1.
+                Ok((-1, _)) => response.with_leader_epoch(-1),
                 Ok((offset, timestamp)) => response.with_offset(offset).with_timestamp(timestamp),
                 Err(code) => response.with_error_code(code.code()),
             });

@@ -41,11 +41,6 @@ pub(super) async fn handle(
     } else {
         None
     };
-    let unknown_code = if version >= 13 {
-        ErrorCode::UnknownTopicId
-    } else {
-        ErrorCode::UnknownTopicOrPartition
-    };
 
     // Phase 1, in request order: validate and place every partition's batches (offsets assigned,
     // queued in the WAL). The connection's next request may start once this is done.
@@ -56,17 +51,23 @@ pub(super) async fn handle(
         for data in topic_data.partition_data {
             let index = data.index;
             let target = topic.and_then(|t| partition_of(t, index).map(|tp| (t, tp)));
-            let pending = match (&request_error, target) {
-                (Some((code, message)), _) => {
-                    Pending::Done(error_response(index, *code, message.clone()))
-                }
-                (None, None) => Pending::Done(error_response(
-                    index,
-                    unknown_code,
-                    "unknown topic or partition".into(),
-                )),
-                (None, Some((topic, tp))) => place_partition(broker, topic, tp, data).await,
-            };
+            let pending =
+                match (&request_error, target) {
+                    (Some((code, message)), _) => {
+                        Pending::Done(error_response(index, *code, message.clone()))
+                    }
+                    // Like Kafka: an unknown topic id is UNKNOWN_TOPIC_ID, an unknown partition of
+                    // a known topic UNKNOWN_TOPIC_OR_PARTITION.
+                    (None, None) if version >= 13 && topic.is_none() => Pending::Done(
+                        error_response(index, ErrorCode::UnknownTopicId, "unknown topic id".into()),
+                    ),
+                    (None, None) => Pending::Done(error_response(
+                        index,
+                        ErrorCode::UnknownTopicOrPartition,
+                        "unknown topic or partition".into(),
+                    )),
+                    (None, Some((topic, tp))) => place_partition(broker, topic, tp, data).await,
+                };
             partitions.push(pending);
         }
         topics.push((topic_data.name, topic_data.topic_id, partitions));
@@ -148,7 +149,16 @@ impl Pending {
                 }
                 Err(error) => {
                     tracing::debug!(%topic, partition, %error, "append failed");
-                    return error_response(index, storage_error_code(&error), error.to_string());
+                    let code = storage_error_code(&error);
+                    let mut response = error_response(index, code, error.to_string());
+                    // KIP-951: the current leader goes with NOT_LEADER_OR_FOLLOWER only; Kafka
+                    // leaves it -1/-1 everywhere else.
+                    if code == ErrorCode::NotLeaderOrFollower {
+                        response.current_leader = LeaderIdAndEpoch::default()
+                            .with_leader_id(BrokerId(node_id_i32(broker)))
+                            .with_leader_epoch(leader_epoch);
+                    }
+                    return response;
                 }
             }
         }
@@ -162,11 +172,6 @@ impl Pending {
             .with_base_offset(result.base_offset)
             .with_log_append_time_ms(result.log_append_time_ms)
             .with_log_start_offset(result.log_start_offset)
-            .with_current_leader(
-                LeaderIdAndEpoch::default()
-                    .with_leader_id(BrokerId(node_id_i32(broker)))
-                    .with_leader_epoch(leader_epoch),
-            )
     }
 }
 

@@ -18,8 +18,15 @@ pub(super) async fn init_producer_id(
     let response = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
-    if request.transactional_id.is_some() {
-        return response.with_error_code(ErrorCode::TransactionalIdAuthorizationFailed.code());
+    match request.transactional_id.as_ref() {
+        // Kafka refuses an empty transactional id as a malformed request.
+        Some(id) if id.is_empty() => {
+            return response.with_error_code(ErrorCode::InvalidRequest.code());
+        }
+        Some(_) => {
+            return response.with_error_code(ErrorCode::TransactionalIdAuthorizationFailed.code());
+        }
+        None => {}
     }
     let existing = request.producer_id.0;
     // KIP-360 bump of an id we handed out; an id we never handed out gets a fresh one instead.
