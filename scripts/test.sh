@@ -5,7 +5,8 @@
 # Needs on the machine: the pinned Rust toolchain, gcc/make (rdkafka builds its bundled
 # librdkafka), python3, node/npm, OpenJDK 17 + Maven, Go. Installs when missing: cargo-nextest and
 # s3s-fs (the S3 server of the S3 tests) with `cargo install` into ~/.cargo/bin; kcat (apt), the
-# pinned Python clients (tests/compat/.venv) and kafkajs (npm ci) — see tests/compat/setup.sh; the
+# pinned Python clients (tests/compat/.venv), kafkajs (npm ci) and the Go clients franz-go + Sarama
+# (go build, tests/compat/go) — see tests/compat/setup.sh; the
 # JVM classpath (Apache Kafka 4.4.0, kafka-clients, kafka-tools from Maven Central) — see
 # tests/java/setup.sh.
 set -euo pipefail

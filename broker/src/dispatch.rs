@@ -115,7 +115,11 @@ pub enum Decoded {
         body: Option<Box<RequestKind>>,
     },
     /// An API key or version outside [`SUPPORTED`]: answer UNSUPPORTED_VERSION.
-    Unsupported { api_key: i16, correlation_id: i32 },
+    Unsupported {
+        api_key: i16,
+        api_version: i16,
+        correlation_id: i32,
+    },
 }
 
 /// Decodes a request payload without doing anything with it (I/O-free; the fuzz target's entry).
@@ -124,6 +128,7 @@ pub fn decode_request(mut payload: Bytes) -> Result<Decoded, DispatchError> {
     if !is_supported(prefix.api_key, prefix.api_version) {
         return Ok(Decoded::Unsupported {
             api_key: prefix.api_key,
+            api_version: prefix.api_version,
             correlation_id: prefix.correlation_id,
         });
     }
@@ -179,8 +184,24 @@ async fn dispatch(
     match decode_request(payload)? {
         Decoded::Unsupported {
             api_key,
+            api_version,
             correlation_id,
-        } => Ok(Some(unsupported_version(api_key, correlation_id))),
+        } => {
+            // A client or tool that Sluice cannot serve gets UNSUPPORTED_VERSION *and* a line an
+            // operator can find, naming the API, the version asked for and what is supported.
+            let supported = SUPPORTED
+                .iter()
+                .find(|(key, _, _)| *key as i16 == api_key)
+                .map(|(key, min, max)| format!("{key:?} v{min}-v{max}"));
+            tracing::warn!(
+                api_key,
+                api_version,
+                supported = supported.as_deref().unwrap_or("API not supported"),
+                "answering UNSUPPORTED_VERSION"
+            );
+            metrics::counter!("broker_unsupported_requests_total").increment(1);
+            Ok(Some(unsupported_version(api_key, correlation_id)))
+        }
         Decoded::Request {
             api,
             version,

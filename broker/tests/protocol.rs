@@ -1067,6 +1067,72 @@ impl Harness {
         };
         r.topics[0].partitions[0].offset
     }
+
+    /// ListOffsets of partition 0 of `name` at `version` for one timestamp query:
+    /// (error code, offset, timestamp).
+    async fn list_offset(&self, name: &str, version: i16, timestamp: i64) -> (i16, i64, i64) {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(topic_name(name))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(timestamp),
+                ])]);
+        let ResponseKind::ListOffsets(r) = self.call(ApiKey::ListOffsets, version, &request).await
+        else {
+            panic!()
+        };
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.offset, p.timestamp)
+    }
+}
+
+/// ListOffsets answers (offset, timestamp) in the right fields for every kind of query: the
+/// max-timestamp query (-3, v7+) once answered the timestamp as the offset and vice versa (found by
+/// the Java AdminClient's `OffsetSpec.maxTimestamp()` in the client matrix).
+#[tokio::test]
+async fn list_offsets_answers_offset_and_timestamp_in_their_fields() {
+    let h = harness().await;
+    let id = create_topic(&h, "ts", 1).await;
+    let base = 1_700_000_000_000_i64;
+    // Offsets 0..=2 with timestamps base+0..=2, then offset 3 with timestamp base+0.
+    assert_eq!(
+        produce_one(&h, "ts", id, record_batch(&["a", "b", "c"])).await,
+        (0, 0)
+    );
+    assert_eq!(
+        produce_one(&h, "ts", id, record_batch(&["d"])).await,
+        (0, 3)
+    );
+    for version in [7, 8, 9, 10] {
+        assert_eq!(
+            h.list_offset("ts", version, -1).await,
+            (0, 4, -1),
+            "latest, v{version}"
+        );
+        assert_eq!(
+            h.list_offset("ts", version, -2).await,
+            (0, 0, -1),
+            "earliest, v{version}"
+        );
+        assert_eq!(
+            h.list_offset("ts", version, -3).await,
+            (0, 2, base + 2),
+            "max timestamp, v{version}"
+        );
+        assert_eq!(
+            h.list_offset("ts", version, base + 1).await,
+            (0, 1, base + 1),
+            "by timestamp, v{version}"
+        );
+        assert_eq!(
+            h.list_offset("ts", version, base + 3).await,
+            (0, -1, -1),
+            "timestamp after every record, v{version}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -782,8 +782,8 @@ impl LogStore {
         self.inner.offset_for_timestamp(tp, timestamp).await
     }
 
-    /// Largest timestamp in the partition and the offset it belongs to (batch granularity: the last
-    /// offset of the batch with the largest max timestamp).
+    /// `(timestamp, offset)`: the largest timestamp in the partition and the offset of the first
+    /// record that carries it (ListOffsets MAX_TIMESTAMP).
     pub async fn max_timestamp(&self, tp: TopicPartition) -> Result<Option<(i64, i64)>> {
         self.inner.max_timestamp(tp).await
     }

@@ -248,49 +248,61 @@ impl Inner {
         Err(Error::Wal(wal::Error::NotFound(0)))
     }
 
+    /// (largest timestamp, offset of the first record carrying it), as Kafka answers ListOffsets
+    /// MAX_TIMESTAMP: the batch with the largest max timestamp (the earliest wins ties), then the
+    /// exact record inside it.
     pub(crate) async fn max_timestamp(&self, tp: TopicPartition) -> Result<Option<(i64, i64)>> {
         let part = self.partition(tp)?;
-        let (log_start, _) = part.offsets();
-        // (timestamp, last offset of its batch); the earliest batch wins ties.
-        let mut best: Option<(i64, i64)> = None;
-        for entry in part
-            .state()
-            .wal_index
-            .values()
-            .filter(|e| e.last_offset >= log_start)
-        {
-            if best.is_none_or(|(ts, _)| entry.max_timestamp > ts) {
-                best = Some((entry.max_timestamp, entry.last_offset));
-            }
-        }
-        let state = self.meta.state();
-        let mut best_segment: Option<&SegmentRef> = None;
-        if let Some(pm) = state.partition(tp) {
-            for seg in pm.segments.iter().filter(|s| s.end_offset > log_start) {
-                if best_segment.is_none_or(|b| seg.max_timestamp > b.max_timestamp) {
-                    best_segment = Some(seg);
+        for _ in 0..=STALE_RETRIES {
+            let (log_start, _) = part.offsets();
+            // WAL first, then metadata: see the module docs. (max timestamp, base offset, entry).
+            let mut best: Option<(i64, i64, WalEntry)> = None;
+            for (&base, entry) in part
+                .state()
+                .wal_index
+                .iter()
+                .filter(|(_, e)| e.last_offset >= log_start)
+            {
+                if best.is_none_or(|(ts, _, _)| entry.max_timestamp > ts) {
+                    best = Some((entry.max_timestamp, base, *entry));
                 }
             }
-        }
-        if let Some(seg) = best_segment {
-            // Segments precede WAL data, so a tie goes to the segment.
-            if best.is_none_or(|(ts, _)| seg.max_timestamp >= ts) {
-                let min_offset = log_start.max(seg.base_offset);
-                if let Some((header, _)) = self
-                    .segments
-                    .find_by_timestamp(seg, min_offset, seg.max_timestamp)
-                    .await?
-                {
-                    return Ok(Some((header.max_timestamp, header.last_offset())));
+            let state = self.meta.state();
+            let mut best_segment: Option<&SegmentRef> = None;
+            if let Some(pm) = state.partition(tp) {
+                for seg in pm.segments.iter().filter(|s| s.end_offset > log_start) {
+                    if best_segment.is_none_or(|b| seg.max_timestamp > b.max_timestamp) {
+                        best_segment = Some(seg);
+                    }
                 }
             }
+            if let Some(seg) = best_segment {
+                // Segments precede WAL data, so a tie goes to the segment.
+                if best.is_none_or(|(ts, _, _)| seg.max_timestamp >= ts) {
+                    let min_offset = log_start.max(seg.base_offset);
+                    if let Some((header, bytes)) = self
+                        .segments
+                        .find_by_timestamp(seg, min_offset, seg.max_timestamp)
+                        .await?
+                    {
+                        let (offset, _) =
+                            exact_offset_for_timestamp(&bytes, min_offset, header.max_timestamp)?;
+                        return Ok(Some((header.max_timestamp, offset)));
+                    }
+                }
+            }
+            let Some((max_timestamp, base, entry)) = best else {
+                return Ok(None);
+            };
+            if let Some(bytes) = self.wal_batch(tp, base, &entry).await? {
+                let (offset, _) = exact_offset_for_timestamp(&bytes, log_start, max_timestamp)?;
+                return Ok(Some((max_timestamp, offset)));
+            }
         }
-        Ok(best)
+        Err(Error::Wal(wal::Error::NotFound(0)))
     }
 }
 
-/// The first record of `batch` at or after `min_offset` with a timestamp `>= timestamp`. The batch's
-/// max timestamp says one exists; if the records disagree, the batch start is the answer.
 fn exact_offset_for_timestamp(batch: &[u8], min_offset: i64, timestamp: i64) -> Result<(i64, i64)> {
     let header = BatchHeader::parse(batch)?;
     let records = batch::record_timestamps(batch)?;

@@ -609,22 +609,23 @@ async fn timestamp_lookups_cover_segments_and_wal() {
     assert_eq!(h.store.offset_for_timestamp(p0, 0).await.unwrap(), None);
     assert_eq!(h.store.max_timestamp(p0).await.unwrap(), None);
     // Batch i holds offsets 3i..3i+3 with timestamps 1000i, 1000i+10, 1000i+20, except that batch
-    // 5's last record is late (8500).
+    // 5's middle record is late (8500).
     let batches: Vec<BytesMut> = (0..10i64)
         .map(|i| {
             let base = 1_000 * i;
-            let last = if i == 5 { 8_500 } else { base + 20 };
+            let middle = if i == 5 { 8_500 } else { base + 10 };
             build_batch(&[
                 (base, vec![0; 20]),
-                (base + 10, vec![0; 20]),
-                (last, vec![0; 20]),
+                (middle, vec![0; 20]),
+                (base + 20, vec![0; 20]),
             ])
         })
         .collect();
     append_all(&h, p0, &batches[..8]).await;
     wait_until(WAIT, "two segments", || async { h.segmented_end(p0) == 24 }).await;
-    // Everything is in segments: the maximum is batch 5's.
-    assert_eq!(h.store.max_timestamp(p0).await.unwrap(), Some((8_500, 17)));
+    // Everything is in segments: the maximum is batch 5's middle record (the exact offset, not
+    // the batch's last).
+    assert_eq!(h.store.max_timestamp(p0).await.unwrap(), Some((8_500, 16)));
     append_all(&h, p0, &batches[8..]).await;
     assert_eq!(h.segmented_end(p0), 24, "offsets 24..30 stay in the WAL");
 
@@ -637,10 +638,10 @@ async fn timestamp_lookups_cover_segments_and_wal() {
         h.store.offset_for_timestamp(p0, 0).await.unwrap(),
         Some((0, 0))
     );
-    // The late record (offset 17) comes before batch 6's earlier timestamps.
+    // The late record (offset 16) comes before batch 6's earlier timestamps.
     assert_eq!(
         h.store.offset_for_timestamp(p0, 6_000).await.unwrap(),
-        Some((17, 8_500))
+        Some((16, 8_500))
     );
     // In the WAL.
     assert_eq!(
@@ -664,9 +665,10 @@ async fn timestamp_lookups_cover_segments_and_wal() {
         )
         .await
         .unwrap();
+    // The exact record, not the batch's last offset (as Kafka answers MAX_TIMESTAMP).
     assert_eq!(
         h.store.max_timestamp(p0).await.unwrap(),
-        Some((200_000, 31))
+        Some((200_000, 30))
     );
     // Below the log start nothing is found.
     h.store.delete_records(p0, 8).await.unwrap();

@@ -4,7 +4,10 @@
 # that cannot run (not installed) is a failure.
 #
 # Clients: kcat (librdkafka 2.0.2, Debian), confluent-kafka and kafka-python (PyPI, pinned in
-# requirements.txt), kafkajs (npm, pinned by kafkajs/package-lock.json).
+# requirements.txt), kafkajs (npm, pinned by kafkajs/package-lock.json), franz-go and Sarama (Go,
+# pinned by go/go.mod, built by setup.sh into go/bin), the Java client and Kafka's own tools
+# (kafka-clients / kafka-tools 4.4.0 from Maven Central, see tests/java); the kill -9 scenario
+# (kill9_verifiable.sh) starts and kills a sluice of its own.
 # Environment: SLUICE_BIN (default target/debug/sluice), COMPAT_SKIP_SETUP=1 to not run setup.sh,
 # COMPAT_SLUICE_ARGS: extra `sluice serve` arguments (e.g. "--wal object"), split on spaces.
 set -euo pipefail
@@ -19,6 +22,7 @@ if [ ! -x "$SLUICE_BIN" ]; then
 fi
 if [ "${COMPAT_SKIP_SETUP:-0}" != 1 ]; then
     "$HERE/setup.sh"
+    "$ROOT/tests/java/setup.sh"
 fi
 
 WORK=$(mktemp -d -t sluice-compat.XXXXXX)
@@ -83,11 +87,13 @@ FAILED=()
 run_client() {
     local name=$1
     shift
+    local started=$SECONDS
     echo "compat: === $name ==="
     if timeout "$CLIENT_TIMEOUT" "$@"; then
         PASSED+=("$name")
+        echo "compat: $name passed in $((SECONDS - started)) s"
     else
-        echo "compat: $name FAILED (exit $?)" >&2
+        echo "compat: $name FAILED (exit $?) after $((SECONDS - started)) s" >&2
         FAILED+=("$name")
     fi
 }
@@ -98,6 +104,11 @@ run_client kafka-python "$HERE/.venv/bin/python" "$HERE/kafka_python_client.py" 
 run_client kafkajs node "$HERE/kafkajs/compat.js" "$BOOTSTRAP"
 run_client kafka-python-groups "$HERE/.venv/bin/python" "$HERE/groups_kafka_python.py" "$BOOTSTRAP"
 run_client kafkajs-groups node "$HERE/kafkajs/groups.js" "$BOOTSTRAP"
+run_client franz-go "$HERE/go/bin/compat-go" franz-go "$BOOTSTRAP"
+run_client sarama "$HERE/go/bin/compat-go" sarama "$BOOTSTRAP"
+run_client java java -cp "$("$ROOT/tests/java/classpath.sh")" io.sluice.compat.JavaClientCompat "$BOOTSTRAP"
+run_client kafka-tools "$HERE/kafka_tools.sh" "$BOOTSTRAP"
+run_client kill9-verifiable "$HERE/kill9_verifiable.sh" "$SLUICE_BIN"
 
 if ! kill -0 "$SLUICE_PID" 2>/dev/null; then
     echo "compat: sluice died during the run" >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the clients of the compatibility matrix (idempotent; quick when already installed):
 #   kcat (Debian package), confluent-kafka + kafka-python (pinned, into tests/compat/.venv),
-#   kafkajs (pinned by kafkajs/package-lock.json, `npm ci`).
+#   kafkajs (pinned by kafkajs/package-lock.json, `npm ci`), the Go clients franz-go and Sarama (pinned
+#   by go/go.mod + go/go.sum, built into go/bin; `go build` is a quick no-op when up to date).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -27,3 +28,10 @@ if [ ! -f "$HERE/kafkajs/node_modules/kafkajs/package.json" ] ||
     echo "compat setup: npm ci (kafkajs)"
     (cd "$HERE/kafkajs" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+if ! command -v go >/dev/null 2>&1; then
+    echo "compat setup: 'go' not found on PATH; Go 1.26+ is needed to build the franz-go and Sarama clients" >&2
+    exit 1
+fi
+echo "compat setup: go build (franz-go, Sarama)"
+(cd "$HERE/go" && go build -mod=readonly -buildvcs=false -trimpath -o bin/compat-go .)

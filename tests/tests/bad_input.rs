@@ -244,6 +244,24 @@ fn unknown_api_key_and_unsupported_version() -> Result<()> {
         }
     }
     assert_works(&mut healthy).context("the healthy connection afterwards")?;
+    // The operator sees why: one log line per refused request, naming the API key, the version
+    // asked for and the supported range.
+    let log = std::fs::read_to_string(broker.log_path())?;
+    for (api_key, api_version, supported) in [
+        ("api_key=1000", "api_version=0", "API not supported"),
+        ("api_key=3", "api_version=99", "Metadata v"),
+        ("api_key=0", "api_version=99", "Produce v"),
+    ] {
+        ensure!(
+            log.lines()
+                .any(|line| line.contains("answering UNSUPPORTED_VERSION")
+                    && line.contains(api_key)
+                    && line.contains(api_version)
+                    && line.contains(supported)),
+            "no UNSUPPORTED_VERSION log line with {api_key} {api_version} {supported:?}\n{}",
+            broker.log_tail(30)
+        );
+    }
     Ok(())
 }
 

@@ -89,9 +89,9 @@ async fn lookup(
         // With no transactions, the last stable offset equals the high watermark.
         LATEST | LATEST_TIERED => Ok((offsets.high_watermark, -1)),
         EARLIEST | EARLIEST_LOCAL => Ok((offsets.log_start_offset, -1)),
-        // The store answers (timestamp, offset).
         MAX_TIMESTAMP => match store.max_timestamp(tp).await {
-            Ok(Some((ts, offset))) => Ok((offset, ts)),
+            // The store answers (timestamp, offset), the reverse of `offset_for_timestamp`.
+            Ok(Some((max_timestamp, offset))) => Ok((offset, max_timestamp)),
             Ok(None) => Ok((-1, -1)),
             Err(e) => Err(storage_error_code(&e)),
         },
