@@ -32,7 +32,8 @@ const ROOT: Ino = 0;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Crash {
     /// Of each file's writes since its last sync, this many bytes (in write order) reach the
-    /// disk; a write only partly covered is torn. `set_len` calls in between are kept with them.
+    /// disk; a write only partly covered is torn. An unsynced `set_len` reaches the disk only if
+    /// it came before the budget ran out (with 0, nothing unsynced does).
     pub keep_unsynced_bytes: usize,
     /// Unsynced changes to these directory entries (a creation, a removal, either side of a
     /// rename) reach the disk anyway.
@@ -76,6 +77,9 @@ impl FileNode {
     fn after_crash(&self, mut budget: usize) -> Vec<u8> {
         let mut data = self.synced.clone();
         for change in &self.unsynced {
+            if budget == 0 {
+                break;
+            }
             match change {
                 Change::SetLen(len) => data.resize(*len as usize, 0),
                 Change::Write { offset, bytes } => {
@@ -657,6 +661,19 @@ mod tests {
         append(&file, b"second");
         let fs = fs.crash_with(Crash::tearing(9));
         assert_eq!(fs.read_file(&a).unwrap(), b"synced.first sec");
+    }
+
+    #[test]
+    fn an_unsynced_set_len_is_lost() {
+        let (fs, dir) = setup();
+        let a = dir.join("a");
+        let file = fs.open(&a, OpenMode::CreateNew).unwrap();
+        fs.sync_dir(&dir).unwrap();
+        append(&file, b"0123456789");
+        file.sync_data().unwrap();
+        file.set_len(4).unwrap();
+        let fs = fs.crash();
+        assert_eq!(fs.read_file(&a).unwrap(), b"0123456789");
     }
 
     #[test]
