@@ -164,6 +164,7 @@ impl Ingest {
             ttl: config.idempotency_ttl,
             max_keys: config.idempotency_max_keys,
             fsync: config.fsync,
+            wal_fs: None,
         })
         .await?;
         let cancel = CancellationToken::new();

@@ -29,6 +29,8 @@ mod housekeeping;
 #[cfg(test)]
 mod object_wal_tests;
 mod partition;
+#[cfg(test)]
+mod power_loss_tests;
 mod producers;
 mod read;
 mod recovery;

@@ -4,17 +4,58 @@
 //! Owns: accepting connections on a loopback port, forwarding each request unchanged to the
 //! upstream server (same method, target, headers — including the signed `Host` — and a streamed
 //! body, whether sized by `Content-Length` or chunked), and on the way injecting what tests ask
-//! for: S3 error responses (500 InternalError, 503 SlowDown, 503 ServiceUnavailable) for the next N
-//! requests or a fraction of them, added latency, and blackouts (connections refused, requests held
-//! without an answer, or every request answered 503). It counts requests and body bytes per kind
-//! (PUT, GET, HEAD, DELETE, LIST, POST) so tests and benchmarks can report PUTs and bytes per PUT.
+//! for. It counts requests and body bytes per kind (PUT, GET, HEAD, DELETE, LIST, POST) so tests
+//! and benchmarks can report PUTs and bytes per PUT.
+//!
+//! **Create-if-absent decided at completion.** s3s-fs 0.14.1 checks `If-None-Match` when a PUT
+//! arrives, streams the body, then renames over the key: two overlapping creates of one key both
+//! succeed. AWS S3 and MinIO decide when the write completes. The proxy makes the server behave
+//! like S3: a conditional request (`If-None-Match` or `If-Match` on a PUT or a multipart-complete
+//! POST) has its body read completely first, and only then is forwarded, under a per-key lock
+//! held until the upstream answers — so the server's check and its write happen with no other
+//! conditional write of that key in between, and a create whose body is still arriving has not
+//! been decided yet. [`crate::s3::S3Server`] always puts a proxy in front of s3s-fs, so every S3
+//! test gets this behaviour; [`FaultProxy::start_streaming`] turns it off (only to show why it
+//! exists).
+//!
+//! Faults, all switched at runtime:
+//! - for every request (or one kind, [`FaultProxy::only_kind`]): S3 error answers (500
+//!   `InternalError`, 503 `SlowDown`, 503 `ServiceUnavailable`, 409 `ConditionalRequestConflict`)
+//!   for the next N requests ([`FaultProxy::fail_next`]) or a fraction of them
+//!   ([`FaultProxy::fail_fraction`]), added latency, and blackouts (connections refused, requests
+//!   held without an answer, or every request answered 503);
+//! - for requests matching a [`RequestMatch`] (a kind and an object-key prefix):
+//!   - [`FaultProxy::hold_body`]: the next matching request's body is held back (the upstream
+//!     has its headers, not its body) until the test releases the returned [`Held`];
+//!   - [`FaultProxy::hold_response`]: the next matching request is forwarded and completed
+//!     upstream (stored), but its answer is held until released — so a later request can complete
+//!     first (PUTs completing out of order);
+//!   - [`FaultProxy::fail_matching`] with [`When::BeforeForwarding`]: answer the fault, nothing
+//!     reaches the server (e.g. 409 with nothing stored);
+//!   - [`FaultProxy::fail_matching`] with [`When::AfterStoring`]: forward, let the server store,
+//!     then answer the fault instead of its answer ("stored, then 500").
+//!
+//!   Each rule applies to the given number of matching requests, first rule first; a request
+//!   takes at most one rule. A [`Held`] is released by [`Held::release`], by being dropped, or
+//!   after [`HOLD_LIMIT`] at the latest (so a failing test never hangs on it).
 //!
 //! The proxy runs on its own small tokio runtime: tests that block their thread (the process
 //! harness polls with `std::thread::sleep`) must not stall the broker's S3 traffic.
+//!
+//! ```ignore
+//! let held = proxy.hold_body(RequestMatch::put("prefix/journal/"));
+//! // ... start a writer; wait until its PUT is held:
+//! held.arrived().await;              // or held.wait_arrived(timeout) from a blocking test
+//! // ... let another writer complete its PUT of the same key, then:
+//! held.release();
+//! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -22,11 +63,12 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -37,6 +79,9 @@ const HANG_POLL: Duration = Duration::from_millis(20);
 /// How long connecting to the upstream server may take before the request gets a 502.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest a [`Held`] request waits for its release: then it goes on by itself.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(120);
+
 /// An S3 error answer the proxy can inject (status + S3 error code in an XML body).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum S3Fault {
@@ -46,6 +91,9 @@ pub enum S3Fault {
     SlowDown,
     /// 503 `ServiceUnavailable`.
     ServiceUnavailable,
+    /// 409 `ConditionalRequestConflict` (AWS: another conditional write of the key is in
+    /// progress). object_store reports it as `AlreadyExists`.
+    ConditionalRequestConflict,
 }
 
 impl S3Fault {
@@ -53,6 +101,7 @@ impl S3Fault {
         match self {
             S3Fault::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             S3Fault::SlowDown | S3Fault::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            S3Fault::ConditionalRequestConflict => StatusCode::CONFLICT,
         }
     }
 
@@ -61,6 +110,7 @@ impl S3Fault {
             S3Fault::InternalError => "InternalError",
             S3Fault::SlowDown => "SlowDown",
             S3Fault::ServiceUnavailable => "ServiceUnavailable",
+            S3Fault::ConditionalRequestConflict => "ConditionalRequestConflict",
         }
     }
 
@@ -69,6 +119,9 @@ impl S3Fault {
             S3Fault::InternalError => "We encountered an internal error. Please try again.",
             S3Fault::SlowDown => "Please reduce your request rate.",
             S3Fault::ServiceUnavailable => "Service is unable to handle request.",
+            S3Fault::ConditionalRequestConflict => {
+                "A conflicting conditional action is currently in progress against this resource."
+            }
         }
     }
 }
@@ -168,6 +221,144 @@ impl ProxyStats {
     }
 }
 
+/// Which requests a per-request rule applies to: one kind (or any), and an object key prefix.
+///
+/// The key is the request path after the bucket (`/bucket/KEY`), as the server sees it: the
+/// object store's own prefix (`s3://bucket/PREFIX`) is part of it, and it is not
+/// percent-decoded (Sluice's keys need no escaping).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestMatch {
+    pub kind: Option<RequestKind>,
+    pub key_prefix: String,
+}
+
+impl RequestMatch {
+    /// PUTs of keys starting with `key_prefix`.
+    pub fn put(key_prefix: &str) -> RequestMatch {
+        RequestMatch {
+            kind: Some(RequestKind::Put),
+            key_prefix: key_prefix.to_string(),
+        }
+    }
+
+    /// Requests of any kind on keys starting with `key_prefix`.
+    pub fn any(key_prefix: &str) -> RequestMatch {
+        RequestMatch {
+            kind: None,
+            key_prefix: key_prefix.to_string(),
+        }
+    }
+
+    fn matches(&self, kind: RequestKind, key: &str) -> bool {
+        self.kind.is_none_or(|wanted| wanted == kind) && key.starts_with(&self.key_prefix)
+    }
+}
+
+/// When a [`FaultProxy::fail_matching`] fault is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// Instead of forwarding: the server never sees the request.
+    BeforeForwarding,
+    /// After the server has answered (and, for a PUT, stored the object): its answer is dropped.
+    AfterStoring,
+}
+
+/// One held request (see [`FaultProxy::hold_body`] and [`FaultProxy::hold_response`]). Dropping
+/// it releases the request.
+#[derive(Debug)]
+pub struct Held {
+    state: Arc<HoldState>,
+}
+
+#[derive(Debug)]
+struct HoldState {
+    arrived: watch::Sender<bool>,
+    released: watch::Sender<bool>,
+}
+
+impl HoldState {
+    fn new() -> Arc<HoldState> {
+        Arc::new(HoldState {
+            arrived: watch::channel(false).0,
+            released: watch::channel(false).0,
+        })
+    }
+
+    /// Proxy side: reports the hold and waits for the release (at most [`HOLD_LIMIT`]).
+    async fn hold(&self) {
+        self.arrived.send_replace(true);
+        let mut released = self.released.subscribe();
+        if tokio::time::timeout(HOLD_LIMIT, released.wait_for(|released| *released))
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "fault proxy: a held request was never released; going on after {HOLD_LIMIT:?}"
+            );
+        }
+    }
+}
+
+impl Held {
+    /// Whether a request is being held now (it arrived and is not released yet).
+    pub fn is_holding(&self) -> bool {
+        *self.state.arrived.borrow() && !*self.state.released.borrow()
+    }
+
+    /// Waits until a matching request is being held.
+    pub async fn arrived(&self) {
+        let mut arrived = self.state.arrived.subscribe();
+        // The sender lives in `self.state`, which we hold: this ends only when a request arrives.
+        let _ = arrived.wait_for(|arrived| *arrived).await;
+    }
+
+    /// Blocking variant of [`Held::arrived`] (for tests that do not run async), bounded by
+    /// `timeout`.
+    pub fn wait_arrived(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !*self.state.arrived.borrow() {
+            if Instant::now() >= deadline {
+                anyhow::bail!("no matching request reached the proxy within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Lets the held request go on.
+    pub fn release(&self) {
+        self.state.released.send_replace(true);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[derive(Debug)]
+enum RuleAction {
+    Fail { fault: S3Fault, when: When },
+    HoldBody(Arc<HoldState>),
+    HoldResponse(Arc<HoldState>),
+}
+
+#[derive(Debug)]
+struct Rule {
+    matches: RequestMatch,
+    remaining: u64,
+    action: RuleAction,
+}
+
+/// What a request does because of a matching rule.
+enum Planned {
+    Nothing,
+    Fail(S3Fault, When),
+    HoldBody(Arc<HoldState>),
+    HoldResponse(Arc<HoldState>),
+}
+
 #[derive(Debug)]
 struct Faults {
     fail_next: u64,
@@ -178,6 +369,8 @@ struct Faults {
     fraction_fault: S3Fault,
     latency: Duration,
     blackout: Option<(Instant, BlackoutMode)>,
+    /// Per-request rules, first match first.
+    rules: Vec<Rule>,
 }
 
 impl Default for Faults {
@@ -190,6 +383,7 @@ impl Default for Faults {
             fraction_fault: S3Fault::SlowDown,
             latency: Duration::ZERO,
             blackout: None,
+            rules: Vec::new(),
         }
     }
 }
@@ -219,13 +413,40 @@ impl Faults {
         }
         None
     }
+
+    /// Takes (consumes one use of) the first rule matching the request.
+    fn take_rule(&mut self, kind: RequestKind, key: &str) -> Planned {
+        let Some(index) = self
+            .rules
+            .iter()
+            .position(|rule| rule.remaining > 0 && rule.matches.matches(kind, key))
+        else {
+            return Planned::Nothing;
+        };
+        let rule = &mut self.rules[index];
+        rule.remaining -= 1;
+        let planned = match &rule.action {
+            RuleAction::Fail { fault, when } => Planned::Fail(*fault, *when),
+            RuleAction::HoldBody(state) => Planned::HoldBody(state.clone()),
+            RuleAction::HoldResponse(state) => Planned::HoldResponse(state.clone()),
+        };
+        if rule.remaining == 0 {
+            self.rules.remove(index);
+        }
+        planned
+    }
 }
 
 struct Shared {
     upstream: SocketAddr,
+    /// Conditional requests are buffered and serialised per key (create-if-absent decided at
+    /// completion); off only in [`FaultProxy::start_streaming`].
+    atomic_conditional: bool,
     faults: Mutex<Faults>,
     stats: Mutex<ProxyStats>,
     request_ids: std::sync::atomic::AtomicU64,
+    /// One lock per object key with a conditional request in flight.
+    key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Shared {
@@ -239,6 +460,46 @@ impl Shared {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         update(stats.kinds.entry(kind).or_default());
     }
+
+    /// Locks `key` against other conditional writes; the entry is dropped with the last user.
+    async fn lock_key(self: &Arc<Self>, key: &str) -> KeyGuard {
+        let lock = self
+            .key_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let guard = lock.clone().lock_owned().await;
+        KeyGuard {
+            shared: self.clone(),
+            key: key.to_string(),
+            lock,
+            _guard: Some(guard),
+        }
+    }
+}
+
+struct KeyGuard {
+    shared: Arc<Shared>,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        self._guard = None;
+        let mut locks = self
+            .shared
+            .key_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Ours plus the map's: nobody else waits for this key.
+        if Arc::strong_count(&self.lock) == 2 {
+            locks.remove(&self.key);
+        }
+    }
 }
 
 /// A running fault proxy in front of one upstream S3 server. Stops when dropped.
@@ -249,8 +510,20 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// Starts a pass-through proxy on a free loopback port in front of `upstream`.
+    /// Starts a pass-through proxy on a free loopback port in front of `upstream`, deciding
+    /// conditional writes at completion (see the module header).
     pub fn start(upstream: SocketAddr) -> Result<FaultProxy> {
+        Self::start_with(upstream, true)
+    }
+
+    /// Like [`FaultProxy::start`], but conditional requests are streamed like any other: the
+    /// upstream's own create-if-absent semantics show through (s3s-fs: decided on arrival). Only
+    /// for tests that show why the default exists.
+    pub fn start_streaming(upstream: SocketAddr) -> Result<FaultProxy> {
+        Self::start_with(upstream, false)
+    }
+
+    fn start_with(upstream: SocketAddr, atomic_conditional: bool) -> Result<FaultProxy> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("fault-proxy")
@@ -265,6 +538,8 @@ impl FaultProxy {
         let addr = listener.local_addr().context("proxy address")?;
         let shared = Arc::new(Shared {
             upstream,
+            atomic_conditional,
+            key_locks: Mutex::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
             stats: Mutex::new(ProxyStats::default()),
             request_ids: std::sync::atomic::AtomicU64::new(0),
@@ -290,9 +565,44 @@ impl FaultProxy {
         format!("http://{}", self.addr)
     }
 
-    /// Removes every fault: no failures, no latency, no blackout. Counters are kept.
+    /// Removes every fault: no failures, no latency, no blackout, no rules (requests already
+    /// held stay held until their [`Held`] is released or dropped). Counters are kept.
     pub fn pass_through(&self) {
         *self.shared.faults() = Faults::default();
+    }
+
+    /// Holds the body of the next request matching `matches`: the upstream gets its headers (or,
+    /// for a conditional request, nothing yet), and its body only once the returned [`Held`] is
+    /// released. Used to pause a writer in the middle of a PUT.
+    pub fn hold_body(&self, matches: RequestMatch) -> Held {
+        self.hold(matches, RuleAction::HoldBody)
+    }
+
+    /// Forwards the next request matching `matches` and lets the upstream complete it (a PUT is
+    /// stored), but holds its answer until the returned [`Held`] is released: a later request
+    /// can complete before it.
+    pub fn hold_response(&self, matches: RequestMatch) -> Held {
+        self.hold(matches, RuleAction::HoldResponse)
+    }
+
+    fn hold(&self, matches: RequestMatch, action: fn(Arc<HoldState>) -> RuleAction) -> Held {
+        let state = HoldState::new();
+        self.shared.faults().rules.push(Rule {
+            matches,
+            remaining: 1,
+            action: action(state.clone()),
+        });
+        Held { state }
+    }
+
+    /// Answers the next `count` requests matching `matches` with `fault`, either instead of
+    /// forwarding them or after the upstream has handled (stored) them.
+    pub fn fail_matching(&self, matches: RequestMatch, count: u64, fault: S3Fault, when: When) {
+        self.shared.faults().rules.push(Rule {
+            matches,
+            remaining: count,
+            action: RuleAction::Fail { fault, when },
+        });
     }
 
     /// Answers the next `count` requests with `fault` (of any kind, or of the kind set with
@@ -454,22 +764,60 @@ async fn handle(
         return Ok(error_response(fault, &resource, &shared));
     }
 
+    let key = object_key(request.uri().path()).to_string();
+    let planned = shared.faults().take_rule(kind, &key);
+    if let Planned::Fail(fault, When::BeforeForwarding) = planned {
+        shared.count(kind, |stats| stats.faults += 1);
+        let resource = request.uri().path().to_string();
+        drain(request.into_body(), &shared, kind).await;
+        return Ok(error_response(fault, &resource, &shared));
+    }
+    let resource = request.uri().path().to_string();
+    let conditional = shared.atomic_conditional && is_conditional_write(&request);
+
     let (parts, body) = request.into_parts();
-    let counting = {
-        let shared = shared.clone();
-        body.map_frame(move |frame| {
-            if let Some(data) = frame.data_ref() {
-                let len = data.len() as u64;
-                shared.count(kind, |stats| stats.request_bytes += len);
-            }
-            frame
-        })
-        .map_err(|err| -> BoxError { Box::new(err) })
-        .boxed_unsync()
+    let hold_body = match &planned {
+        Planned::HoldBody(state) => Some(state.clone()),
+        _ => None,
     };
-    // Method, target, version and every header (Host, Content-Length, Transfer-Encoding, the
-    // SigV4 headers) go upstream unchanged.
-    let forwarded = Request::from_parts(parts, counting);
+    let (forwarded, _key_guard) = if conditional {
+        // Decided at completion: the whole body first, then the server's check and write under
+        // the key's lock (see the module header).
+        let body = match collect(body, &shared, kind).await {
+            Ok(body) => body,
+            Err(err) => return Err(err),
+        };
+        if let Some(state) = hold_body {
+            state.hold().await;
+        }
+        let guard = shared.lock_key(&key).await;
+        let body = Full::new(body)
+            .map_err(|never| -> BoxError { match never {} })
+            .boxed_unsync();
+        (Request::from_parts(parts, body), Some(guard))
+    } else {
+        let counting = {
+            let shared = shared.clone();
+            body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    shared.count(kind, |stats| stats.request_bytes += len);
+                }
+                frame
+            })
+            .map_err(|err| -> BoxError { Box::new(err) })
+            .boxed_unsync()
+        };
+        let body = match hold_body {
+            Some(state) => {
+                GatedBody::new(counting, async move { state.hold().await }).boxed_unsync()
+            }
+            None => counting,
+        };
+        // Method, target, version and every header (Host, Content-Length, Transfer-Encoding, the
+        // SigV4 headers) go upstream unchanged.
+        (Request::from_parts(parts, body), None)
+    };
 
     let mut slot = upstream.lock().await;
     let reusable = match slot.take() {
@@ -501,6 +849,32 @@ async fn handle(
     drop(slot);
 
     let (parts, body) = response.into_parts();
+    match planned {
+        Planned::Fail(fault, When::AfterStoring) => {
+            // Read the server's answer so the upstream connection stays usable, then lie.
+            let _ = body.collect().await;
+            drop(_key_guard);
+            shared.count(kind, |stats| stats.faults += 1);
+            return Ok(error_response(fault, &resource, &shared));
+        }
+        Planned::HoldResponse(state) => {
+            // The server has answered (stored): read its answer whole so the key is free for
+            // other writers while this one's answer waits.
+            let body = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(err) => return Err(Box::new(err)),
+            };
+            drop(_key_guard);
+            state.hold().await;
+            shared.count(kind, |stats| stats.response_bytes += body.len() as u64);
+            let body = Full::new(body)
+                .map_err(|never| -> BoxError { match never {} })
+                .boxed_unsync();
+            return Ok(Response::from_parts(parts, body));
+        }
+        Planned::Nothing | Planned::HoldBody(_) | Planned::Fail(_, When::BeforeForwarding) => {}
+    }
+    drop(_key_guard);
     let counting = {
         let shared = shared.clone();
         body.map_frame(move |frame| {
@@ -514,6 +888,81 @@ async fn handle(
         .boxed_unsync()
     };
     Ok(Response::from_parts(parts, counting))
+}
+
+/// The object key of a path-style request (`/bucket/KEY`); empty for bucket-level requests.
+fn object_key(path: &str) -> &str {
+    path.trim_start_matches('/')
+        .split_once('/')
+        .map_or("", |(_, key)| key)
+}
+
+/// A write the server must decide atomically: a PUT or a POST (multipart complete) carrying a
+/// precondition.
+fn is_conditional_write<B>(request: &Request<B>) -> bool {
+    matches!(*request.method(), Method::PUT | Method::POST)
+        && (request.headers().contains_key(http::header::IF_NONE_MATCH)
+            || request.headers().contains_key(http::header::IF_MATCH))
+}
+
+/// Reads a whole request body (counting its bytes); bounded by the body's length.
+async fn collect(
+    mut body: Incoming,
+    shared: &Shared,
+    kind: RequestKind,
+) -> Result<Bytes, BoxError> {
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            shared.count(kind, |stats| stats.request_bytes += len);
+            buffer.extend_from_slice(data);
+        }
+    }
+    Ok(buffer.freeze())
+}
+
+/// A body that yields nothing until `gate` completes, then the inner body (its size hint is the
+/// inner one's, so a `Content-Length` body stays one).
+struct GatedBody {
+    gate: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    inner: ProxyBody,
+}
+
+impl GatedBody {
+    fn new(inner: ProxyBody, gate: impl Future<Output = ()> + Send + 'static) -> GatedBody {
+        GatedBody {
+            gate: Some(Box::pin(gate)),
+            inner,
+        }
+    }
+}
+
+impl Body for GatedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(gate) = self.gate.as_mut() {
+            match gate.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => self.gate = None,
+            }
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.gate.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn connect_upstream(upstream: SocketAddr) -> Result<SendRequest<ProxyBody>, BoxError> {

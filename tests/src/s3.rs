@@ -10,6 +10,13 @@
 //! Nothing here relies on s3s-fs beyond "an S3 server that takes an access/secret key and a root
 //! directory whose subdirectories are buckets": the broker is configured exactly as it would be for
 //! MinIO or AWS (endpoint, region, `AWS_*` credentials, path-style).
+//!
+//! **Create-if-absent as on S3.** s3s-fs decides `If-None-Match: *` when a PUT arrives, not when it
+//! completes, so two overlapping creates of one key both succeed. Every server started here is
+//! therefore fronted by a [`FaultProxy`] (in pass-through), which reads a conditional PUT whole and
+//! serialises conditional writes per key (see `fault_proxy`): [`S3Server::endpoint`] and
+//! [`S3Server::addr`] are the proxy's, and [`S3Server::faults`] is that proxy, for tests that want
+//! to inject faults without a second one. [`S3Server::bare_addr`] is s3s-fs itself.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read as _, Write as _};
@@ -24,6 +31,7 @@ use object_store::ObjectStore;
 use rand::distr::{Alphanumeric, SampleString as _};
 use storage::objects::S3Options;
 
+use crate::fault_proxy::FaultProxy;
 use crate::SluiceOptions;
 
 /// Version `scripts/test.sh` installs; newer ones need a newer rustc than the pinned toolchain.
@@ -43,8 +51,10 @@ const PORT_ATTEMPTS: u32 = 5;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// One running `s3s-fs` process with its own root directory.
+/// One running `s3s-fs` process with its own root directory, behind a [`FaultProxy`].
 pub struct S3Server {
+    /// Declared before `child`: dropped (stops accepting) before the server is killed.
+    front: Option<FaultProxy>,
     child: Option<Child>,
     addr: SocketAddr,
     bucket: String,
@@ -80,14 +90,23 @@ impl S3Server {
             let mut child = spawn(&binary, &log_path, &root, port, &access_key, &secret_key)?;
             match wait_until_answering(&mut child, addr, &log_path) {
                 Ok(()) => {
+                    let front = match FaultProxy::start(addr) {
+                        Ok(front) => front,
+                        Err(err) => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Err(err.context("starting the proxy in front of s3s-fs"));
+                        }
+                    };
                     return Ok(S3Server {
+                        front: Some(front),
                         child: Some(child),
                         addr,
                         bucket: bucket.to_string(),
                         access_key,
                         secret_key,
                         dir,
-                    })
+                    });
                 }
                 Err(err) => {
                     // Most likely the port was taken between our probe and s3s-fs's bind.
@@ -102,12 +121,26 @@ impl S3Server {
             .context(format!("s3s-fs did not start in {PORT_ATTEMPTS} attempts"))
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` of the front proxy: what clients use.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
+    /// The front proxy's address (create-if-absent decided at completion).
     pub fn addr(&self) -> SocketAddr {
+        self.front.as_ref().map_or(self.addr, FaultProxy::addr)
+    }
+
+    /// The front proxy, to inject faults (holds, errors) on this server's traffic.
+    pub fn faults(&self) -> &FaultProxy {
+        self.front
+            .as_ref()
+            .expect("the front proxy lives until the server is stopped")
+    }
+
+    /// s3s-fs itself, without the front proxy: overlapping creates of one key both succeed. Only
+    /// for tests that show why the front proxy exists.
+    pub fn bare_addr(&self) -> SocketAddr {
         self.addr
     }
 
@@ -195,8 +228,10 @@ impl S3Server {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Kills the server (SIGKILL, by PID) and reaps it. Idempotent.
+    /// Stops the front proxy (its port refuses connections from now on), kills the server
+    /// (SIGKILL, by PID) and reaps it. Idempotent.
     pub fn stop(&mut self) {
+        self.front = None;
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

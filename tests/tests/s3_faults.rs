@@ -2,15 +2,19 @@
 //! `storage::objects` (the broker's own code) talks to s3s-fs through the fault proxy. Checks that
 //! 500 / 503 SlowDown bursts, blackouts and hung requests are retried with backoff until S3 answers
 //! again, that a persistent failure surfaces as an error once retries are exhausted, and that the
-//! proxy's counters see what went over the wire.
+//! proxy's counters see what went over the wire. And the per-request fault model other tests
+//! build races with: a held body, "stored, then 500", 409 with nothing stored, and PUTs completing
+//! out of order.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::ObjectStoreExt as _;
-use sluice_tests::fault_proxy::{BlackoutMode, FaultProxy, RequestKind, S3Fault};
+use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions};
+use sluice_tests::fault_proxy::{
+    BlackoutMode, FaultProxy, RequestKind, RequestMatch, S3Fault, When,
+};
 use sluice_tests::s3::S3Server;
 use storage::objects::S3Options;
 
@@ -143,5 +147,128 @@ async fn latency_is_added_per_request() -> Result<()> {
     let started = Instant::now();
     store.head(&key).await?;
     ensure!(started.elapsed() >= Duration::from_millis(150));
+    Ok(())
+}
+
+/// A create-if-absent PUT of `bytes` at `key`.
+async fn create(
+    store: &std::sync::Arc<dyn ObjectStore>,
+    key: &Path,
+    bytes: &'static [u8],
+) -> object_store::Result<object_store::PutResult> {
+    store
+        .put_opts(
+            key,
+            Bytes::from_static(bytes).into(),
+            PutOptions::from(PutMode::Create),
+        )
+        .await
+}
+
+async fn content(store: &std::sync::Arc<dyn ObjectStore>, key: &Path) -> Result<Bytes> {
+    Ok(store.get(key).await?.bytes().await?)
+}
+
+/// Upper bound for a step of the fault-model tests.
+const STEP: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_body_is_not_stored_until_released() -> Result<()> {
+    let server = S3Server::start()?;
+    let store = server.object_store("model")?;
+    let key = Path::from("held/1");
+    let held = server.faults().hold_body(RequestMatch::put("model/held/"));
+    let put = tokio::spawn({
+        let store = store.clone();
+        let key = key.clone();
+        async move { store.put(&key, Bytes::from_static(b"v").into()).await }
+    });
+    tokio::time::timeout(STEP, held.arrived()).await?;
+    // Held: the server has not stored anything, and the writer has no answer.
+    ensure!(matches!(
+        store.head(&key).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+    ensure!(!put.is_finished());
+    held.release();
+    tokio::time::timeout(STEP, put).await???;
+    ensure!(&content(&store, &key).await?[..] == b"v");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_then_500_makes_the_retried_create_fail_on_its_own_object() -> Result<()> {
+    let server = S3Server::start()?;
+    let store = server.object_store("model")?;
+    let key = Path::from("log/1");
+    server.faults().fail_matching(
+        RequestMatch::put("model/log/"),
+        1,
+        S3Fault::InternalError,
+        When::AfterStoring,
+    );
+    // object_store retries the 500; the retry finds the object its first attempt stored.
+    let result = create(&store, &key, b"mine").await;
+    ensure!(
+        matches!(result, Err(object_store::Error::AlreadyExists { .. })),
+        "{result:?}"
+    );
+    ensure!(&content(&store, &key).await?[..] == b"mine");
+    let stats = server.faults().stats();
+    ensure!(stats.puts() == 2, "{stats:?}");
+    ensure!(stats.kind(RequestKind::Put).faults == 1, "{stats:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_409_stores_nothing() -> Result<()> {
+    let server = S3Server::start()?;
+    let store = server.object_store("model")?;
+    let key = Path::from("log/1");
+    server.faults().fail_matching(
+        RequestMatch::put("model/log/"),
+        1,
+        S3Fault::ConditionalRequestConflict,
+        When::BeforeForwarding,
+    );
+    let result = create(&store, &key, b"mine").await;
+    ensure!(
+        matches!(result, Err(object_store::Error::AlreadyExists { .. })),
+        "{result:?}"
+    );
+    ensure!(matches!(
+        store.head(&key).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+    // The rule is used up: the next create goes through.
+    create(&store, &key, b"mine").await?;
+    ensure!(&content(&store, &key).await?[..] == b"mine");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_complete_out_of_order() -> Result<()> {
+    let server = S3Server::start()?;
+    let store = server.object_store("model")?;
+    let key = Path::from("obj");
+    let held = server
+        .faults()
+        .hold_response(RequestMatch::put("model/obj"));
+    let first = tokio::spawn({
+        let store = store.clone();
+        let key = key.clone();
+        async move { store.put(&key, Bytes::from_static(b"one").into()).await }
+    });
+    tokio::time::timeout(STEP, held.arrived()).await?;
+    // PUT #1 is stored, but its writer has no answer yet.
+    ensure!(&content(&store, &key).await?[..] == b"one");
+    store.put(&key, Bytes::from_static(b"two").into()).await?;
+    ensure!(
+        !first.is_finished(),
+        "PUT #1 answered before it was released"
+    );
+    held.release();
+    tokio::time::timeout(STEP, first).await???;
+    ensure!(&content(&store, &key).await?[..] == b"two");
     Ok(())
 }

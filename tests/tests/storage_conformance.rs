@@ -13,6 +13,10 @@
 //! - create-if-absent put (`PutMode::Create`): all three backends here refuse the second put with
 //!   `AlreadyExists`; some S3-compatible servers ignore `If-None-Match`, so Sluice must not depend on
 //!   it for correctness (it fences writers with metadata epochs) — see `honours_create`;
+//! - create-if-absent decided when the write completes, as on AWS S3 (`creates_race`): a create
+//!   whose body is held while another create of the key completes must fail, and the object is the
+//!   other's. The test S3 server gets this from the proxy in front of s3s-fs (`S3Server`);
+//!   s3s-fs alone decides on arrival, which `bare_s3s_fs_decides_creates_on_arrival` pins down;
 //! - multipart upload above the 5 MiB S3 minimum part size, and abort;
 //! - a `LogStore` round trip: append, let segments be written to the store, reopen with the local
 //!   WAL removed, read every batch back from segment objects.
@@ -30,7 +34,7 @@ use object_store::path::Path;
 use object_store::{
     GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload,
 };
-use sluice_tests::fault_proxy::FaultProxy;
+use sluice_tests::fault_proxy::{FaultProxy, RequestMatch};
 use sluice_tests::s3::S3Server;
 use storage::objects::S3Options;
 use storage::{LogStore, StorageOptions, TimestampType};
@@ -86,7 +90,7 @@ impl Backend {
             Kind::S3 => {
                 let server = S3Server::start()?;
                 // A prefix, as in production (`s3://bucket/prefix`).
-                let store = server.object_store("conformance/run")?;
+                let store = server.object_store(STORE_PREFIX)?;
                 Backend {
                     store,
                     honours_create: true,
@@ -100,7 +104,7 @@ impl Backend {
                 let server = S3Server::start()?;
                 let proxy = FaultProxy::start(server.addr())?;
                 let options = server.s3_options_via(&proxy.endpoint());
-                let store = server.object_store_with("conformance/run", &options)?;
+                let store = server.object_store_with(STORE_PREFIX, &options)?;
                 Backend {
                     store,
                     honours_create: true,
@@ -313,6 +317,89 @@ async fn put_create_if_absent(kind: Kind) -> Result<()> {
         // A server that ignores If-None-Match overwrites: allowed, and Sluice does not rely on it.
         ensure!(&content[..] == b"first" || &content[..] == b"second");
     }
+    Ok(())
+}
+
+/// The prefix every backend's store is rooted at, as the server sees keys.
+const STORE_PREFIX: &str = "conformance/run";
+
+/// Two creates of one key overlap: A's body is held until B's create has completed. Returns A's
+/// result and the stored bytes.
+async fn race_two_creates(
+    store: &Arc<dyn ObjectStore>,
+    proxy: &FaultProxy,
+) -> Result<(object_store::Result<object_store::PutResult>, Bytes)> {
+    let key = Path::from("race/0001.json");
+    let held = proxy.hold_body(RequestMatch::put(&format!("{STORE_PREFIX}/race/")));
+    let create = PutOptions::from(PutMode::Create);
+    let writer_a = tokio::spawn({
+        let (store, key, create) = (store.clone(), key.clone(), create.clone());
+        async move {
+            store
+                .put_opts(&key, Bytes::from_static(b"from A").into(), create)
+                .await
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), held.arrived())
+        .await
+        .context("A's create never reached the proxy")?;
+    store
+        .put_opts(&key, Bytes::from_static(b"from B").into(), create)
+        .await
+        .context("B's create, the only one complete")?;
+    ensure!(
+        !writer_a.is_finished(),
+        "A's create was answered while held"
+    );
+    held.release();
+    let result_a = tokio::time::timeout(Duration::from_secs(10), writer_a).await??;
+    let stored = store.get(&key).await?.bytes().await?;
+    Ok((result_a, stored))
+}
+
+async fn creates_race(kind: Kind) -> Result<()> {
+    let backend = Backend::start(kind)?;
+    // Without a proxy of its own, a backend is raced through the S3 server's front proxy. (The
+    // in-process stores cannot be held mid-body; they decide creates under a lock.)
+    let proxy = match (&backend._proxy, &backend._server) {
+        (Some(proxy), _) => proxy,
+        (None, Some(server)) => server.faults(),
+        (None, None) => bail!("{kind:?} has no HTTP traffic to hold"),
+    };
+    let (result_a, stored) = race_two_creates(&backend.store, proxy).await?;
+    match result_a {
+        Err(object_store::Error::AlreadyExists { .. }) => {}
+        other => bail!("{kind:?}: the held create, completing second, got {other:?}"),
+    }
+    ensure!(&stored[..] == b"from B", "{kind:?}: stored {stored:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3s_fs_creates_are_decided_at_completion() -> Result<()> {
+    creates_race(Kind::S3).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3s_fs_through_proxy_creates_are_decided_at_completion() -> Result<()> {
+    creates_race(Kind::S3ThroughProxy).await
+}
+
+/// Why the front proxy exists: s3s-fs 0.14.1 alone (here behind a proxy that only streams, so A
+/// can be held) checks `If-None-Match` on arrival, so the held create succeeds and overwrites.
+/// If this starts failing, s3s-fs decides at completion itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_s3s_fs_decides_creates_on_arrival() -> Result<()> {
+    let server = S3Server::start()?;
+    let streaming = FaultProxy::start_streaming(server.bare_addr())?;
+    let options = server.s3_options_via(&streaming.endpoint());
+    let store = server.object_store_with(STORE_PREFIX, &options)?;
+    let (result_a, stored) = race_two_creates(&store, &streaming).await?;
+    ensure!(
+        result_a.is_ok(),
+        "s3s-fs refused the held create: {result_a:?}"
+    );
+    ensure!(&stored[..] == b"from A", "stored {stored:?}");
     Ok(())
 }
 

@@ -4,16 +4,18 @@
 //! Reads are positional (`pread`) so that any number of readers can share one cached file handle with
 //! the writer appending to the same file.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::frame::{FrameError, Header, HEADER_LEN};
+use crate::vfs::{WalFile, WalFs};
 use crate::Lsn;
+
+/// A shared handle to an open log file.
+pub(crate) type FileRef = Arc<dyn WalFile>;
 
 const FILE_SUFFIX: &str = ".wal";
 const LSN_DIGITS: usize = 20;
@@ -37,25 +39,14 @@ pub(crate) fn parse_file_name(name: &str) -> Option<Lsn> {
 }
 
 /// Log files in `dir`, sorted by start lsn.
-pub(crate) fn list_files(dir: &Path) -> io::Result<Vec<(Lsn, PathBuf)>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(start) = name.to_str().and_then(parse_file_name) else {
-            continue;
-        };
-        if entry.file_type()?.is_file() {
-            files.push((start, entry.path()));
-        }
-    }
+pub(crate) fn list_files(fs: &dyn WalFs, dir: &Path) -> io::Result<Vec<(Lsn, PathBuf)>> {
+    let mut files: Vec<(Lsn, PathBuf)> = fs
+        .list_files(dir)?
+        .into_iter()
+        .filter_map(|name| parse_file_name(&name).map(|start| (start, dir.join(name))))
+        .collect();
     files.sort_by_key(|(start, _)| *start);
     Ok(files)
-}
-
-/// Makes creations and deletions of directory entries durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Bytes read from the file at a time when parsing many small frames.
@@ -66,14 +57,14 @@ const DEDICATED_READ_BYTES: usize = CHUNK_BYTES / 4;
 
 /// Buffered positional reader over `[0, limit)` of a file.
 pub(crate) struct PositionalReader {
-    file: Arc<File>,
+    file: FileRef,
     limit: u64,
     chunk: Bytes,
     chunk_offset: u64,
 }
 
 impl PositionalReader {
-    pub(crate) fn new(file: Arc<File>, limit: u64) -> PositionalReader {
+    pub(crate) fn new(file: FileRef, limit: u64) -> PositionalReader {
         PositionalReader {
             file,
             limit,
@@ -208,7 +199,9 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         std::fs::write(&path, &data).unwrap();
-        let file = Arc::new(File::open(&path).unwrap());
+        let file: FileRef = Arc::new(crate::vfs::OsFs)
+            .open(&path, crate::vfs::OpenMode::Read)
+            .unwrap();
         let mut reader = PositionalReader::new(file, data.len() as u64);
         let mut offset = 0usize;
         let mut step = 1usize;

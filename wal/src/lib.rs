@@ -20,18 +20,24 @@
 //!
 //! Layout: `frame` (the record format), `files` (names, directory, positional reads), `recovery` (the
 //! scan at open), `writer` (the group-commit thread), `reader` (`read` and `replay`), `state` (what
-//! they share).
+//! they share), `vfs` (the file layer every file operation goes through: [`OsFs`] in production)
+//! and `power_loss` ([`PowerLossFs`], a simulated disk that loses unsynced writes, for crash
+//! tests of the log and of everything built on it).
 
 mod files;
 mod frame;
+mod power_loss;
 mod reader;
 mod recovery;
 mod state;
+mod vfs;
 mod writer;
+
+pub use crate::power_loss::{Crash, PowerLossFs};
+pub use crate::vfs::{DirLock, OpenMode, OsFs, WalFile, WalFs};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
-use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -43,7 +49,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch, Semaphore};
 
-use crate::files::{file_path, sync_dir};
+use crate::files::{file_path, FileRef};
 use crate::frame::{frame_len, MAX_PAYLOAD};
 use crate::reader::Replay;
 use crate::state::{Queue, Shared, Stats, Submission};
@@ -72,6 +78,8 @@ pub struct WalOptions {
     /// `false` only in tests/benchmarks that explicitly trade durability away.
     pub fsync: bool,
     pub fault: Option<Arc<dyn FaultInjector>>,
+    /// The file system the log lives on: [`OsFs`], or [`PowerLossFs`] in crash tests.
+    pub fs: Arc<dyn WalFs>,
 }
 
 impl WalOptions {
@@ -83,6 +91,7 @@ impl WalOptions {
             max_pending_bytes: 64 * 1024 * 1024,
             fsync: true,
             fault: None,
+            fs: Arc::new(OsFs),
         }
     }
 }
@@ -224,22 +233,11 @@ impl Wal {
     /// or poisoned.
     pub fn open(opts: WalOptions) -> Result<Wal> {
         let dir = &opts.dir;
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            if opts.fsync {
-                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    sync_dir(parent)?;
-                }
-            }
-        }
-        let dir_lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))?;
-        match dir_lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
+        let fs = opts.fs.as_ref();
+        vfs::create_dir_durably(fs, dir, opts.fsync)?;
+        let dir_lock = match fs.lock(&dir.join(LOCK_FILE)) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     format!(
@@ -248,13 +246,13 @@ impl Wal {
                     ),
                 )))
             }
-            Err(TryLockError::Error(e)) => return Err(Error::Io(e)),
-        }
+            Err(e) => return Err(Error::Io(e)),
+        };
 
-        let recovered = recovery::recover(dir, opts.fsync)?;
-        let mut files = BTreeMap::new();
+        let recovered = recovery::recover(fs, dir, opts.fsync)?;
+        let mut files: BTreeMap<Lsn, FileRef> = BTreeMap::new();
         for (start, path) in &recovered.files {
-            files.insert(*start, Arc::new(File::open(path)?));
+            files.insert(*start, fs.open(path, OpenMode::Read)?);
         }
         let (active_start, active_path) = recovered
             .files
@@ -263,13 +261,9 @@ impl Wal {
             .ok_or_else(|| io::Error::other("recovery returned no wal file"))?;
         let start_lsn = recovered.files[0].0;
         let active_len = recovered.end - active_start;
-        let active = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(active_path)?;
-        // The writer uses the file cursor: place it after the last valid record.
-        let mut cursor = &active;
-        io::Seek::seek(&mut cursor, io::SeekFrom::Start(active_len))?;
+        // Appends go to the end of the file, which recovery cut back to the last valid record.
+        let active = fs.open(&active_path, OpenMode::Append)?;
+        debug_assert_eq!(active.len().ok(), Some(active_len));
 
         // A semaphore cannot hand out more than `MAX_PERMITS`, and one acquire takes a `u32`.
         let pending_limit =
@@ -386,9 +380,11 @@ impl Wal {
                 next_start.map_or(end, |next| next.min(end)),
             )
         };
-        tokio::task::spawn_blocking(move || reader::read_record(&file, file_start, lsn, limit))
-            .await
-            .map_err(|e| Error::Io(io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || {
+            reader::read_record(file.as_ref(), file_start, lsn, limit)
+        })
+        .await
+        .map_err(|e| Error::Io(io::Error::other(e)))?
     }
 
     /// Streams durable records from `from` (a record boundary, or `start_lsn()`) to the current end.
@@ -405,7 +401,7 @@ impl Wal {
         if from > end {
             return Err(Error::NotFound(from));
         }
-        let files: Vec<(Lsn, Arc<File>)> = {
+        let files: Vec<(Lsn, FileRef)> = {
             let table = shared.files_read();
             let first = table
                 .range(..=from)
@@ -483,9 +479,9 @@ impl Wal {
         };
         for start in doomed {
             let path = file_path(&shared.opts.dir, start);
-            std::fs::remove_file(&path)?;
+            shared.opts.fs.remove_file(&path)?;
             if shared.opts.fsync {
-                sync_dir(&shared.opts.dir)?;
+                shared.opts.fs.sync_dir(&shared.opts.dir)?;
             }
             tracing::debug!(file = %path.display(), "deleted wal file");
         }

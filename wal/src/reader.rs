@@ -3,21 +3,24 @@
 //! writer is still writing, and both hold their own `Arc<File>`s so `truncate_prefix` may unlink a file
 //! under them.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::files::{file_path, PositionalReader};
+use crate::files::{file_path, FileRef, PositionalReader};
 use crate::frame::{Header, HEADER_LEN};
+use crate::vfs::WalFile;
 use crate::{Error, Lsn, Result};
 
 /// Reads the record at `lsn` from `file` (which starts at `file_start`); the record must end at or
 /// below `limit`. Anything that does not parse as a frame there is `NotFound`: the lsn is not a record
 /// boundary.
-pub(crate) fn read_record(file: &File, file_start: Lsn, lsn: Lsn, limit: Lsn) -> Result<Bytes> {
+pub(crate) fn read_record(
+    file: &dyn WalFile,
+    file_start: Lsn,
+    lsn: Lsn,
+    limit: Lsn,
+) -> Result<Bytes> {
     let not_found = || Error::NotFound(lsn);
     let offset = lsn.checked_sub(file_start).ok_or_else(not_found)?;
     let available = limit.checked_sub(lsn).ok_or_else(not_found)?;
@@ -54,7 +57,7 @@ fn eof_as_not_found(error: std::io::Error, lsn: Lsn) -> Error {
 pub(crate) struct Replay {
     dir: PathBuf,
     /// Files by start lsn; `files[index]` contains `pos`.
-    files: Vec<(Lsn, Arc<File>)>,
+    files: Vec<(Lsn, FileRef)>,
     index: usize,
     reader: PositionalReader,
     pos: Lsn,
@@ -65,7 +68,7 @@ pub(crate) struct Replay {
 
 impl Replay {
     /// `files` must be non-empty, sorted, with `files[0].0 <= from <= end`.
-    pub(crate) fn new(dir: PathBuf, files: Vec<(Lsn, Arc<File>)>, from: Lsn, end: Lsn) -> Replay {
+    pub(crate) fn new(dir: PathBuf, files: Vec<(Lsn, FileRef)>, from: Lsn, end: Lsn) -> Replay {
         let reader = Self::reader_for(&files, 0, end);
         Replay {
             dir,
@@ -79,7 +82,7 @@ impl Replay {
     }
 
     /// Reader over the part of `files[index]` below the next file's start (and below `end`).
-    fn reader_for(files: &[(Lsn, Arc<File>)], index: usize, end: Lsn) -> PositionalReader {
+    fn reader_for(files: &[(Lsn, FileRef)], index: usize, end: Lsn) -> PositionalReader {
         let (start, file) = &files[index];
         let file_end = files
             .get(index + 1)

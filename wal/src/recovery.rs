@@ -7,12 +7,11 @@
 //! off, while an invalid frame in an older file, or one followed by a valid frame, means acknowledged
 //! data was damaged: that is [`Error::Corrupted`], never silently repaired.
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use crate::files::{file_path, list_files, sync_dir, PositionalReader};
+use crate::files::{file_path, list_files, FileRef, PositionalReader};
 use crate::frame::{FrameError, HEADER_LEN};
+use crate::vfs::{OpenMode, WalFs};
 use crate::{Error, Lsn, Result};
 
 /// What `open` finds on disk after recovery.
@@ -32,7 +31,7 @@ struct Scan {
     bad: Option<FrameError>,
 }
 
-fn scan(file: &Arc<File>, len: u64) -> std::io::Result<Scan> {
+fn scan(file: &FileRef, len: u64) -> std::io::Result<Scan> {
     let mut reader = PositionalReader::new(file.clone(), len);
     let mut offset = 0u64;
     while offset < len {
@@ -57,7 +56,7 @@ fn scan(file: &Arc<File>, len: u64) -> std::io::Result<Scan> {
 /// Every byte position is a candidate because the bad frame's length field cannot be trusted. Only
 /// candidates with a plausible length (non-zero, within the file) get their checksum computed; zeros
 /// and random bytes almost never have one, so even a large torn tail is scanned at memory speed.
-fn valid_frame_after(file: &Arc<File>, len: u64, bad_offset: u64) -> std::io::Result<Option<u64>> {
+fn valid_frame_after(file: &FileRef, len: u64, bad_offset: u64) -> std::io::Result<Option<u64>> {
     let mut reader = PositionalReader::new(file.clone(), len);
     let mut position = bad_offset + 1;
     while position + HEADER_LEN as u64 <= len {
@@ -94,16 +93,13 @@ fn corrupted(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
 }
 
 /// Scans and repairs the log in `dir` (which must exist); creates the first file of an empty log.
-pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<Recovered> {
-    let files = list_files(dir)?;
+pub(crate) fn recover(fs: &dyn WalFs, dir: &Path, fsync: bool) -> Result<Recovered> {
+    let files = list_files(fs, dir)?;
     let Some(last_index) = files.len().checked_sub(1) else {
         let path = file_path(dir, 0);
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        fs.open(&path, OpenMode::CreateNew)?;
         if fsync {
-            sync_dir(dir)?;
+            fs.sync_dir(dir)?;
         }
         tracing::info!(dir = %dir.display(), "created new wal");
         return Ok(Recovered {
@@ -115,8 +111,13 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<Recovered> {
     let mut end = 0;
     for (index, (start, path)) in files.iter().enumerate() {
         let is_last = index == last_index;
-        let file = Arc::new(OpenOptions::new().read(true).write(is_last).open(path)?);
-        let len = file.metadata()?.len();
+        let mode = if is_last {
+            OpenMode::Append
+        } else {
+            OpenMode::Read
+        };
+        let file = fs.open(path, mode)?;
+        let len = file.len()?;
         let scan = scan(&file, len)?;
         if let Some(bad) = scan.bad {
             if !is_last {

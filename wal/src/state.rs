@@ -2,13 +2,13 @@
 //! the durable/start positions, the table of open file handles and the counters.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::files::FileRef;
 use crate::{Error, Lsn, Result, WalOptions, WalStats};
 
 /// A record waiting for the writer.
@@ -64,7 +64,7 @@ pub(crate) struct Shared {
     pub(crate) start_lsn: AtomicU64,
     /// Read handles of all live files by start lsn; the last entry is the active file. A new file is
     /// inserted before any record in it becomes durable.
-    pub(crate) files: RwLock<BTreeMap<Lsn, Arc<File>>>,
+    pub(crate) files: RwLock<BTreeMap<Lsn, FileRef>>,
     /// Serializes `truncate_prefix` so files are always deleted oldest first.
     pub(crate) truncate_lock: Mutex<()>,
     /// Set by `close`: reads and truncation are refused from then on.
@@ -122,11 +122,11 @@ impl Shared {
         queued
     }
 
-    pub(crate) fn files_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Lsn, Arc<File>>> {
+    pub(crate) fn files_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Lsn, FileRef>> {
         self.files.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn files_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Lsn, Arc<File>>> {
+    pub(crate) fn files_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Lsn, FileRef>> {
         self.files.write().unwrap_or_else(PoisonError::into_inner)
     }
 }

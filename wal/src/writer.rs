@@ -8,17 +8,17 @@
 //! A group never spans two files: the group that fills a file ends there and is synced, so every file
 //! but the last is complete and synced before the next one is created. Recovery relies on this.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::files::{file_path, sync_dir};
+use crate::files::{file_path, FileRef};
 use crate::frame::{frame_len, Header};
 use crate::state::{Shared, Submission};
+use crate::vfs::{DirLock, OpenMode};
 use crate::{Error, Lsn};
 
 /// Payloads up to this size are copied into the group buffer (one syscall for many small records);
@@ -33,23 +33,23 @@ enum Piece {
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    active: File,
+    active: FileRef,
     active_start: Lsn,
     active_len: u64,
     group: Vec<Submission>,
     buffer: Vec<u8>,
     pieces: Vec<Piece>,
     /// Exclusive lock on the directory, held as long as this writer can write.
-    _dir_lock: File,
+    _dir_lock: Box<dyn DirLock>,
 }
 
 impl Writer {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        active: File,
+        active: FileRef,
         active_start: Lsn,
         active_len: u64,
-        dir_lock: File,
+        dir_lock: Box<dyn DirLock>,
     ) -> Writer {
         Writer {
             shared,
@@ -143,15 +143,12 @@ impl Writer {
         let start = self.active_start + self.active_len;
         let dir = &self.shared.opts.dir;
         let path = file_path(dir, start);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let fs = self.shared.opts.fs.as_ref();
+        let file = fs.open(&path, OpenMode::CreateNew)?;
         if self.shared.opts.fsync {
-            sync_dir(dir)?;
+            fs.sync_dir(dir)?;
         }
-        let read_handle = Arc::new(File::open(&path)?);
+        let read_handle = fs.open(&path, OpenMode::Read)?;
         self.shared.files_write().insert(start, read_handle);
         tracing::debug!(file = %path.display(), "wal rolled to a new file");
         self.active = file;
@@ -199,7 +196,7 @@ impl Writer {
                 Piece::Payload(index) => IoSlice::new(&self.group[*index].record),
             })
             .collect();
-        write_all_vectored(&mut self.active, &mut slices)?;
+        write_all_vectored(self.active.as_ref(), &mut slices)?;
 
         let opts = &self.shared.opts;
         if let Some(fault) = &opts.fault {
@@ -229,12 +226,15 @@ impl Writer {
     }
 }
 
-/// `write_all` for vectored writes (std's is unstable). `write_vectored` on a file is `writev`, which
-/// std caps at `IOV_MAX` slices per call, so large groups simply take a few calls.
-fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+/// `write_all` for vectored appends (std's is unstable). On a real file an append is `writev`,
+/// which std caps at `IOV_MAX` slices per call, so large groups simply take a few calls.
+fn write_all_vectored(
+    file: &dyn crate::vfs::WalFile,
+    mut slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
-        match file.write_vectored(slices) {
+        match file.append(slices) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::WriteZero,

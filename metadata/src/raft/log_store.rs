@@ -176,8 +176,13 @@ impl LogStore {
     ) -> Result<(LogStore, Wal), crate::Error> {
         let mut options = WalOptions::new(dir);
         options.file_bytes = file_bytes;
-        options.max_group_bytes = WAL_MAX_GROUP_BYTES;
         options.fsync = fsync;
+        Self::open_with(options)
+    }
+
+    /// Opens with explicit WAL options (tests: small files, a simulated disk).
+    fn open_with(mut options: WalOptions) -> Result<(LogStore, Wal), crate::Error> {
+        options.max_group_bytes = WAL_MAX_GROUP_BYTES;
         let wal = Wal::open(options)?;
         let mut mem = LogMem::default();
         let mut records = 0u64;
@@ -507,20 +512,20 @@ mod tests {
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-    #[tokio::test]
-    async fn wal_backed_log_survives_reopen_and_purge_drops_old_files() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("raft-log");
-        // Tiny files so that the purge below has whole files to delete.
-        let (mut store, wal) = LogStore::open_with_file_bytes(path.clone(), false, 2048)?;
-        let vote = Vote {
+    fn test_vote() -> Vote {
+        Vote {
             leader_id: LeaderId {
                 term: 1,
                 node_id: 1,
             },
             committed: true,
-        };
-        store.save_vote(&vote).await?;
+        }
+    }
+
+    /// Votes, appends, truncates, commits, purges (dropping whole WAL files) and appends again;
+    /// every step has been acknowledged when this returns.
+    async fn write_history(store: &mut LogStore, wal: &Wal) -> TestResult {
+        store.save_vote(&test_vote()).await?;
         for batch in 0..20 {
             store
                 .blocking_append((batch * 10..batch * 10 + 10).map(|i| entry(1, i)))
@@ -538,16 +543,17 @@ mod tests {
             "purge must drop WAL files before the checkpoint"
         );
         store.blocking_append([entry(2, 200)]).await?;
-        drop(store);
-        wal.close().await?;
+        Ok(())
+    }
 
-        let (mut store, wal) = LogStore::open_with_file_bytes(path, false, 2048)?;
+    /// The log as [`write_history`] left it.
+    async fn assert_history(store: &mut LogStore) -> TestResult {
         let state = store.get_log_state().await?;
         assert_eq!(state.last_purged_log_id, Some(id(1, 150)));
         assert_eq!(state.last_log_id, Some(id(2, 200)));
         assert_eq!(store.read_committed().await?, Some(id(2, 197)));
         let mut reader = store.get_log_reader().await;
-        assert_eq!(reader.read_vote().await?, Some(vote));
+        assert_eq!(reader.read_vote().await?, Some(test_vote()));
         let entries = reader.try_get_log_entries(0..1000).await?;
         let ids: Vec<LogId> = entries.iter().map(|e| e.log_id).collect();
         let expected: Vec<LogId> = (151..=195)
@@ -556,6 +562,46 @@ mod tests {
             .collect();
         assert_eq!(ids, expected);
         assert_eq!(entries[0], entry(1, 151));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn wal_backed_log_survives_reopen_and_purge_drops_old_files() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("raft-log");
+        // Tiny files so that the purge below has whole files to delete.
+        let (mut store, wal) = LogStore::open_with_file_bytes(path.clone(), false, 2048)?;
+        write_history(&mut store, &wal).await?;
+        drop(store);
+        wal.close().await?;
+
+        let (mut store, wal) = LogStore::open_with_file_bytes(path, false, 2048)?;
+        assert_history(&mut store).await?;
+        drop(store);
+        wal.close().await?;
+        Ok(())
+    }
+
+    /// Power loss (the `wal` crate's simulated disk): everything acknowledged — vote, entries,
+    /// truncation, purge — is there after the crash, though nothing was closed or flushed.
+    #[tokio::test]
+    async fn acknowledged_log_operations_survive_power_loss() -> TestResult {
+        let disk = wal::PowerLossFs::new();
+        disk.create_durable_dir(std::path::Path::new("/node"))?;
+        let options = |disk: &wal::PowerLossFs| {
+            let mut options = WalOptions::new("/node/raft-log");
+            options.file_bytes = 2048;
+            options.fs = Arc::new(disk.clone());
+            options
+        };
+        let (mut store, wal) = LogStore::open_with(options(&disk))?;
+        write_history(&mut store, &wal).await?;
+
+        let disk = disk.crash();
+        drop(store);
+        drop(wal);
+        let (mut store, wal) = LogStore::open_with(options(&disk))?;
+        assert_history(&mut store).await?;
         drop(store);
         wal.close().await?;
         Ok(())
