@@ -423,7 +423,10 @@ async fn snapshots_sit_at_object_boundaries_and_logs_are_kept_from_the_older_one
 
     // A damaged newest snapshot: the older one plus the kept log objects give the same state,
     // and the damaged one is not trusted as a fallback (nothing it would cover is deleted).
-    let newest = *snapshot_indexes(&store).await?.last().ok_or("no snapshot")?;
+    let newest = *snapshot_indexes(&store)
+        .await?
+        .last()
+        .ok_or("no snapshot")?;
     let stored = store.get(&snapshot_key(newest)).await?.bytes().await?;
     store
         .inner
