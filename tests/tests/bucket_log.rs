@@ -243,7 +243,7 @@ async fn a_paused_process_resumed_after_another_took_over_is_fenced() -> Result<
     signal(a_pid, "STOP")?;
 
     // B on an empty data dir takes over and serves.
-    let mut b = SluiceProcess::start(options(&s3))?;
+    let b = SluiceProcess::start(options(&s3))?;
     let b_bootstrap = b.bootstrap();
     let stop_b = Arc::new(AtomicBool::new(false));
     let load_b = spawn_load(b_bootstrap.clone(), "b", stop_b.clone());
