@@ -282,6 +282,11 @@ impl Journal {
         (journal, feed)
     }
 
+    /// Follows what the journal has stored.
+    pub(crate) fn status(&self) -> watch::Receiver<JournalStatus> {
+        self.status.clone()
+    }
+
     /// The lineage this process writes.
     pub(crate) fn lineage(&self) -> Lineage {
         self.lineage

@@ -919,3 +919,63 @@ async fn group_commit_puts_fewer_objects_than_entries() -> TestResult {
     assert_eq!(restored_state(&store, 10_000).await?, *before);
     Ok(())
 }
+
+#[tokio::test]
+async fn raft_never_purges_its_log_past_what_the_bucket_holds() -> TestResult {
+    let store = TestStore::new();
+    let dir = tempfile::tempdir()?;
+    let opts = MetadataOptions {
+        snapshot_every: 5,
+        ..journal_options(dir.path(), &store, 10_000, Duration::from_millis(200))
+    };
+    let node = MetadataNode::start(opts).await?;
+    let client = node.client();
+    workload(&client).await?;
+    let stored = applied(&client);
+
+    // The store fails: entries are applied and local snapshots are taken, but the log keeps
+    // everything the bucket does not hold yet.
+    store.fail_puts.store(true, Ordering::SeqCst);
+    for _ in 0..20 {
+        assert!(matches!(
+            client.propose(alloc()).await,
+            Err(Error::NotPersisted)
+        ));
+    }
+    let mut snapshot = None;
+    for _ in 0..200 {
+        snapshot = node.inner.log_progress().0;
+        if snapshot.is_some_and(|s| s > stored) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        snapshot.is_some_and(|s| s > stored),
+        "no local snapshot past {stored}: {snapshot:?}"
+    );
+    let (_, purged) = node.inner.log_progress();
+    assert!(
+        purged.is_none_or(|p| p <= stored),
+        "purged to {purged:?}, bucket holds {stored}"
+    );
+
+    // Once the bucket has them, the log is purged up to the snapshot.
+    store.fail_puts.store(false, Ordering::SeqCst);
+    client.sync().await.ok();
+    wait_until_in_bucket(&store, applied(&client)).await?;
+    let mut purged = None;
+    for _ in 0..200 {
+        purged = node.inner.log_progress().1;
+        if purged.is_some_and(|p| p > stored) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        purged.is_some_and(|p| p > stored),
+        "never purged past {stored}: {purged:?}"
+    );
+    node.shutdown().await?;
+    Ok(())
+}

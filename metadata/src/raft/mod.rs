@@ -20,7 +20,7 @@ use self::log_store::LogStore;
 use self::network::SingleNodeNetwork;
 use self::state_machine::{Published, StateMachine};
 use self::types::{Request, TypeConfig};
-use crate::journal::{Journal, StartPoint};
+use crate::journal::{self, Journal, StartPoint};
 use crate::restore::{self, Restored};
 use crate::snapshot::{self as snapshot_format, LogPosition, SnapshotStore};
 use crate::snapshot::{MembershipRecord, StoredMembershipRecord};
@@ -51,8 +51,10 @@ fn raft_config(opts: &MetadataOptions) -> Result<Config> {
         heartbeat_interval: 50,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every.max(1)),
         // Snapshots are the only way to catch up (there are no followers to feed from the log),
-        // so everything a snapshot covers can go.
-        max_in_snapshot_log_to_keep: 0,
+        // so everything a snapshot covers can go — except, with the bucket journal, entries not
+        // yet stored in the bucket: then openraft never purges by itself, and
+        // `purge_what_the_bucket_holds` purges up to the stored index.
+        max_in_snapshot_log_to_keep: if opts.journal.is_some() { u64::MAX } else { 0 },
         purge_batch_size: 1,
         ..Default::default()
     };
@@ -111,6 +113,12 @@ impl RaftNode {
             journal,
             dir_lock: std::sync::Mutex::new(Some(dir_lock)),
         };
+        if let Some(journal) = &node.journal {
+            tokio::spawn(purge_what_the_bucket_holds(
+                node.raft.clone(),
+                journal.status(),
+            ));
+        }
         let started = async {
             node.become_leader().await?;
             // With the bucket log, a start is complete only once this process's first log object
@@ -296,6 +304,26 @@ impl RaftNode {
                 .take(),
         );
         closed
+    }
+}
+
+/// With the bucket journal: purges the Raft log up to the last index stored in the bucket
+/// (openraft purges no further than its snapshot either), never past it. Ends with the journal
+/// or with Raft.
+async fn purge_what_the_bucket_holds(
+    raft: Raft<TypeConfig, StateMachine>,
+    mut status: watch::Receiver<journal::JournalStatus>,
+) {
+    let mut purged_to = 0;
+    while status.changed().await.is_ok() {
+        let stored_through = status.borrow().persisted_next.saturating_sub(1);
+        if stored_through <= purged_to {
+            continue;
+        }
+        if raft.trigger().purge_log(stored_through).await.is_err() {
+            return;
+        }
+        purged_to = stored_through;
     }
 }
 
