@@ -317,6 +317,81 @@ async fn a_second_process_started_while_the_first_runs_leaves_one_writer() -> Re
     Ok(())
 }
 
+/// Runs `sluice serve` on `data_dir` with the Kafka listener `kafka` until it exits (bounded);
+/// for starts that must fail (the harness always asks for a free port and its own data dir).
+async fn run_to_exit(
+    s3: &S3Server,
+    data_dir: &std::path::Path,
+    kafka: &str,
+) -> Result<std::process::Output> {
+    let options = options(s3);
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(sluice_tests::sluice_binary()?)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--kafka-listener", kafka, "--http-listener", "127.0.0.1:0"])
+            .args(&options.extra_args)
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("the start did not exit")??;
+    Ok(output)
+}
+
+/// Every file under `dir` (relative paths), sorted.
+fn files_under(dir: &std::path::Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path.strip_prefix(dir)?.display().to_string());
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_data_dir_is_refused_and_changes_nothing() -> Result<()> {
+    let s3 = S3Server::start()?;
+    let a = SluiceProcess::start(options(&s3))?;
+    let a_bootstrap = a.bootstrap();
+    clients::create_topic(&a_bootstrap, TOPIC, PARTITIONS, &[]).await?;
+    let (_, first) = try_produce(&a_bootstrap, "before").await?;
+    let store = s3.object_store("")?;
+    let bucket_before = bucket_listing(&store).await?;
+    let files_before = files_under(&a.data_dir())?;
+
+    let output = run_to_exit(&s3, &a.data_dir(), "127.0.0.1:0").await?;
+    let error = String::from_utf8_lossy(&output.stderr).to_string();
+    ensure!(!output.status.success(), "two processes on one data dir");
+    ensure!(
+        error.contains("is in use by another sluice process"),
+        "failed for another reason: {error}"
+    );
+    ensure!(
+        files_under(&a.data_dir())? == files_before,
+        "the refused start changed the data dir"
+    );
+    ensure!(
+        bucket_listing(&store).await? == bucket_before,
+        "the refused start changed the bucket"
+    );
+    let (_, next) = try_produce(&a_bootstrap, "after").await?;
+    ensure!(next == first + 1, "offset {next} after {first}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_start_that_cannot_bind_its_port_leaves_the_bucket_untouched() -> Result<()> {
     let s3 = S3Server::start()?;
@@ -334,27 +409,7 @@ async fn a_second_start_that_cannot_bind_its_port_leaves_the_bucket_untouched() 
     // C, on its own data dir, asks for A's port: it must fail before it writes anything to the
     // bucket (it used to restore, write to the metadata log — fencing A — and only then bind).
     let c_dir = tempfile::tempdir()?;
-    let c_options = options(&s3);
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(sluice_tests::sluice_binary()?)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(c_dir.path())
-            .args([
-                "--kafka-listener",
-                &a_bootstrap,
-                "--http-listener",
-                "127.0.0.1:0",
-            ])
-            .args(&c_options.extra_args)
-            .envs(c_options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .context("the second start did not exit")??;
+    let output = run_to_exit(&s3, c_dir.path(), &a_bootstrap).await?;
     let error = String::from_utf8_lossy(&output.stderr).to_string();
     ensure!(
         !output.status.success(),
