@@ -35,10 +35,31 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let data_dir = config.data_dir.canonicalize()?;
+    // Lock first: a second process on this data dir stops here, having touched nothing.
+    let _data_dir_lock = lock_data_dir(&data_dir)?;
+
+    // Bind before anything is written to the bucket: a start that cannot listen must not have
+    // continued (and so fenced) the cluster's metadata log.
+    let listener = TcpListener::bind(&config.kafka_listener)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.kafka_listener))?;
+    let http_listener = TcpListener::bind(&config.http_listener)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_listener))?;
 
     let objects =
         storage::objects::object_store_from_url(&config.object_store, &data_dir, &config.s3)
             .with_context(|| format!("object store {}", config.object_store))?;
+    if config.wal == WalKind::Object {
+        // The bucket metadata log is only safe on a store that decides create-if-absent.
+        if let Err(reason) = storage::objects::check_create_if_absent(objects.as_ref()).await {
+            bail!(
+                "object store {} (endpoint {}) cannot be used with --wal object: {reason}",
+                config.object_store,
+                config.s3.endpoint.as_deref().unwrap_or("AWS S3 default")
+            );
+        }
+    }
     let cluster_id = identity::ensure(objects.as_ref(), config.cluster_id.as_deref()).await?;
 
     // With the S3 WAL the metadata lives in the bucket too (a journal of every applied change
@@ -75,9 +96,6 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         other => bail!("unexpected answer to InitCluster: {other:?}"),
     }
 
-    let listener = TcpListener::bind(&config.kafka_listener)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.kafka_listener))?;
     let bound = listener.local_addr()?;
     tracing::info!("kafka listening on {bound}");
     let (host, port) = config.advertised(bound)?;
@@ -129,16 +147,33 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let broker = Broker::new(broker_config, store.clone(), meta.clone());
     let server = tokio::spawn(broker::server::serve(listener, broker, shutdown.clone()));
 
-    let (ingest, http_server, http_bound) =
-        start_http(&config, &data_dir, &cluster_id, &store, &meta, &shutdown).await?;
+    let (ingest, http_server, http_bound) = start_http(
+        &config,
+        http_listener,
+        &data_dir,
+        &cluster_id,
+        &store,
+        &meta,
+        &shutdown,
+    )
+    .await?;
 
     if let Some(path) = &config.ready_file {
         write_ready_file(path, bound, http_bound, config.node_id, &cluster_id)?;
     }
     tracing::info!(node_id = config.node_id, %cluster_id, data_dir = %data_dir.display(), "sluice is serving");
 
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    let fenced = tokio::select! {
+        () = wait_for_signal() => None,
+        reason = meta.fenced() => Some(reason),
+    };
+    match &fenced {
+        None => tracing::info!("shutting down"),
+        Some(reason) => tracing::error!(
+            "stopping: this process was fenced off the cluster's metadata log and serves no \
+             more writes ({reason})"
+        ),
+    }
     ingest.set_ready(false);
     shutdown.cancel();
     let _ = server.await;
@@ -163,7 +198,32 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .context("stopping the metadata node")?;
     tracing::info!("stopped");
+    if let Some(reason) = fenced {
+        bail!("fenced: {reason}");
+    }
     Ok(())
+}
+
+/// Takes an exclusive lock on `{data_dir}/LOCK` for the life of the process.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "data dir {} is in use by another sluice process (lock {} is held); nothing was changed",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// Keeps storage's per-topic settings (retention) in step with the topic configs in metadata, and
@@ -191,6 +251,7 @@ async fn sync_topic_settings(meta: MetadataClient, store: LogStore, shutdown: Ca
 /// Binds the HTTP ingest listener and starts serving it (ready at once: storage is open).
 async fn start_http(
     config: &ServeConfig,
+    listener: TcpListener,
     data_dir: &std::path::Path,
     cluster_id: &str,
     store: &LogStore,
@@ -201,9 +262,6 @@ async fn start_http(
     tokio::task::JoinHandle<std::io::Result<()>>,
     std::net::SocketAddr,
 )> {
-    let listener = TcpListener::bind(&config.http_listener)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http_listener))?;
     let bound = listener.local_addr()?;
     tracing::info!("http listening on {bound}");
     let mut ingest_config = ingest::IngestConfig::new(config.node_id, cluster_id);

@@ -1,46 +1,53 @@
-//! The bucket journal: the metadata's durable copy in the object store (S3 WAL / stateless mode).
+//! The bucket metadata log: the metadata's durable copy in the object store (S3 WAL / stateless
+//! mode), written so that no second process can fork it and no restore can shorten it.
 //!
 //! With [`crate::JournalOptions`] set, the local directory is only a cache. Every batch the state
-//! machine applies is handed to the journal task, which group-commits everything queued into one
-//! log object `{prefix}/metadata/log/{first:020}-{last:020}.json` (entries `first..=last`; blank
-//! and membership entries carry no command but still advance the range), strictly in index order,
-//! retrying the same key and bytes until it succeeds, and then publishes the persisted index.
-//! `propose` answers only once its entry is persisted (or fails with `NotPersisted`).
+//! machine applies is handed to the journal task, which group-commits what is queued into one log
+//! object `{prefix}/metadata/log/{first:020}.json` (format in `bucket_format`). Rules:
 //!
-//! Every `snapshot_every` entries the task also uploads `{prefix}/metadata/snapshot/{index:020}.json`
-//! (the versioned document of `crate::snapshot`, for the state at a persisted index) and then deletes
-//! the log objects it covers and all but the newest two snapshots.
+//! - **Create-if-absent, one at a time, exact chain.** Each object is created with
+//!   `PutMode::Create`, starts exactly at the previous one's `last + 1`, and carries this process's
+//!   lineage id. The next create starts only once the previous one is confirmed stored.
+//! - **A failed create is confirmed with a GET.** The object store client retries creates and may
+//!   report `AlreadyExists` for our own earlier attempt; an abandoned attempt can land late. So on a
+//!   conflict the task reads the key: our exact bytes → stored; nothing there → create again;
+//!   anything else → **fenced**: another process continues the log. Every pending and later
+//!   proposal fails with [`crate::Error::Fenced`] (nothing more is acknowledged), the task stops,
+//!   and the reason is logged at error level.
+//! - `propose` answers only once its entry is stored ([`crate::Error::NotPersisted`] after the
+//!   persist timeout; the entry stays queued).
+//! - **Snapshots** are create-only, at an object boundary (a batch carrying the state ends its
+//!   object), and name the lineage of the entry they end at. After one is stored, snapshots older
+//!   than the newest two and log objects that end at or below the *older* of those two are deleted,
+//!   so a damaged newest snapshot never makes the bucket unrestorable. A restored process uploads
+//!   a fresh base snapshot only after its own first log object is stored.
 //!
-//! [`restore`] rebuilds the state at startup: the newest decodable snapshot, then every log object
-//! that continues the chain (`first == previous last + 1`). A gap can only follow an upload that
-//! was never acknowledged, so replay stops there; objects past the end of the chain are deleted
-//! before anything new is written, so a later restore can never splice them onto the new chain.
+//! Restoring is in the `restore` module; it never deletes anything.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use serde::{Deserialize, Serialize};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::bucket_format::{self, JournalEntry, Lineage};
 use crate::snapshot::{self, LogPosition, StoredMembershipRecord};
-use crate::{Command, Error, JournalOptions, MetadataState, Result};
+use crate::{Error, JournalOptions, MetadataState, Result};
 
-/// The version written into every log object; readers refuse any other.
-const LOG_FORMAT_VERSION: u32 = 1;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// One PUT/GET/DELETE attempt that takes longer than this is abandoned and retried (a hung
-/// connection must not stop the journal for good).
+/// connection must not stop the journal for good). An abandoned create may still land: the
+/// confirming GET then finds our own bytes.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A log object stops taking more batches past this size (a backlog after an outage is uploaded as
 /// several objects rather than one huge one). One batch is always taken whole.
 const MAX_LOG_OBJECT_BYTES: usize = 8 * 1024 * 1024;
-/// Attempts of a read or delete during `restore` before the start fails.
+/// Attempts of a read during `restore` before the start fails.
 const RESTORE_ATTEMPTS: u32 = 5;
 /// Snapshots kept in the bucket (the newest one might be unreadable; the previous is the fallback).
 const SNAPSHOTS_KEPT: usize = 2;
@@ -50,8 +57,8 @@ pub(crate) struct JournalBatch {
     /// Log index of the first and last entry of the batch.
     pub(crate) first: u64,
     pub(crate) last: u64,
-    /// The commands of the batch with their log indexes (blank/membership entries carry none).
-    pub(crate) entries: Vec<(u64, Command)>,
+    /// Every entry of the batch, in index order (blank/membership entries carry no command).
+    pub(crate) entries: Vec<JournalEntry>,
     /// The state after the batch, for a snapshot; attached only every `snapshot_every` entries
     /// (see [`JournalFeed::wants_state`]).
     pub(crate) snapshot: Option<SnapshotJob>,
@@ -63,6 +70,8 @@ pub(crate) struct JournalFeed {
     snapshot_every: u64,
     /// Index of the last batch that carried the state.
     last_state_at: u64,
+    /// Set once the task is gone (warned once, not per batch).
+    gone: bool,
 }
 
 impl JournalFeed {
@@ -78,22 +87,28 @@ impl JournalFeed {
             self.last_state_at = job.position.index;
         }
         let (first, last) = (batch.first, batch.last);
-        // The task only goes away at shutdown; the proposer then learns it from `wait_persisted`.
-        if self.sender.send(batch).is_err() {
-            tracing::warn!(first, last, "metadata journal is gone; batch not mirrored");
+        // The task only goes away at shutdown or when fenced; proposers learn it from
+        // `wait_persisted`.
+        if self.sender.send(batch).is_err() && !self.gone {
+            self.gone = true;
+            tracing::warn!(
+                first,
+                last,
+                "metadata journal has stopped; later entries are not mirrored"
+            );
         }
     }
 }
 
 /// Object keys of the journal under the configured prefix.
 #[derive(Debug, Clone)]
-struct Layout {
-    log_dir: Path,
-    snapshot_dir: Path,
+pub(crate) struct Layout {
+    pub(crate) log_dir: Path,
+    pub(crate) snapshot_dir: Path,
 }
 
 impl Layout {
-    fn new(prefix: &str) -> Layout {
+    pub(crate) fn new(prefix: &str) -> Layout {
         let dir = |sub: &str| {
             let prefix = prefix.trim_matches('/');
             if prefix.is_empty() {
@@ -108,73 +123,15 @@ impl Layout {
         }
     }
 
-    fn log_key(&self, first: u64, last: u64) -> Path {
-        self.log_dir
+    pub(crate) fn log_key(&self, first: u64) -> Path {
+        self.log_dir.clone().join(bucket_format::index_name(first))
+    }
+
+    pub(crate) fn snapshot_key(&self, index: u64) -> Path {
+        self.snapshot_dir
             .clone()
-            .join(format!("{first:020}-{last:020}.json"))
+            .join(bucket_format::index_name(index))
     }
-
-    fn snapshot_key(&self, index: u64) -> Path {
-        self.snapshot_dir.clone().join(format!("{index:020}.json"))
-    }
-}
-
-pub(crate) fn parse_log_name(name: &str) -> Option<(u64, u64)> {
-    let (first, last) = name.strip_suffix(".json")?.split_once('-')?;
-    let (first, last) = (first.parse().ok()?, last.parse().ok()?);
-    (first <= last).then_some((first, last))
-}
-
-fn parse_snapshot_name(name: &str) -> Option<u64> {
-    name.strip_suffix(".json")?.parse().ok()
-}
-
-/// A log object as written: borrowed entries, so encoding does not clone commands.
-#[derive(Serialize)]
-struct LogEntryRef<'a> {
-    index: u64,
-    command: &'a Command,
-}
-
-#[derive(Deserialize)]
-struct LogEntry {
-    index: u64,
-    command: Command,
-}
-
-#[derive(Deserialize)]
-struct LogDoc {
-    format_version: u32,
-    first: u64,
-    last: u64,
-    entries: Vec<LogEntry>,
-}
-
-/// Checks a downloaded log object against its key and returns its entries.
-fn decode_log(bytes: &[u8], first: u64, last: u64) -> std::result::Result<Vec<LogEntry>, String> {
-    let doc: LogDoc =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a log object: {e}"))?;
-    if doc.format_version != LOG_FORMAT_VERSION {
-        return Err(format!(
-            "log format version {} is not supported (expected {LOG_FORMAT_VERSION})",
-            doc.format_version
-        ));
-    }
-    if (doc.first, doc.last) != (first, last) {
-        return Err(format!(
-            "object holds {}..={} but its key says {first}..={last}",
-            doc.first, doc.last
-        ));
-    }
-    let mut previous = None;
-    for entry in &doc.entries {
-        let in_range = entry.index >= first && entry.index <= last;
-        if !in_range || previous.is_some_and(|p| entry.index <= p) {
-            return Err(format!("entry index {} out of order or range", entry.index));
-        }
-        previous = Some(entry.index);
-    }
-    Ok(doc.entries)
 }
 
 fn storage_error(what: &str, error: impl std::fmt::Display) -> Error {
@@ -192,9 +149,9 @@ fn next_backoff(delay: Duration) -> Duration {
     (delay * 2).min(MAX_BACKOFF)
 }
 
-/// Runs `op` up to [`RESTORE_ATTEMPTS`] times with backoff (startup reads and deletes: a transient
-/// error must not be mistaken for a missing object, or acknowledged entries would be skipped).
-async fn with_retries<T, F, Fut>(what: &str, mut op: F) -> Result<T>
+/// Runs `op` up to [`RESTORE_ATTEMPTS`] times with backoff (startup reads: a transient error must
+/// not be mistaken for a missing object, or acknowledged entries would be skipped).
+pub(crate) async fn with_retries<T, F, Fut>(what: &str, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = object_store::Result<T>>,
@@ -217,153 +174,6 @@ where
     }
 }
 
-async fn list(store: &Arc<dyn ObjectStore>, dir: &Path) -> Result<Vec<Path>> {
-    with_retries("listing", || async {
-        let metas: Vec<_> = store.list(Some(dir)).try_collect().await?;
-        Ok(metas.into_iter().map(|meta| meta.location).collect())
-    })
-    .await
-}
-
-async fn get(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Bytes> {
-    with_retries("reading", || async { store.get(path).await?.bytes().await }).await
-}
-
-/// The state rebuilt from the bucket by [`restore`].
-pub(crate) struct Restored {
-    pub(crate) state: Arc<MetadataState>,
-    /// Log index the state is at (the last entry replayed).
-    pub(crate) index: u64,
-    /// Whether the bucket's newest snapshot is already at `index` (no fresh base needed).
-    pub(crate) snapshot_current: bool,
-}
-
-/// Rebuilds the metadata state from the bucket. `Ok(None)` for an empty journal (fresh cluster).
-/// Fails (rather than start a new cluster over it) when the journal has objects but none of them
-/// can be used, and on read errors that persist over a few retries.
-/// Log objects fetched at once while restoring.
-const RESTORE_CONCURRENCY: usize = 16;
-
-pub(crate) async fn restore(opts: &JournalOptions) -> Result<Option<Restored>> {
-    let layout = Layout::new(&opts.prefix);
-    let store = &opts.store;
-
-    let mut snapshots: Vec<(u64, Path)> = Vec::new();
-    for path in list(store, &layout.snapshot_dir).await? {
-        match path.filename().and_then(parse_snapshot_name) {
-            Some(index) => snapshots.push((index, path)),
-            None => {
-                tracing::warn!(%path, "metadata journal: ignoring an object with a foreign name")
-            }
-        }
-    }
-    snapshots.sort_by_key(|s| std::cmp::Reverse(s.0));
-    let mut base: Option<(u64, MetadataState)> = None;
-    for (index, path) in &snapshots {
-        let bytes = get(store, path).await?;
-        match snapshot::decode(&bytes) {
-            Ok(doc) if doc.last_applied.map(|p| p.index) == Some(*index) => {
-                base = Some((*index, doc.state));
-                break;
-            }
-            Ok(doc) => tracing::warn!(
-                %path, last_applied = ?doc.last_applied,
-                "metadata journal: snapshot does not match its key; trying an older one"
-            ),
-            Err(error) => tracing::warn!(
-                %path, %error, "metadata journal: unreadable snapshot; trying an older one"
-            ),
-        }
-    }
-    let snapshot_index = base.as_ref().map(|(index, _)| *index);
-    let (mut next, mut state) = match base {
-        Some((index, state)) => (index.saturating_add(1), state),
-        None => (0, MetadataState::default()),
-    };
-
-    let mut logs: Vec<(u64, u64, Path)> = Vec::new();
-    for path in list(store, &layout.log_dir).await? {
-        match path.filename().and_then(parse_log_name) {
-            Some((first, last)) => logs.push((first, last, path)),
-            None => {
-                tracing::warn!(%path, "metadata journal: ignoring an object with a foreign name")
-            }
-        }
-    }
-    logs.sort_by_key(|l| (l.0, l.1));
-    // Objects wholly covered by the snapshot are never read (cleanup deletes them); the others are
-    // fetched RESTORE_CONCURRENCY at a time — one GET after another would make a restart wait out
-    // the object store's per-request latency hundreds of times — and used in order.
-    let logs: Vec<(u64, u64, Path)> = logs.into_iter().filter(|l| l.1 >= next).collect();
-    let fetches: Vec<_> = logs.iter().map(|(_, _, path)| get(store, path)).collect();
-    let mut fetched = futures::stream::iter(fetches).buffered(RESTORE_CONCURRENCY);
-    let mut replayed_any = false;
-    let mut unused: Vec<(u64, u64, Path)> = Vec::new();
-    for (first, last, path) in logs.iter().cloned() {
-        let bytes = fetched.next().await;
-        if last < next {
-            continue; // covered by an earlier object; cleanup deletes it
-        }
-        if first > next {
-            unused.push((first, last, path));
-            continue;
-        }
-        let Some(bytes) = bytes else {
-            return Err(storage_error(
-                "restoring",
-                "a log object fetch went missing",
-            ));
-        };
-        let bytes = bytes?;
-        match decode_log(&bytes, first, last) {
-            Ok(entries) => {
-                for entry in entries.iter().filter(|entry| entry.index >= next) {
-                    crate::apply::apply_command(&mut state, &entry.command);
-                }
-                next = last.saturating_add(1);
-                replayed_any = true;
-            }
-            Err(error) => {
-                tracing::warn!(%path, %error, "metadata journal: ignoring an unreadable log object");
-                unused.push((first, last, path));
-            }
-        }
-    }
-    // Anything left reaching `next` or beyond lies past a gap (an upload never acknowledged) or is
-    // unreadable. New objects will be written from `next` on; these must go first, or a later
-    // restore could take one of them for the continuation of the new chain.
-    for (first, last, path) in unused.into_iter().filter(|(_, last, _)| *last >= next) {
-        tracing::warn!(
-            %path, first, last, next,
-            "metadata journal: deleting a log object that does not continue the chain"
-        );
-        with_retries("deleting", || store.delete(&path)).await?;
-    }
-
-    if snapshot_index.is_none() && !replayed_any {
-        if snapshots.is_empty() {
-            return Ok(None);
-        }
-        return Err(storage_error(
-            "restoring",
-            format!(
-                "the bucket holds {} metadata snapshot(s) but none is readable",
-                snapshots.len()
-            ),
-        ));
-    }
-    let index = next.saturating_sub(1);
-    tracing::info!(
-        index, snapshot = ?snapshot_index, replayed_logs = replayed_any,
-        "metadata restored from the bucket"
-    );
-    Ok(Some(Restored {
-        state: Arc::new(state),
-        index,
-        snapshot_current: snapshot_index == Some(index),
-    }))
-}
-
 /// A snapshot the journal task may upload: the state at a log position, with the membership.
 pub(crate) struct SnapshotJob {
     pub(crate) state: Arc<MetadataState>,
@@ -371,78 +181,150 @@ pub(crate) struct SnapshotJob {
     pub(crate) membership: StoredMembershipRecord,
 }
 
+/// What the journal has reached: every entry below `persisted_next` is in the bucket. Once
+/// `fenced` is set, nothing more will be.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JournalStatus {
+    pub(crate) persisted_next: u64,
+    pub(crate) fenced: Option<Arc<str>>,
+}
+
 /// The handle `RaftNode` keeps: waits for persistence, stops the task.
 pub(crate) struct Journal {
-    persisted: watch::Receiver<u64>,
+    status: watch::Receiver<JournalStatus>,
     persist_timeout: Duration,
     shutdown: watch::Sender<Option<Instant>>,
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    lineage: Lineage,
 }
 
 /// What the journal task starts from after a restore.
 pub(crate) struct StartPoint {
     pub(crate) index: u64,
+    /// The lineage of the entry at `index`.
+    pub(crate) lineage: Lineage,
     pub(crate) state: Arc<MetadataState>,
     pub(crate) position: LogPosition,
     pub(crate) membership: StoredMembershipRecord,
-    /// Upload a snapshot at `index` first (the bucket's newest one is older).
+    /// Upload a snapshot at `index` once our first object is stored (the bucket's newest one is
+    /// older).
     pub(crate) snapshot: bool,
+    /// The index of the bucket snapshot the restore started from (known readable).
+    pub(crate) restored_from: Option<u64>,
 }
 
 impl Journal {
-    /// Spawns the journal task. `start` is `None` on a fresh cluster.
+    /// Spawns the journal task with a new lineage. `start` is `None` on a fresh cluster.
     pub(crate) fn start(
         opts: &JournalOptions,
         start: Option<StartPoint>,
     ) -> (Journal, JournalFeed) {
+        let lineage = Lineage::random();
         let (sender, receiver) = mpsc::unbounded_channel();
-        let persisted_index = start.as_ref().map(|s| s.index).unwrap_or(0);
-        let (persisted_tx, persisted) = watch::channel(persisted_index);
+        let persisted_next = start.as_ref().map_or(0, |s| s.index.saturating_add(1));
+        let previous_lineage = start.as_ref().map(|s| s.lineage);
+        let good_snapshots: Vec<u64> = start
+            .as_ref()
+            .and_then(|s| s.restored_from)
+            .into_iter()
+            .collect();
+        let (status_tx, status) = watch::channel(JournalStatus {
+            persisted_next,
+            fenced: None,
+        });
         let (shutdown, shutdown_rx) = watch::channel(None);
         let mut initial_snapshot = None;
         if let Some(start) = start.filter(|start| start.snapshot) {
-            initial_snapshot = Some(SnapshotJob {
-                state: start.state,
-                position: start.position,
-                membership: start.membership,
-            });
+            initial_snapshot = Some((
+                start.lineage,
+                SnapshotJob {
+                    state: start.state,
+                    position: start.position,
+                    membership: start.membership,
+                },
+            ));
         }
         let snapshot_every = opts.snapshot_every.max(1);
         let feed = JournalFeed {
             sender,
             snapshot_every,
-            last_state_at: persisted_index,
+            last_state_at: persisted_next.saturating_sub(1),
+            gone: false,
         };
+        tracing::info!(
+            %lineage, first_index = persisted_next,
+            previous_lineage = ?previous_lineage.map(|l| l.to_string()),
+            "metadata journal starts a new lineage"
+        );
         let task = Task {
             store: opts.store.clone(),
             layout: Layout::new(&opts.prefix),
             snapshot_every,
             batches: receiver,
             carry: None,
-            persisted: persisted_tx,
+            status: status_tx,
             shutdown: shutdown_rx,
             forced_stop: None,
-            last_snapshot: persisted_index,
+            last_snapshot: persisted_next.saturating_sub(1),
+            lineage,
+            previous_lineage,
+            next: persisted_next,
+            good_snapshots,
         };
         let handle = tokio::spawn(task.run(initial_snapshot));
         let journal = Journal {
-            persisted,
+            status,
             persist_timeout: opts.persist_timeout,
             shutdown,
             task: tokio::sync::Mutex::new(Some(handle)),
+            lineage,
         };
         (journal, feed)
     }
 
+    /// Follows what the journal has stored.
+    pub(crate) fn status(&self) -> watch::Receiver<JournalStatus> {
+        self.status.clone()
+    }
+
+    /// The lineage this process writes.
+    pub(crate) fn lineage(&self) -> Lineage {
+        self.lineage
+    }
+
+    /// Why this process was fenced, once it is.
+    pub(crate) fn fenced(&self) -> Option<Arc<str>> {
+        self.status.borrow().fenced.clone()
+    }
+
+    /// Resolves once the journal is fenced (never, if it stops for another reason).
+    pub(crate) async fn wait_fenced(&self) -> Arc<str> {
+        let mut status = self.status.clone();
+        let fenced = status
+            .wait_for(|s| s.fenced.is_some())
+            .await
+            .map(|s| s.fenced.clone());
+        match fenced {
+            Ok(reason) => reason.unwrap_or_else(|| Arc::from("")),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Waits until the entry at `index` is in the bucket, up to the persist timeout.
     pub(crate) async fn wait_persisted(&self, index: u64) -> Result<()> {
-        let mut persisted = self.persisted.clone();
+        let mut status = self.status.clone();
         let waited = tokio::time::timeout(self.persist_timeout, async {
-            persisted.wait_for(|p| *p >= index).await.map(|_| ())
+            status
+                .wait_for(|s| s.persisted_next > index || s.fenced.is_some())
+                .await
+                .map(|s| (s.persisted_next > index, s.fenced.clone()))
         })
         .await;
         match waited {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok((true, _))) => Ok(()),
+            Ok(Ok((false, fenced))) => Err(Error::Fenced(
+                fenced.map_or_else(String::new, |reason| reason.to_string()),
+            )),
             // The task is gone: shut down with this entry still queued.
             Ok(Err(_)) => Err(Error::ShuttingDown),
             Err(_) => Err(Error::NotPersisted),
@@ -466,28 +348,26 @@ impl Journal {
 struct Prepared {
     first: u64,
     last: u64,
-    /// The batch's entries, each one encoded `{"index":..,"command":..}` JSON value.
+    /// One encoded entry per index of the batch.
     entries: Vec<Vec<u8>>,
     bytes: usize,
     snapshot: Option<SnapshotJob>,
+    /// Set when an entry could not be encoded (never expected: commands are plain data).
+    broken: Option<String>,
 }
 
 fn prepare(batch: JournalBatch) -> Prepared {
     let mut entries = Vec::with_capacity(batch.entries.len());
     let mut bytes = 0;
-    for (index, command) in &batch.entries {
-        match serde_json::to_vec(&LogEntryRef {
-            index: *index,
-            command,
-        }) {
+    let mut broken = None;
+    for entry in &batch.entries {
+        match bucket_format::encode_entry(entry) {
             Ok(encoded) => {
                 bytes += encoded.len() + 1;
                 entries.push(encoded);
             }
-            // A `Command` always serializes (plain data, string keys); were it ever not to, the
-            // entry would be missing from the bucket, so say so loudly.
             Err(error) => {
-                tracing::error!(index, %error, "metadata journal: cannot encode a command")
+                broken.get_or_insert(format!("cannot encode entry {}: {error}", entry.index));
             }
         }
     }
@@ -497,29 +377,16 @@ fn prepare(batch: JournalBatch) -> Prepared {
         entries,
         bytes,
         snapshot: batch.snapshot,
+        broken,
     }
 }
 
-/// Builds the log object document from the encoded entries of several batches.
-fn encode_log(first: u64, last: u64, group: &[Prepared]) -> Vec<u8> {
-    let size: usize = group.iter().map(|p| p.bytes).sum();
-    let mut out = Vec::with_capacity(size + 96);
-    out.extend_from_slice(
-        format!(
-            "{{\"format_version\":{LOG_FORMAT_VERSION},\"first\":{first},\"last\":{last},\"entries\":["
-        )
-        .as_bytes(),
-    );
-    let mut separator = false;
-    for entry in group.iter().flat_map(|p| p.entries.iter()) {
-        if separator {
-            out.push(b',');
-        }
-        out.extend_from_slice(entry);
-        separator = true;
-    }
-    out.extend_from_slice(b"]}");
-    out
+/// How one create of a log object ended.
+enum Created {
+    Stored,
+    Fenced(String),
+    /// The shutdown deadline passed first.
+    Abandoned,
 }
 
 struct Task {
@@ -529,12 +396,20 @@ struct Task {
     batches: mpsc::UnboundedReceiver<JournalBatch>,
     /// A batch taken from the queue that did not fit into the previous log object.
     carry: Option<Prepared>,
-    persisted: watch::Sender<u64>,
+    status: watch::Sender<JournalStatus>,
     shutdown: watch::Receiver<Option<Instant>>,
     /// Set when the handle is gone without a shutdown (stop at once).
     forced_stop: Option<Instant>,
-    /// Index of the newest snapshot in the bucket (0 if none).
+    /// Index of the newest snapshot in the bucket this task knows of.
     last_snapshot: u64,
+    lineage: Lineage,
+    /// The lineage of the entry at `next - 1` (`None` before the first entry of the log).
+    previous_lineage: Option<Lineage>,
+    /// The index the next log object starts at.
+    next: u64,
+    /// Bucket snapshots known to be readable (created by this task, or restored from), ascending.
+    /// Cleanup trusts only these: a damaged snapshot never counts as a fallback.
+    good_snapshots: Vec<u64>,
 }
 
 impl Task {
@@ -580,52 +455,121 @@ impl Task {
         }
     }
 
-    async fn run(mut self, initial_snapshot: Option<SnapshotJob>) {
-        if let Some(job) = initial_snapshot {
-            // A fresh base right after a restore; on failure the next periodic one catches up.
-            if !self.upload_snapshot(&job).await {
-                self.last_snapshot = 0;
-            }
-        }
+    /// Stops the journal for good: nothing more is acknowledged.
+    fn fence(&self, reason: String) {
+        tracing::error!(
+            lineage = %self.lineage,
+            "FENCED: {reason}. This process no longer owns the cluster's metadata log: every \
+             pending and later metadata change fails, and it serves no more writes"
+        );
+        self.status.send_modify(|status| {
+            status.fenced = Some(Arc::from(reason.as_str()));
+        });
+    }
+
+    async fn run(mut self, mut initial_snapshot: Option<(Lineage, SnapshotJob)>) {
         while let Some(head) = self.next_batch().await {
-            // Group commit: everything queued meanwhile goes into the same object.
+            // Group commit: everything queued meanwhile goes into the same object, up to a batch
+            // that carries the state (a snapshot sits at an object boundary).
             let mut size = head.bytes;
+            let mut ends_with_state = head.snapshot.is_some();
             let mut group = vec![head];
-            while let Ok(batch) = self.batches.try_recv() {
+            while !ends_with_state {
+                let Ok(batch) = self.batches.try_recv() else {
+                    break;
+                };
                 let batch = prepare(batch);
                 if size + batch.bytes > MAX_LOG_OBJECT_BYTES {
                     self.carry = Some(batch);
                     break;
                 }
                 size += batch.bytes;
+                ends_with_state = batch.snapshot.is_some();
                 group.push(batch);
             }
-            let first = group.first().map(|p| p.first).unwrap_or_default();
-            let last = group.last().map(|p| p.last).unwrap_or_default();
-            let key = self.layout.log_key(first, last);
-            let bytes = Bytes::from(encode_log(first, last, &group));
-            if !self.put_until_done(&key, bytes).await {
-                tracing::warn!(
-                    first,
-                    last,
-                    "metadata journal stopped with entries not uploaded (shutdown deadline)"
-                );
+            let first = group.first().map_or(0, |p| p.first);
+            let last = group.last().map_or(0, |p| p.last);
+            if let Some(reason) = self.refuse_group(&group, first, last) {
+                self.fence(reason);
                 return;
             }
-            self.persisted.send_replace(last);
-            // The newest state in the group is at a persisted index now.
+            let key = self.layout.log_key(first);
+            let bytes = Bytes::from(bucket_format::encode_log(
+                self.lineage,
+                self.previous_lineage,
+                first,
+                last,
+                group
+                    .iter()
+                    .flat_map(|p| p.entries.iter().map(Vec::as_slice)),
+                size,
+            ));
+            match self.create_until_stored(&key, bytes).await {
+                Created::Stored => {}
+                Created::Fenced(reason) => {
+                    self.fence(reason);
+                    return;
+                }
+                Created::Abandoned => {
+                    tracing::warn!(
+                        first,
+                        last,
+                        "metadata journal stopped with entries not uploaded (shutdown deadline)"
+                    );
+                    return;
+                }
+            }
+            self.next = last.saturating_add(1);
+            self.previous_lineage = Some(self.lineage);
+            self.status
+                .send_modify(|status| status.persisted_next = last.saturating_add(1));
+            if self.deadline().is_some() {
+                continue;
+            }
+            // A restored process's fresh base, once its own first object is stored.
+            if let Some((lineage, job)) = initial_snapshot.take() {
+                self.upload_snapshot(lineage, &job).await;
+            }
             let Some(job) = group.iter_mut().rev().find_map(|p| p.snapshot.take()) else {
                 continue;
             };
             let due = job.position.index.saturating_sub(self.last_snapshot) >= self.snapshot_every;
-            if due && self.deadline().is_none() {
-                self.upload_snapshot(&job).await;
+            if due && job.position.index == last {
+                self.upload_snapshot(self.lineage, &job).await;
             }
         }
     }
 
-    /// One PUT, as a future that does not borrow the task.
-    fn put(
+    /// Whether the group must not be written: it does not start where the chain continues, or an
+    /// entry is missing. Either would be a bug; the log is never written with a hole.
+    fn refuse_group(&self, group: &[Prepared], first: u64, last: u64) -> Option<String> {
+        if first != self.next {
+            return Some(format!(
+                "internal error: the journal expected index {} next but got {first}..={last}",
+                self.next
+            ));
+        }
+        let mut expected = first;
+        for prepared in group {
+            if let Some(broken) = &prepared.broken {
+                return Some(format!("internal error: {broken}"));
+            }
+            let count = u64::try_from(prepared.entries.len()).unwrap_or(u64::MAX);
+            let holds_one_per_index =
+                prepared.last >= prepared.first && prepared.last - prepared.first + 1 == count;
+            if prepared.first != expected || !holds_one_per_index {
+                return Some(format!(
+                    "internal error: batch {}..={} with {count} entries does not continue at {expected}",
+                    prepared.first, prepared.last
+                ));
+            }
+            expected = prepared.last.saturating_add(1);
+        }
+        None
+    }
+
+    /// One create, as a future that does not borrow the task.
+    fn create(
         &self,
         key: &Path,
         bytes: Bytes,
@@ -633,115 +577,202 @@ impl Task {
     {
         let store = self.store.clone();
         let key = key.clone();
-        async move { store.put(&key, PutPayload::from_bytes(bytes)).await }
+        async move {
+            let options = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            store
+                .put_opts(&key, PutPayload::from_bytes(bytes), options)
+                .await
+        }
     }
 
-    /// PUTs `bytes` at `key` until it succeeds, with backoff and jitter; `false` if the shutdown
-    /// deadline passed first. Always the same key and bytes, so a retry after an ambiguous failure
-    /// (the first attempt did land) is harmless.
-    async fn put_until_done(&mut self, key: &Path, bytes: Bytes) -> bool {
+    /// Creates `bytes` at `key` until it is confirmed stored, the key turns out to hold another
+    /// writer's object (fenced), or the shutdown deadline passes. Always the same key and bytes,
+    /// so an earlier attempt that did land is recognised as ours.
+    async fn create_until_stored(&mut self, key: &Path, bytes: Bytes) -> Created {
         let mut delay = FIRST_BACKOFF;
         let mut attempt: u64 = 0;
         loop {
             attempt += 1;
-            let put = self.put(key, bytes.clone());
+            let create = self.create(key, bytes.clone());
             let error = match self
-                .until_deadline(tokio::time::timeout(ATTEMPT_TIMEOUT, put))
+                .until_deadline(tokio::time::timeout(ATTEMPT_TIMEOUT, create))
                 .await
             {
-                None => return false,
-                Some(Ok(Ok(_))) => return true,
+                None => return Created::Abandoned,
+                Some(Ok(Ok(_))) => return Created::Stored,
+                Some(Ok(Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ))) => match self.confirm(key, &bytes).await {
+                    Some(Confirmed::Ours) => return Created::Stored,
+                    Some(Confirmed::Other(reason)) => return Created::Fenced(reason),
+                    Some(Confirmed::Absent) => {
+                        "the key was reported taken but holds nothing".into()
+                    }
+                    None => return Created::Abandoned,
+                },
                 Some(Ok(Err(error))) => error.to_string(),
                 Some(Err(_)) => format!("timed out after {ATTEMPT_TIMEOUT:?}"),
             };
-            tracing::warn!(%key, attempt, %error, "metadata journal upload failed; retrying");
+            tracing::warn!(%key, attempt, %error, "metadata journal create failed; retrying");
             if self
                 .until_deadline(tokio::time::sleep(jittered(delay)))
                 .await
                 .is_none()
             {
-                return false;
+                return Created::Abandoned;
             }
             delay = next_backoff(delay);
         }
     }
 
-    /// One attempt to upload a snapshot, then cleanup; `false` if the upload failed (the next
-    /// periodic snapshot tries again; the log objects stay until one succeeds).
-    async fn upload_snapshot(&mut self, job: &SnapshotJob) -> bool {
+    /// Reads the key a create was refused at (retrying read errors); `None` past the deadline.
+    async fn confirm(&mut self, key: &Path, ours: &Bytes) -> Option<Confirmed> {
+        let mut delay = FIRST_BACKOFF;
+        loop {
+            let store = self.store.clone();
+            let path = key.clone();
+            let read = async move { store.get(&path).await?.bytes().await };
+            let error = match self
+                .until_deadline(tokio::time::timeout(ATTEMPT_TIMEOUT, read))
+                .await?
+            {
+                Ok(Ok(found)) if found == *ours => return Some(Confirmed::Ours),
+                Ok(Ok(found)) => {
+                    let theirs = bucket_format::lineage_of(&found);
+                    let who = match theirs {
+                        Some(lineage) if lineage == self.lineage => {
+                            format!("this lineage ({lineage}) but other bytes")
+                        }
+                        Some(lineage) => format!("lineage {lineage}"),
+                        None => "an object this build cannot read".to_owned(),
+                    };
+                    return Some(Confirmed::Other(format!(
+                        "metadata log object {key} already exists, written by {who}; this \
+                         process writes lineage {}: another process continues this cluster's \
+                         metadata log",
+                        self.lineage
+                    )));
+                }
+                Ok(Err(object_store::Error::NotFound { .. })) => return Some(Confirmed::Absent),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("timed out after {ATTEMPT_TIMEOUT:?}"),
+            };
+            tracing::warn!(%key, %error, "metadata journal: reading a conflicting object failed; retrying");
+            self.until_deadline(tokio::time::sleep(jittered(delay)))
+                .await?;
+            delay = next_backoff(delay);
+        }
+    }
+
+    /// One attempt to create a snapshot of the state at `job`'s index (whose entry belongs to
+    /// `lineage`), then cleanup. A failure is left to the next periodic snapshot; the log objects
+    /// stay until one succeeds.
+    async fn upload_snapshot(&mut self, lineage: Lineage, job: &SnapshotJob) {
         let index = job.position.index;
         let (state, position, membership) =
             (job.state.clone(), job.position, job.membership.clone());
         let encoded = tokio::task::spawn_blocking(move || {
             snapshot::encode(Some(&position), &membership, &state)
+                .map(|document| bucket_format::encode_snapshot(lineage, index, &document))
         })
         .await;
         let bytes = match encoded {
             Ok(Ok(bytes)) => Bytes::from(bytes),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "metadata journal: encoding the snapshot failed");
-                return false;
+                return;
             }
             Err(error) => {
                 tracing::warn!(%error, "metadata journal: snapshot task failed");
-                return false;
+                return;
             }
         };
         let key = self.layout.snapshot_key(index);
-        let put = self.put(&key, bytes);
+        let create = self.create(&key, bytes);
         match self
-            .until_deadline(tokio::time::timeout(ATTEMPT_TIMEOUT, put))
+            .until_deadline(tokio::time::timeout(ATTEMPT_TIMEOUT, create))
             .await
         {
             Some(Ok(Ok(_))) => {}
+            Some(Ok(Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ))) => {
+                // Only one entry is ever stored at an index, so whatever is there is a snapshot of
+                // the same state (e.g. an earlier attempt of ours that landed).
+                tracing::info!(%key, "metadata snapshot already in the bucket");
+                self.last_snapshot = index;
+                return;
+            }
             Some(Ok(Err(error))) => {
                 tracing::warn!(%key, %error, "metadata journal: snapshot upload failed");
-                return false;
+                return;
             }
             Some(Err(_)) | None => {
                 tracing::warn!(%key, "metadata journal: snapshot upload timed out");
-                return false;
+                return;
             }
         }
         self.last_snapshot = index;
         tracing::info!(index, "metadata snapshot uploaded to the bucket");
-        self.cleanup(index).await;
-        true
+        self.good_snapshots.push(index);
+        let kept_from = self.good_snapshots.len().saturating_sub(SNAPSHOTS_KEPT);
+        self.good_snapshots.drain(..kept_from);
+        if let [older, _] = self.good_snapshots[..] {
+            self.cleanup(older).await;
+        }
     }
 
-    /// Best effort: deletes log objects the snapshot at `index` covers and old snapshots.
-    async fn cleanup(&mut self, index: u64) {
+    /// Best effort, once two snapshots known to be readable are stored, the older at
+    /// `older_kept`: deletes the snapshots below it and the log objects that end at or below it.
+    /// Only names it recognises.
+    async fn cleanup(&mut self, older_kept: u64) {
+        let index = older_kept;
         let store = self.store.clone();
-        let log_dir = self.layout.log_dir.clone();
-        let snapshot_dir = self.layout.snapshot_dir.clone();
+        let layout = self.layout.clone();
         let work = async move {
-            let logs: Vec<_> = store.list(Some(&log_dir)).try_collect().await?;
-            let mut doomed: Vec<Path> = logs
-                .into_iter()
-                .map(|meta| meta.location)
-                .filter(|path| {
-                    path.filename()
-                        .and_then(parse_log_name)
-                        .is_some_and(|(_, last)| last <= index)
-                })
-                .collect();
-            let snapshots: Vec<_> = store.list(Some(&snapshot_dir)).try_collect().await?;
-            let mut indexed: Vec<(u64, Path)> = snapshots
+            let listed: Vec<_> = store.list(Some(&layout.snapshot_dir)).try_collect().await?;
+            let snapshots: Vec<(u64, Path)> = listed
                 .into_iter()
                 .filter_map(|meta| {
-                    let index = meta.location.filename().and_then(parse_snapshot_name)?;
-                    Some((index, meta.location))
+                    let at = meta
+                        .location
+                        .filename()
+                        .and_then(bucket_format::parse_snapshot_name)?;
+                    Some((at, meta.location))
+                })
+                .filter(|(at, _)| *at < older_kept)
+                .collect();
+            let listed: Vec<_> = store.list(Some(&layout.log_dir)).try_collect().await?;
+            let mut firsts: Vec<(u64, Path)> = listed
+                .into_iter()
+                .filter_map(|meta| {
+                    let first = meta
+                        .location
+                        .filename()
+                        .and_then(bucket_format::parse_log_name)?;
+                    Some((first, meta.location))
                 })
                 .collect();
-            indexed.sort_by_key(|s| std::cmp::Reverse(s.0));
-            doomed.extend(
-                indexed
-                    .into_iter()
-                    .skip(SNAPSHOTS_KEPT)
-                    .map(|(_, path)| path),
-            );
+            firsts.sort_by_key(|l| l.0);
+            // An object ends right before the next one starts; it goes when that is at or below
+            // the older kept snapshot's index + 1. Oldest first, so an interrupted cleanup leaves
+            // a suffix of the chain.
+            let mut doomed: Vec<Path> = firsts
+                .windows(2)
+                .filter(|pair| pair[1].0 <= older_kept.saturating_add(1))
+                .map(|pair| pair[0].1.clone())
+                .collect();
+            doomed.extend(snapshots.into_iter().map(|(_, path)| path));
             for path in &doomed {
-                store.delete(path).await?;
+                match store.delete(path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(error) => return Err(error),
+                }
             }
             Ok::<usize, object_store::Error>(doomed.len())
         };
@@ -756,77 +787,32 @@ impl Task {
     }
 }
 
+enum Confirmed {
+    Ours,
+    Other(String),
+    Absent,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn names_parse_and_reject_foreign_ones() {
+    fn keys_are_named_by_first_index() {
         let layout = Layout::new("cluster-1");
-        let key = layout.log_key(7, 12);
         assert_eq!(
-            key.as_ref(),
-            "cluster-1/metadata/log/00000000000000000007-00000000000000000012.json"
+            layout.log_key(7).as_ref(),
+            "cluster-1/metadata/log/00000000000000000007.json"
         );
-        assert_eq!(key.filename().and_then(parse_log_name), Some((7, 12)));
-        let key = layout.snapshot_key(42);
         assert_eq!(
-            key.as_ref(),
+            layout.snapshot_key(42).as_ref(),
             "cluster-1/metadata/snapshot/00000000000000000042.json"
         );
-        assert_eq!(key.filename().and_then(parse_snapshot_name), Some(42));
-        for bad in [
-            "x.json",
-            "1-2",
-            "3-1.json",
-            "a-b.json",
-            "1-2-3.json",
-            "-1-2.json",
-        ] {
-            assert_eq!(parse_log_name(bad), None, "{bad}");
-        }
-        assert_eq!(parse_snapshot_name("nope.json"), None);
         assert_eq!(
             Layout::new("").log_dir.as_ref(),
             "metadata/log",
             "an empty prefix puts the journal at the bucket root"
         );
-    }
-
-    #[test]
-    fn log_objects_round_trip_and_are_checked_against_their_key() {
-        let command = Command::AllocateProducerIds { count: 3 };
-        let batch = |first, last, entries: Vec<(u64, Command)>| {
-            prepare(JournalBatch {
-                first,
-                last,
-                entries,
-                snapshot: None,
-            })
-        };
-        let group = [
-            batch(5, 6, vec![(6, command.clone())]),
-            batch(7, 9, vec![(7, command.clone()), (9, command.clone())]),
-        ];
-        let bytes = encode_log(5, 9, &group);
-        let entries = decode_log(&bytes, 5, 9).map_err(|e| e.to_string());
-        let indexes: Vec<u64> = entries
-            .as_ref()
-            .map(|e| e.iter().map(|e| e.index).collect())
-            .unwrap_or_default();
-        assert_eq!(
-            indexes,
-            vec![6, 7, 9],
-            "{entries:?}",
-            entries = entries.err()
-        );
-        assert!(decode_log(&bytes, 5, 10).is_err(), "key mismatch");
-        assert!(decode_log(b"garbage", 5, 9).is_err());
-        let out_of_range = encode_log(5, 6, &group);
-        assert!(decode_log(&out_of_range, 5, 6).is_err());
-        let newer =
-            String::from_utf8_lossy(&bytes).replace("\"format_version\":1", "\"format_version\":2");
-        assert!(decode_log(newer.as_bytes(), 5, 9).is_err());
     }
 
     #[test]

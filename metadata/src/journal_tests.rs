@@ -1,10 +1,11 @@
-//! End-to-end tests of the bucket journal: a metadata node mirrored to an in-memory object store
-//! (wrapped to fail or block PUTs on demand), restored on an empty directory from the bucket alone.
+//! Tests of the bucket metadata log: metadata nodes mirrored to an in-memory object store (each node
+//! through its own wrapper that can fail, hold or fake the outcome of its PUTs), restored on empty
+//! directories from the bucket alone, fenced when another process continues the log.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path as FsPath;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use object_store::{
 };
 use uuid::Uuid;
 
+use crate::bucket_format::{self, Lineage};
 use crate::node_tests::{options, workload, TestResult, NOW};
 use crate::{
     Command, CommandResponse, Error, JournalOptions, MetadataClient, MetadataNode, MetadataOptions,
@@ -26,48 +28,94 @@ use crate::{
 
 const PREFIX: &str = "cluster-x";
 
-/// An in-memory store whose PUTs can be made to fail or hang.
-#[derive(Debug, Default)]
-struct FaultyStore {
-    inner: InMemory,
+/// One process's view of a shared in-memory bucket; its PUTs can be made to fail, hang, or end
+/// ambiguously.
+#[derive(Debug)]
+struct TestStore {
+    inner: Arc<InMemory>,
     fail_puts: AtomicBool,
+    /// PUTs wait while set (bounded), counted in `held`.
     block_puts: AtomicBool,
+    held: AtomicU64,
+    /// The next this many creates are stored, then answered with an error (a 500 after storing).
+    store_then_fail: AtomicU32,
+    /// The next this many creates are answered `AlreadyExists` without storing anything (a 409
+    /// from an object store that stored nothing).
+    conflict_without_storing: AtomicU32,
     puts: AtomicU64,
 }
 
-impl fmt::Display for FaultyStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FaultyStore")
+impl TestStore {
+    fn new() -> Arc<TestStore> {
+        TestStore::sharing(&Arc::new(InMemory::new()))
+    }
+
+    /// Another process's view of the same bucket.
+    fn sharing(inner: &Arc<InMemory>) -> Arc<TestStore> {
+        Arc::new(TestStore {
+            inner: inner.clone(),
+            fail_puts: AtomicBool::new(false),
+            block_puts: AtomicBool::new(false),
+            held: AtomicU64::new(0),
+            store_then_fail: AtomicU32::new(0),
+            conflict_without_storing: AtomicU32::new(0),
+            puts: AtomicU64::new(0),
+        })
     }
 }
 
-fn injected() -> object_store::Error {
-    object_store::Error::Generic {
-        store: "faulty",
-        source: "injected PUT failure".into(),
+impl fmt::Display for TestStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TestStore")
     }
+}
+
+fn injected(what: &'static str) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "test",
+        source: what.into(),
+    }
+}
+
+fn take_one(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for FaultyStore {
+impl ObjectStore for TestStore {
     async fn put_opts(
         &self,
         location: &Path,
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        // A blocked PUT hangs (bounded, so a broken test cannot hang forever).
-        for _ in 0..6000 {
-            if !self.block_puts.load(Ordering::SeqCst) {
-                break;
+        // A held PUT hangs (bounded, so a broken test cannot hang forever).
+        if self.block_puts.load(Ordering::SeqCst) {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            for _ in 0..6000 {
+                if !self.block_puts.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.fail_puts.load(Ordering::SeqCst) {
-            return Err(injected());
+            return Err(injected("injected PUT failure"));
+        }
+        if take_one(&self.conflict_without_storing) {
+            return Err(object_store::Error::AlreadyExists {
+                path: location.to_string(),
+                source: "injected 409, nothing stored".into(),
+            });
         }
         self.puts.fetch_add(1, Ordering::SeqCst);
-        self.inner.put_opts(location, payload, opts).await
+        let stored = self.inner.put_opts(location, payload, opts).await?;
+        if take_one(&self.store_then_fail) {
+            return Err(injected("injected 500 after storing"));
+        }
+        Ok(stored)
     }
 
     async fn put_multipart_opts(
@@ -113,7 +161,7 @@ impl ObjectStore for FaultyStore {
 
 fn journal_options(
     dir: &FsPath,
-    store: &Arc<FaultyStore>,
+    store: &Arc<TestStore>,
     snapshot_every: u64,
     persist_timeout: Duration,
 ) -> MetadataOptions {
@@ -128,33 +176,62 @@ fn journal_options(
     }
 }
 
-/// Object names under `{PREFIX}/metadata/{sub}`, sorted.
-async fn names(store: &FaultyStore, sub: &str) -> Result<Vec<String>, object_store::Error> {
-    let dir = Path::from(format!("{PREFIX}/metadata/{sub}"));
+fn log_key(first: u64) -> Path {
+    Path::from(format!("{PREFIX}/metadata/log/{first:020}.json"))
+}
+
+fn snapshot_key(index: u64) -> Path {
+    Path::from(format!("{PREFIX}/metadata/snapshot/{index:020}.json"))
+}
+
+/// Every object under `{PREFIX}/metadata/`, sorted, with its bytes.
+async fn everything(
+    store: &TestStore,
+) -> Result<Vec<(String, Vec<u8>)>, Box<dyn std::error::Error>> {
+    let dir = Path::from(format!("{PREFIX}/metadata"));
     let metas: Vec<ObjectMeta> = store.list(Some(&dir)).try_collect().await?;
-    let mut names: Vec<String> = metas
+    let mut all = Vec::new();
+    for meta in metas {
+        let bytes = store.get(&meta.location).await?.bytes().await?;
+        all.push((meta.location.to_string(), bytes.to_vec()));
+    }
+    all.sort();
+    Ok(all)
+}
+
+/// `(first, last, lineage)` of every log object, sorted (each one decoded and checked).
+async fn log_objects(
+    store: &TestStore,
+) -> Result<Vec<(u64, u64, Lineage)>, Box<dyn std::error::Error>> {
+    let dir = Path::from(format!("{PREFIX}/metadata/log"));
+    let metas: Vec<ObjectMeta> = store.list(Some(&dir)).try_collect().await?;
+    let mut objects = Vec::new();
+    for meta in metas {
+        let name = meta.location.filename().unwrap_or_default();
+        let first = bucket_format::parse_log_name(name).ok_or(format!("foreign name {name}"))?;
+        let bytes = store.get(&meta.location).await?.bytes().await?;
+        let object = bucket_format::decode_log(&bytes, first).map_err(|e| e.to_string())?;
+        objects.push((first, object.last, object.lineage));
+    }
+    objects.sort_by_key(|o| o.0);
+    Ok(objects)
+}
+
+fn assert_exact_chain(objects: &[(u64, u64, Lineage)]) {
+    for pair in objects.windows(2) {
+        assert_eq!(pair[1].0, pair[0].1 + 1, "exact chain: {objects:?}");
+    }
+}
+
+async fn snapshot_indexes(store: &TestStore) -> Result<Vec<u64>, object_store::Error> {
+    let dir = Path::from(format!("{PREFIX}/metadata/snapshot"));
+    let metas: Vec<ObjectMeta> = store.list(Some(&dir)).try_collect().await?;
+    let mut indexes: Vec<u64> = metas
         .iter()
-        .filter_map(|meta| meta.location.filename().map(str::to_owned))
+        .filter_map(|meta| bucket_format::parse_snapshot_name(meta.location.filename()?))
         .collect();
-    names.sort();
-    Ok(names)
-}
-
-/// `(first, last)` of every log object, sorted.
-async fn log_ranges(store: &FaultyStore) -> Result<Vec<(u64, u64)>, object_store::Error> {
-    Ok(names(store, "log")
-        .await?
-        .iter()
-        .filter_map(|name| crate::journal::parse_log_name(name))
-        .collect())
-}
-
-async fn snapshot_indexes(store: &FaultyStore) -> Result<Vec<u64>, object_store::Error> {
-    Ok(names(store, "snapshot")
-        .await?
-        .iter()
-        .filter_map(|name| name.strip_suffix(".json")?.parse().ok())
-        .collect())
+    indexes.sort();
+    Ok(indexes)
 }
 
 fn applied(client: &MetadataClient) -> u64 {
@@ -172,8 +249,12 @@ fn create_topic(name: &str, id: u128) -> Command {
     }
 }
 
+fn alloc() -> Command {
+    Command::AllocateProducerIds { count: 1 }
+}
+
 async fn restored_state(
-    store: &Arc<FaultyStore>,
+    store: &Arc<TestStore>,
     snapshot_every: u64,
 ) -> Result<MetadataState, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
@@ -189,9 +270,29 @@ async fn restored_state(
     Ok(state)
 }
 
+/// A start that must fail with a restore error naming `object`.
+async fn assert_start_refused(
+    store: &Arc<TestStore>,
+    object: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let opts = journal_options(dir.path(), store, 10_000, Duration::from_secs(2));
+    match MetadataNode::start(opts).await {
+        Err(Error::Restore(message)) => {
+            assert!(message.contains(object), "{message} should name {object}");
+            Ok(message)
+        }
+        Err(other) => Err(format!("unexpected error {other}").into()),
+        Ok(node) => {
+            node.shutdown().await?;
+            Err(format!("started although {object} is unusable").into())
+        }
+    }
+}
+
 #[tokio::test]
-async fn a_wiped_node_restores_from_the_bucket_and_continues() -> TestResult {
-    let store = Arc::new(FaultyStore::default());
+async fn a_wiped_node_restores_from_the_bucket_and_continues_under_a_new_lineage() -> TestResult {
+    let store = TestStore::new();
     let dir = tempfile::tempdir()?;
     let opts = journal_options(dir.path(), &store, 10_000, Duration::from_secs(5));
     let node = MetadataNode::start(opts.clone()).await?;
@@ -201,13 +302,13 @@ async fn a_wiped_node_restores_from_the_bucket_and_continues() -> TestResult {
     let index = applied(&client);
     node.shutdown().await?;
 
-    // Every entry is in the bucket as a chain of log objects from the first applied index.
-    let ranges = log_ranges(&store).await?;
-    assert_eq!(ranges.first().map(|r| r.0), Some(0), "{ranges:?}");
-    for pair in ranges.windows(2) {
-        assert_eq!(pair[1].0, pair[0].1 + 1, "contiguous chain: {ranges:?}");
-    }
-    assert_eq!(ranges.last().map(|r| r.1), Some(index));
+    // Every entry is in the bucket as an exact chain from index 0, all of one lineage.
+    let objects = log_objects(&store).await?;
+    assert_eq!(objects.first().map(|o| o.0), Some(0), "{objects:?}");
+    assert_exact_chain(&objects);
+    assert_eq!(objects.last().map(|o| o.1), Some(index));
+    let first_lineage = objects[0].2;
+    assert!(objects.iter().all(|o| o.2 == first_lineage));
 
     // Junk in the directory (a cache only) is wiped; the state comes from the bucket.
     std::fs::write(dir.path().join("junk"), b"junk")?;
@@ -220,13 +321,16 @@ async fn a_wiped_node_restores_from_the_bucket_and_continues() -> TestResult {
     // it elected itself at term 1 and wrote its leader blank entry at `index + 1`.
     assert_eq!(node.inner.log_progress(), (Some(index), Some(index)));
     assert_eq!(node.inner.term_and_last_index(), (1, Some(index + 1)));
-    // The restore uploaded a fresh base snapshot at the restored index.
-    assert_eq!(snapshot_indexes(&store).await?, vec![index]);
+    // The start stored the new lineage's first object right after the restored index.
+    let objects = log_objects(&store).await?;
+    let new = objects
+        .iter()
+        .find(|o| o.0 == index + 1)
+        .ok_or("no object at index + 1")?;
+    assert_ne!(new.2, first_lineage, "a restore starts a new lineage");
 
-    // New proposals continue after the restored index.
-    let alloc = Command::AllocateProducerIds { count: 1 };
     assert_eq!(
-        client.propose(alloc).await?,
+        client.propose(alloc()).await?,
         CommandResponse::ProducerIdStart(15)
     );
     assert_eq!(
@@ -235,18 +339,14 @@ async fn a_wiped_node_restores_from_the_bucket_and_continues() -> TestResult {
     );
     let after = client.state();
     let index_after = applied(&client);
-    assert!(index_after > index + 2);
     node.shutdown().await?;
-    let ranges = log_ranges(&store).await?;
-    assert_eq!(
-        ranges.first().map(|r| r.0),
-        Some(index + 1),
-        "the chain continues right after the restored index; covered logs are gone: {ranges:?}"
-    );
-    for pair in ranges.windows(2) {
-        assert_eq!(pair[1].0, pair[0].1 + 1, "contiguous chain: {ranges:?}");
-    }
-    assert_eq!(ranges.last().map(|r| r.1), Some(index_after));
+    let objects = log_objects(&store).await?;
+    assert_exact_chain(&objects);
+    assert_eq!(objects.first().map(|o| o.0), Some(0), "nothing was deleted");
+    assert_eq!(objects.last().map(|o| o.1), Some(index_after));
+    // The restore's fresh base snapshot at the restored index, uploaded once the new lineage's
+    // first object was stored.
+    assert_eq!(snapshot_indexes(&store).await?, vec![index]);
 
     // A brand-new directory gets the same state, later entries included.
     let state = restored_state(&store, 10_000).await?;
@@ -256,28 +356,28 @@ async fn a_wiped_node_restores_from_the_bucket_and_continues() -> TestResult {
     Ok(())
 }
 
-/// Polls (bounded) until the bucket holds a snapshot and the log objects it covers are gone.
-async fn wait_for_bucket_snapshot(store: &FaultyStore, at_least: u64) -> Result<u64, String> {
+/// Polls (bounded) until the bucket holds at least `count` snapshots, the newest at `at_least`+.
+async fn wait_for_snapshots(
+    store: &TestStore,
+    count: usize,
+    at_least: u64,
+) -> Result<Vec<u64>, String> {
     for _ in 0..400 {
         let snapshots = snapshot_indexes(store).await.map_err(|e| e.to_string())?;
-        let ranges = log_ranges(store).await.map_err(|e| e.to_string())?;
-        if let Some(&newest) = snapshots.last() {
-            if newest >= at_least && snapshots.len() <= 2 && ranges.iter().all(|r| r.1 > newest) {
-                return Ok(newest);
-            }
+        if snapshots.len() >= count && snapshots.last().is_some_and(|&s| s >= at_least) {
+            return Ok(snapshots);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     Err(format!(
-        "no cleaned-up snapshot at {at_least}+: snapshots {:?}, logs {:?}",
-        snapshot_indexes(store).await,
-        log_ranges(store).await
+        "no {count} snapshots at {at_least}+: {:?}",
+        snapshot_indexes(store).await
     ))
 }
 
 #[tokio::test]
-async fn restore_goes_through_a_bucket_snapshot_and_later_logs_and_cleans_up() -> TestResult {
-    let store = Arc::new(FaultyStore::default());
+async fn snapshots_sit_at_object_boundaries_and_logs_are_kept_from_the_older_one() -> TestResult {
+    let store = TestStore::new();
     let dir = tempfile::tempdir()?;
     let node = MetadataNode::start(journal_options(
         dir.path(),
@@ -288,42 +388,75 @@ async fn restore_goes_through_a_bucket_snapshot_and_later_logs_and_cleans_up() -
     .await?;
     let client = node.client();
     workload(&client).await?;
-    for _ in 0..20 {
-        let alloc = Command::AllocateProducerIds { count: 1 };
-        client.propose(alloc).await?;
+    for _ in 0..30 {
+        client.propose(alloc()).await?;
     }
     let index = applied(&client);
-    let snapshot = wait_for_bucket_snapshot(&store, index.saturating_sub(5)).await?;
-    // Make sure some log objects lie beyond the snapshot (fewer than 5: no new snapshot).
+    wait_for_snapshots(&store, 2, index.saturating_sub(10)).await?;
     for _ in 0..2 {
-        let alloc = Command::AllocateProducerIds { count: 1 };
-        client.propose(alloc).await?;
+        client.propose(alloc()).await?;
     }
     let before = client.state();
     node.shutdown().await?;
+
     let snapshots = snapshot_indexes(&store).await?;
-    assert!(
-        snapshots.len() <= 2,
+    assert_eq!(
+        snapshots.len(),
+        2,
         "only the newest two are kept: {snapshots:?}"
     );
-    let ranges = log_ranges(&store).await?;
-    assert!(!ranges.is_empty() && ranges.iter().all(|r| r.0 > snapshot));
-    assert!(
-        ranges.len() < 10,
-        "log objects covered by a snapshot are deleted: {ranges:?}"
+    let objects = log_objects(&store).await?;
+    assert_exact_chain(&objects);
+    // Logs are kept from the older snapshot on: the chain starts right after it.
+    assert_eq!(
+        objects.first().map(|o| o.0),
+        Some(snapshots[0] + 1),
+        "{objects:?} {snapshots:?}"
     );
-
-    // Only the snapshot + later logs are left, so this restore must go through both.
+    // The older snapshot's boundary is where the chain starts; the newer one ends an object.
+    assert!(
+        objects.iter().any(|o| o.1 == snapshots[1]),
+        "snapshot {} is not at an object boundary: {objects:?}",
+        snapshots[1]
+    );
     assert_eq!(restored_state(&store, 5).await?, *before);
-    assert_eq!(before.next_producer_id, 15 + 22);
+
+    // A damaged newest snapshot: the older one plus the kept log objects give the same state,
+    // and the damaged one is not trusted as a fallback (nothing it would cover is deleted).
+    let newest = *snapshot_indexes(&store)
+        .await?
+        .last()
+        .ok_or("no snapshot")?;
+    let stored = store.get(&snapshot_key(newest)).await?.bytes().await?;
+    store
+        .inner
+        .put(
+            &snapshot_key(newest),
+            PutPayload::from(stored[..stored.len() / 2].to_vec()),
+        )
+        .await?;
+    let listed_before = everything(&store).await?;
+    let state = restored_state(&store, 1_000_000).await?;
+    assert_eq!(
+        state.topics, before.topics,
+        "nothing acknowledged is lost when the newest snapshot is damaged"
+    );
+    assert_eq!(state.next_producer_id, before.next_producer_id);
+    let listed_after = everything(&store).await?;
+    for (key, _) in &listed_before {
+        assert!(
+            listed_after.iter().any(|(k, _)| k == key),
+            "{key} was deleted"
+        );
+    }
     Ok(())
 }
 
 /// Polls (bounded) until some log object in the bucket reaches `index`.
-async fn wait_until_in_bucket(store: &FaultyStore, index: u64) -> Result<(), String> {
+async fn wait_until_in_bucket(store: &TestStore, index: u64) -> Result<(), String> {
     for _ in 0..400 {
-        let ranges = log_ranges(store).await.map_err(|e| e.to_string())?;
-        if ranges.iter().any(|r| r.1 >= index) {
+        let objects = log_objects(store).await.map_err(|e| e.to_string())?;
+        if objects.iter().any(|o| o.1 >= index) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -333,7 +466,7 @@ async fn wait_until_in_bucket(store: &FaultyStore, index: u64) -> Result<(), Str
 
 #[tokio::test]
 async fn failing_puts_answer_not_persisted_and_the_entry_lands_later() -> TestResult {
-    let store = Arc::new(FaultyStore::default());
+    let store = TestStore::new();
     let dir = tempfile::tempdir()?;
     let timeout = Duration::from_millis(300);
     let node = MetadataNode::start(journal_options(dir.path(), &store, 10_000, timeout)).await?;
@@ -351,16 +484,23 @@ async fn failing_puts_answer_not_persisted_and_the_entry_lands_later() -> TestRe
     let result = client.propose(create_topic("t", 1)).await;
     assert!(matches!(result, Err(Error::NotPersisted)), "{result:?}");
     assert!(started.elapsed() >= timeout);
-    // Applied locally all the same (and still queued for the bucket).
+    // Applied locally all the same (and still queued for the bucket), but not durable: anything
+    // that acts irreversibly on the state gets no state that includes it.
     assert!(client.state().topic_by_name("t").is_some());
+    let durable = client.durable_state().await;
+    assert!(
+        matches!(durable, Err(Error::NotPersisted)),
+        "{:?}",
+        durable.map(|_| ())
+    );
     let index = applied(&client);
 
     // The store comes back: the journal gets there by itself, and later proposals succeed.
     store.fail_puts.store(false, Ordering::SeqCst);
     wait_until_in_bucket(&store, index).await?;
-    let alloc = Command::AllocateProducerIds { count: 1 };
+    assert!(client.durable_state().await?.topic_by_name("t").is_some());
     assert_eq!(
-        client.propose(alloc).await?,
+        client.propose(alloc()).await?,
         CommandResponse::ProducerIdStart(0)
     );
     let before = client.state();
@@ -372,8 +512,44 @@ async fn failing_puts_answer_not_persisted_and_the_entry_lands_later() -> TestRe
 }
 
 #[tokio::test]
+async fn ambiguous_create_outcomes_are_confirmed_by_reading_the_key() -> TestResult {
+    let store = TestStore::new();
+    let dir = tempfile::tempdir()?;
+    let node = MetadataNode::start(journal_options(
+        dir.path(),
+        &store,
+        10_000,
+        Duration::from_secs(10),
+    ))
+    .await?;
+    let client = node.client();
+    // Stored, then answered with an error: the retry meets our own object and goes on.
+    store.store_then_fail.store(1, Ordering::SeqCst);
+    assert_eq!(
+        client.propose(create_topic("a", 1)).await?,
+        CommandResponse::Ok
+    );
+    // Refused as existing although nothing was stored: the read finds nothing, the create is
+    // retried and succeeds.
+    store.conflict_without_storing.store(1, Ordering::SeqCst);
+    assert_eq!(
+        client.propose(create_topic("b", 2)).await?,
+        CommandResponse::Ok
+    );
+    assert_eq!(store.store_then_fail.load(Ordering::SeqCst), 0);
+    assert_eq!(store.conflict_without_storing.load(Ordering::SeqCst), 0);
+    assert!(node.inner.fenced_reason().is_none());
+    let before = client.state();
+    node.shutdown().await?;
+    let objects = log_objects(&store).await?;
+    assert_exact_chain(&objects);
+    assert_eq!(restored_state(&store, 10_000).await?, *before);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_hung_store_fails_proposals_and_bounds_shutdown() -> TestResult {
-    let store = Arc::new(FaultyStore::default());
+    let store = TestStore::new();
     let dir = tempfile::tempdir()?;
     let timeout = Duration::from_millis(300);
     let node = MetadataNode::start(journal_options(dir.path(), &store, 10_000, timeout)).await?;
@@ -403,84 +579,274 @@ async fn a_hung_store_fails_proposals_and_bounds_shutdown() -> TestResult {
 }
 
 #[tokio::test]
-async fn gaps_and_garbage_in_the_bucket_are_ignored_and_removed() -> TestResult {
-    let store = Arc::new(FaultyStore::default());
-    let dir = tempfile::tempdir()?;
-    let opts = journal_options(dir.path(), &store, 10_000, Duration::from_secs(5));
-    let node = MetadataNode::start(opts.clone()).await?;
-    let client = node.client();
-    workload(&client).await?;
-    let before = client.state();
-    let n = applied(&client);
-    node.shutdown().await?;
-
-    let log = |first: u64, last: u64| {
-        Path::from(format!("{PREFIX}/metadata/log/{first:020}-{last:020}.json"))
-    };
-    let put = |path: Path, bytes: Vec<u8>| {
-        let store = store.clone();
-        async move { store.put(&path, PutPayload::from(bytes)).await }
-    };
-    // A foreign name, garbage where the chain would continue, a well-formed object past a gap
-    // (an upload never acknowledged), and an unreadable newest snapshot.
-    put(
-        Path::from(format!("{PREFIX}/metadata/log/notes.txt")),
-        b"hi".to_vec(),
-    )
+async fn a_second_process_on_the_bucket_fences_the_first() -> TestResult {
+    let bucket = Arc::new(InMemory::new());
+    let (store_a, store_b) = (TestStore::sharing(&bucket), TestStore::sharing(&bucket));
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let node_a = MetadataNode::start(journal_options(
+        dir_a.path(),
+        &store_a,
+        10_000,
+        Duration::from_secs(5),
+    ))
     .await?;
-    put(log(n + 1, n + 1), b"{not json".to_vec()).await?;
-    let ghost = serde_json::json!({
-        "format_version": 1, "first": n + 5, "last": n + 6,
-        "entries": [{"index": n + 5, "command": create_topic("ghost", 9)}],
+    let a = node_a.client();
+    workload(&a).await?;
+    let acknowledged_by_a = a.state();
+
+    // A is paused in the middle of a create (its PUT held) with a proposal pending.
+    store_a.block_puts.store(true, Ordering::SeqCst);
+    let pending = tokio::spawn({
+        let a = a.clone();
+        async move { a.propose(create_topic("from-a", 10)).await }
     });
-    put(log(n + 5, n + 6), serde_json::to_vec(&ghost)?).await?;
-    put(
-        Path::from(format!("{PREFIX}/metadata/snapshot/{:020}.json", n + 100)),
-        b"garbage".to_vec(),
-    )
-    .await?;
-
-    let node = MetadataNode::start(opts.clone()).await?;
-    let client = node.client();
-    assert_eq!(*client.state(), *before);
-    // The objects that do not continue the chain were removed before anything new was written
-    // (the new node's first entry, its leader blank at n + 1, took the garbage object's key).
-    let ranges = log_ranges(&store).await?;
-    assert!(!ranges.contains(&(n + 5, n + 6)), "{ranges:?}");
-    let continuation = store.get(&log(n + 1, n + 1)).await?.bytes().await?;
-    let doc: serde_json::Value = serde_json::from_slice(&continuation)?;
-    assert_eq!(doc["first"], serde_json::json!(n + 1));
-    assert!(names(&store, "log")
-        .await?
-        .contains(&"notes.txt".to_owned()));
-    for i in 0..8 {
-        let alloc = Command::AllocateProducerIds { count: 1 };
-        assert_eq!(
-            client.propose(alloc).await?,
-            CommandResponse::ProducerIdStart(15 + i)
-        );
+    for _ in 0..400 {
+        if store_a.held.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let after = client.state();
+    assert!(
+        store_a.held.load(Ordering::SeqCst) > 0,
+        "A's create was never held"
+    );
+
+    // B starts on an empty directory: it restores what A stored and takes the next key.
+    let node_b = MetadataNode::start(journal_options(
+        dir_b.path(),
+        &store_b,
+        10_000,
+        Duration::from_secs(5),
+    ))
+    .await?;
+    let b = node_b.client();
+    assert_eq!(b.state().topics, acknowledged_by_a.topics);
+    assert_eq!(
+        b.propose(create_topic("from-b", 11)).await?,
+        CommandResponse::Ok
+    );
+
+    // A resumes: its create meets B's object, so A is fenced and acknowledges nothing more.
+    store_a.block_puts.store(false, Ordering::SeqCst);
+    let answer = tokio::time::timeout(Duration::from_secs(10), pending).await??;
+    assert!(matches!(answer, Err(Error::Fenced(_))), "{answer:?}");
+    let reason = tokio::time::timeout(Duration::from_secs(5), a.fenced()).await?;
+    assert!(reason.contains("already exists"), "{reason}");
+    let later = a.propose(alloc()).await;
+    assert!(matches!(later, Err(Error::Fenced(_))), "{later:?}");
+    assert!(matches!(a.sync().await, Err(Error::Fenced(_))));
+
+    // B is unaffected; the bucket holds one exact chain: A's objects, then B's.
+    assert_eq!(
+        b.propose(alloc()).await?,
+        CommandResponse::ProducerIdStart(15)
+    );
+    let final_state = b.state();
+    node_b.shutdown().await?;
+    node_a.shutdown().await?;
+    let objects = log_objects(&store_b).await?;
+    assert_exact_chain(&objects);
+    let restored = restored_state(&store_b, 10_000).await?;
+    assert_eq!(restored, *final_state);
+    assert!(restored.topic_by_name("from-a").is_none());
+    assert!(restored.topic_by_name("from-b").is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_start_that_loses_the_race_for_its_first_object_fails_before_acknowledging() -> TestResult
+{
+    let bucket = Arc::new(InMemory::new());
+    let (store_a, store_b) = (TestStore::sharing(&bucket), TestStore::sharing(&bucket));
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let node_a = MetadataNode::start(journal_options(
+        dir_a.path(),
+        &store_a,
+        10_000,
+        Duration::from_secs(5),
+    ))
+    .await?;
+    let a = node_a.client();
+    workload(&a).await?;
+
+    // B restores, but its first create is held; meanwhile A (still running) appends.
+    store_b.block_puts.store(true, Ordering::SeqCst);
+    let starting_b = tokio::spawn({
+        let store_b = store_b.clone();
+        let dir = dir_b.path().to_path_buf();
+        async move {
+            MetadataNode::start(journal_options(
+                &dir,
+                &store_b,
+                10_000,
+                Duration::from_secs(5),
+            ))
+            .await
+        }
+    });
+    for _ in 0..400 {
+        if store_b.held.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        store_b.held.load(Ordering::SeqCst) > 0,
+        "B's first create was never held"
+    );
+    assert_eq!(
+        a.propose(create_topic("from-a", 10)).await?,
+        CommandResponse::Ok
+    );
+    store_b.block_puts.store(false, Ordering::SeqCst);
+    match tokio::time::timeout(Duration::from_secs(10), starting_b).await?? {
+        Err(Error::Fenced(reason)) => assert!(reason.contains("already exists"), "{reason}"),
+        Err(other) => return Err(format!("B failed for another reason: {other}").into()),
+        Ok(node) => {
+            node.shutdown().await?;
+            return Err("B started although A had taken its first key".into());
+        }
+    }
+    // A goes on serving.
+    assert_eq!(
+        a.propose(alloc()).await?,
+        CommandResponse::ProducerIdStart(15)
+    );
+    let final_state = a.state();
+    node_a.shutdown().await?;
+    assert_eq!(restored_state(&store_a, 10_000).await?, *final_state);
+    Ok(())
+}
+
+#[tokio::test]
+async fn restore_refuses_what_it_cannot_read_and_deletes_nothing() -> TestResult {
+    let store = TestStore::new();
+    let dir = tempfile::tempdir()?;
+    let node = MetadataNode::start(journal_options(
+        dir.path(),
+        &store,
+        10_000,
+        Duration::from_secs(5),
+    ))
+    .await?;
+    workload(&node.client()).await?;
     node.shutdown().await?;
-    let state = restored_state(&store, 10_000).await?;
-    assert_eq!(state, *after);
-    assert!(state.topic_by_name("ghost").is_none());
+    let objects = log_objects(&store).await?;
+    let (middle, _, _) = objects[objects.len() / 2];
+    let original = store.get(&log_key(middle)).await?.bytes().await?;
+    let key_name = format!("{middle:020}.json");
+
+    // A damaged log object in the middle of the chain (it used to be taken for a gap, and
+    // everything after it deleted).
+    store
+        .inner
+        .put(
+            &log_key(middle),
+            PutPayload::from(original[..original.len() - 7].to_vec()),
+        )
+        .await?;
+    let before = everything(&store).await?;
+    assert_start_refused(&store, &key_name).await?;
+    assert_eq!(everything(&store).await?, before, "the bucket was changed");
+
+    // A log object of a future format version.
+    let future = String::from_utf8(original.to_vec())?
+        .replace("\"format_version\":2", "\"format_version\":3");
+    store
+        .inner
+        .put(&log_key(middle), PutPayload::from(future.into_bytes()))
+        .await?;
+    let before = everything(&store).await?;
+    let message = assert_start_refused(&store, &key_name).await?;
+    assert!(message.contains("version 3"), "{message}");
+    assert_eq!(everything(&store).await?, before, "the bucket was changed");
+    store
+        .inner
+        .put(&log_key(middle), PutPayload::from(original.clone()))
+        .await?;
+    let good = restored_state(&store, 10_000).await?;
+
+    // An object off the chain (past a gap), and a name of the old format: refused, never
+    // deleted, never taken for an empty bucket.
+    let last = objects.last().map_or(0, |o| o.1);
+    let ghost = log_key(last + 50);
+    store
+        .inner
+        .put(&ghost, PutPayload::from(original.clone()))
+        .await?;
+    assert_start_refused(&store, &format!("{:020}.json", last + 50)).await?;
+    store.inner.delete(&ghost).await?;
+    let old_name = Path::from(format!("{PREFIX}/metadata/log/{:020}-{:020}.json", 0, 3));
+    store
+        .inner
+        .put(&old_name, PutPayload::from_static(b"{}"))
+        .await?;
+    let before = everything(&store).await?;
+    assert_start_refused(&store, "00000000000000000000-00000000000000000003.json").await?;
+    assert_eq!(everything(&store).await?, before, "the bucket was changed");
+    store.inner.delete(&old_name).await?;
+
+    // Only old-format objects: not a fresh cluster either.
+    let old_only = TestStore::new();
+    old_only
+        .inner
+        .put(&old_name, PutPayload::from_static(b"{}"))
+        .await?;
+    assert_start_refused(&old_only, "00000000000000000000-00000000000000000003.json").await?;
+
+    // Put back, the bucket restores as before.
+    assert_eq!(restored_state(&store, 10_000).await?, good);
+    Ok(())
+}
+
+#[tokio::test]
+async fn restore_refuses_a_spliced_history() -> TestResult {
+    let store = TestStore::new();
+    let dir = tempfile::tempdir()?;
+    let node = MetadataNode::start(journal_options(
+        dir.path(),
+        &store,
+        10_000,
+        Duration::from_secs(5),
+    ))
+    .await?;
+    workload(&node.client()).await?;
+    node.shutdown().await?;
+    let objects = log_objects(&store).await?;
+    let last = objects.last().map_or(0, |o| o.1);
+    // An object at the next key claiming to continue another lineage (what a writer that was
+    // not fenced on a store ignoring create-if-absent could leave).
+    let entry = format!("{{\"term\":1,\"index\":{}}}", last + 1);
+    let stranger = bucket_format::encode_log(
+        Lineage(7),
+        Some(Lineage(8)),
+        last + 1,
+        last + 1,
+        std::iter::once(entry.as_bytes()),
+        0,
+    );
+    store
+        .inner
+        .put(&log_key(last + 1), PutPayload::from(stranger))
+        .await?;
+    let message = assert_start_refused(&store, &format!("{:020}.json", last + 1)).await?;
+    assert!(message.contains("spliced"), "{message}");
     Ok(())
 }
 
 #[tokio::test]
 async fn an_unreadable_journal_fails_the_start_instead_of_starting_fresh() -> TestResult {
-    let store = Arc::new(FaultyStore::default());
+    let store = TestStore::new();
     store
         .put(
-            &Path::from(format!("{PREFIX}/metadata/snapshot/{:020}.json", 7)),
-            PutPayload::from_static(b"{\"format_version\":1}"),
+            &snapshot_key(7),
+            PutPayload::from_static(b"{\"format_version\":2}"),
         )
         .await?;
     let dir = tempfile::tempdir()?;
     let opts = journal_options(dir.path(), &store, 10_000, Duration::from_secs(1));
     match MetadataNode::start(opts).await {
-        Err(Error::Storage(message)) => assert!(message.contains("snapshot"), "{message}"),
+        Err(Error::Restore(message)) => assert!(message.contains("snapshot"), "{message}"),
         Err(other) => return Err(format!("unexpected error {other}").into()),
         Ok(_) => return Err("an unreadable journal must not start a fresh cluster".into()),
     }
@@ -488,8 +854,43 @@ async fn an_unreadable_journal_fails_the_start_instead_of_starting_fresh() -> Te
 }
 
 #[tokio::test]
+async fn a_second_node_on_a_locked_directory_is_refused_and_changes_nothing() -> TestResult {
+    let store = TestStore::new();
+    let dir = tempfile::tempdir()?;
+    let opts = journal_options(dir.path(), &store, 10_000, Duration::from_secs(5));
+    let node = MetadataNode::start(opts.clone()).await?;
+    workload(&node.client()).await?;
+    let files = |dir: &FsPath| -> std::io::Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()?;
+        names.sort();
+        Ok(names)
+    };
+    let files_before = files(dir.path())?;
+    let bucket_before = everything(&store).await?;
+    match MetadataNode::start(opts.clone()).await {
+        Err(Error::Io(error)) => assert!(error.to_string().contains("in use"), "{error}"),
+        Err(other) => return Err(format!("unexpected error {other}").into()),
+        Ok(_) => return Err("two nodes on one directory".into()),
+    }
+    assert_eq!(files(dir.path())?, files_before);
+    assert_eq!(everything(&store).await?, bucket_before);
+    // The first node is untouched and goes on.
+    assert_eq!(
+        node.client().propose(alloc()).await?,
+        CommandResponse::ProducerIdStart(15)
+    );
+    node.shutdown().await?;
+    // Released at shutdown.
+    let node = MetadataNode::start(opts).await?;
+    node.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn group_commit_puts_fewer_objects_than_entries() -> TestResult {
-    let store = Arc::new(FaultyStore::default());
+    let store = TestStore::new();
     let dir = tempfile::tempdir()?;
     let node = MetadataNode::start(journal_options(
         dir.path(),
@@ -503,11 +904,7 @@ async fn group_commit_puts_fewer_objects_than_entries() -> TestResult {
     let mut tasks = Vec::new();
     for _ in 0..200 {
         let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            client
-                .propose(Command::AllocateProducerIds { count: 1 })
-                .await
-        }));
+        tasks.push(tokio::spawn(async move { client.propose(alloc()).await }));
     }
     for task in tasks {
         assert!(matches!(
@@ -520,5 +917,65 @@ async fn group_commit_puts_fewer_objects_than_entries() -> TestResult {
     let before = client.state();
     node.shutdown().await?;
     assert_eq!(restored_state(&store, 10_000).await?, *before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn raft_never_purges_its_log_past_what_the_bucket_holds() -> TestResult {
+    let store = TestStore::new();
+    let dir = tempfile::tempdir()?;
+    let opts = MetadataOptions {
+        snapshot_every: 5,
+        ..journal_options(dir.path(), &store, 10_000, Duration::from_millis(200))
+    };
+    let node = MetadataNode::start(opts).await?;
+    let client = node.client();
+    workload(&client).await?;
+    let stored = applied(&client);
+
+    // The store fails: entries are applied and local snapshots are taken, but the log keeps
+    // everything the bucket does not hold yet.
+    store.fail_puts.store(true, Ordering::SeqCst);
+    for _ in 0..20 {
+        assert!(matches!(
+            client.propose(alloc()).await,
+            Err(Error::NotPersisted)
+        ));
+    }
+    let mut snapshot = None;
+    for _ in 0..200 {
+        snapshot = node.inner.log_progress().0;
+        if snapshot.is_some_and(|s| s > stored) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        snapshot.is_some_and(|s| s > stored),
+        "no local snapshot past {stored}: {snapshot:?}"
+    );
+    let (_, purged) = node.inner.log_progress();
+    assert!(
+        purged.is_none_or(|p| p <= stored),
+        "purged to {purged:?}, bucket holds {stored}"
+    );
+
+    // Once the bucket has them, the log is purged up to the snapshot.
+    store.fail_puts.store(false, Ordering::SeqCst);
+    client.sync().await.ok();
+    wait_until_in_bucket(&store, applied(&client)).await?;
+    let mut purged = None;
+    for _ in 0..200 {
+        purged = node.inner.log_progress().1;
+        if purged.is_some_and(|p| p > stored) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        purged.is_some_and(|p| p > stored),
+        "never purged past {stored}: {purged:?}"
+    );
+    node.shutdown().await?;
     Ok(())
 }

@@ -17,6 +17,7 @@
 
 mod apply;
 mod apply_groups;
+mod bucket_format;
 pub mod groups;
 mod journal;
 #[cfg(test)]
@@ -24,6 +25,7 @@ mod journal_tests;
 #[cfg(test)]
 mod node_tests;
 mod raft;
+mod restore;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -346,6 +348,14 @@ pub enum Error {
     /// with a retriable error.
     #[error("metadata change not persisted to the object store in time")]
     NotPersisted,
+    /// Another process continues this cluster's bucket metadata log: this one acknowledges
+    /// nothing more and must stop serving writes.
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// The bucket metadata log cannot be restored as it is (the start is refused; the bucket was
+    /// not changed).
+    #[error("restore: {0}")]
+    Restore(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -367,8 +377,9 @@ pub struct MetadataOptions {
 
 /// Where and how the metadata journal is kept in the object store.
 ///
-/// Layout under `prefix`: `metadata/snapshot/{index:020}.json` (the versioned snapshot document at
-/// that log index) and `metadata/log/{first:020}-{last:020}.json` (applied entries first..=last).
+/// Layout under `prefix`: `metadata/snapshot/{index:020}.json` (the state at that log index) and
+/// `metadata/log/{first:020}.json` (the entries from `first` to the object's `last`), all written
+/// create-if-absent; see the `journal` module for the rules.
 #[derive(Clone)]
 pub struct JournalOptions {
     pub store: Arc<dyn object_store::ObjectStore>,
@@ -447,9 +458,23 @@ impl MetadataClient {
         self.inner.sync().await
     }
 
-    /// The latest applied state.
+    /// The latest applied state. With the bucket journal it may include changes not yet stored
+    /// in the bucket: anything that deletes or otherwise acts irreversibly on it must use
+    /// [`MetadataClient::durable_state`] instead.
     pub fn state(&self) -> Arc<MetadataState> {
         self.inner.state()
+    }
+
+    /// The latest applied state once everything in it is durable (in the bucket journal, when
+    /// configured). `Err(NotPersisted)` after the persist timeout, `Err(Fenced)` when fenced.
+    pub async fn durable_state(&self) -> Result<Arc<MetadataState>> {
+        self.inner.durable_state().await
+    }
+
+    /// Resolves when this process is fenced off the bucket metadata log (another process
+    /// continues it), with the reason; never without the journal or after a clean shutdown.
+    pub async fn fenced(&self) -> String {
+        self.inner.wait_fenced().await
     }
 
     /// Changes whenever a new log entry is applied (value = applied log index).

@@ -6,13 +6,23 @@
 //! moves the removed segments to `deleted_objects`), the GC deletes an object only once it has been
 //! out of the index for the grace period (so in-flight reads of it finish), then proposes
 //! `ForgetDeletedObjects`.
+//!
+//! Persisted before acted on: the GC reads `MetadataClient::durable_state`, so it deletes only
+//! objects whose removal from the index is stored in the bucket metadata log. A crash while the
+//! log lags can then never restore an index that points at a deleted object.
+//!
+//! WAL objects that were stored but never indexed (a crash between the PUT and the commit, or a
+//! fenced process) are *not* deleted: an object's age says nothing about whether its writer is
+//! gone (a paused process's PUT has no time bound), and no metadata yet records which writers
+//! are retired. They stay in the bucket until ownership and incarnations land (see
+//! ARCHITECTURE.md).
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use metadata::{Command, CommandResponse, PartitionMeta, TopicPartition};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStoreExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::{lock, now_ms, Inner, Result, Retention};
@@ -45,60 +55,6 @@ async fn pass(inner: &Inner) {
     if let Err(err) = collect_garbage(inner).await {
         tracing::warn!(error = %err, "object GC pass failed");
     }
-    if let Some(object_wal) = &inner.object_wal {
-        if object_wal.sweep_due() {
-            if let Err(err) = sweep_orphan_wal_objects(inner, object_wal.key_prefix()).await {
-                tracing::warn!(error = %err, "sweeping unindexed WAL objects failed");
-            }
-        }
-    }
-}
-
-/// A WAL object that was stored but never indexed (its broker crashed between the PUT and the
-/// metadata commit) is garbage nobody references. Objects written by *this* process are left
-/// alone (one may be between its PUT and its commit); others are deleted once they are older than
-/// [`ORPHAN_AGE`] and neither indexed nor already queued for GC.
-async fn sweep_orphan_wal_objects(inner: &Inner, own_prefix: &str) -> Result<()> {
-    let prefix = ObjectPath::from(format!("{}/wal", inner.opts.cluster_id));
-    let listed: Vec<object_store::ObjectMeta> = inner
-        .objects
-        .list(Some(&prefix))
-        .filter_map(|item| async move { item.ok() })
-        .collect()
-        .await;
-    let state = inner.meta.state();
-    let queued: std::collections::HashSet<&str> = state
-        .deleted_objects
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .collect();
-    let cutoff = chrono_cutoff(ORPHAN_AGE);
-    let orphans: Vec<ObjectPath> = listed
-        .into_iter()
-        .filter(|meta| {
-            let key = meta.location.as_ref();
-            !key.starts_with(own_prefix)
-                && !state.shared_objects.contains_key(key)
-                && !queued.contains(key)
-                && meta.last_modified.timestamp_millis() < cutoff
-        })
-        .map(|meta| meta.location)
-        .collect();
-    for path in orphans {
-        tracing::info!(key = %path, "deleting an unindexed WAL object left by an earlier broker");
-        match inner.objects.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(err) => tracing::warn!(key = %path, error = %err, "could not delete"),
-        }
-    }
-    Ok(())
-}
-
-/// Unindexed WAL objects of other processes are deleted once this old.
-const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(600);
-
-fn chrono_cutoff(age: std::time::Duration) -> i64 {
-    now_ms().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Where retention moves the log start of a partition, if anywhere: the end of the longest prefix
@@ -192,7 +148,8 @@ async fn apply_retention(inner: &Inner) -> Result<()> {
 }
 
 async fn collect_garbage(inner: &Inner) -> Result<()> {
-    let state = inner.meta.state();
+    // Only what the bucket log already holds (a pass waits at most the persist timeout).
+    let state = inner.meta.durable_state().await?;
     let grace_ms = i64::try_from(inner.opts.gc_grace.as_millis()).unwrap_or(i64::MAX);
     let now = now_ms();
     let expired: Vec<String> = state

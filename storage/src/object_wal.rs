@@ -137,11 +137,7 @@ struct Shared {
 pub(crate) struct ObjectWal {
     shared: Arc<Shared>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    last_sweep: Mutex<Option<Instant>>,
 }
-
-/// How often housekeeping lists the WAL prefix for unindexed objects.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 
 impl ObjectWal {
     pub(crate) fn start(
@@ -178,7 +174,6 @@ impl ObjectWal {
         ObjectWal {
             shared,
             tasks: Mutex::new(vec![flusher, sequencer]),
-            last_sweep: Mutex::new(None),
         }
     }
 
@@ -218,21 +213,6 @@ impl ObjectWal {
             self.shared.wake.notify_one();
         }
         Ok(())
-    }
-
-    /// Keys of the WAL objects this process writes start with this.
-    pub(crate) fn key_prefix(&self) -> &str {
-        &self.shared.key_prefix
-    }
-
-    /// Whether the sweep of unindexed WAL objects should run now (at most every few minutes).
-    pub(crate) fn sweep_due(&self) -> bool {
-        let mut last = lock(&self.last_sweep);
-        if last.is_some_and(|at| at.elapsed() < SWEEP_INTERVAL) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
     }
 
     pub(crate) fn stats(&self) -> ObjectWalStats {

@@ -257,6 +257,48 @@ fn duration_setting(duration: Duration) -> String {
     format!("{}ms", duration.as_millis().max(1))
 }
 
+/// Checks that `store` really refuses to create an object that exists (`PutMode::Create`: S3's
+/// `If-None-Match: *`): creates a fresh probe key twice, and the second create must fail with
+/// `AlreadyExists` (412/409). The bucket metadata log depends on it — a store that silently
+/// overwrites would let two processes fork the log — so a start on such a store is refused.
+/// `Err` holds the reason; the probe object is deleted afterwards (best effort).
+pub async fn check_create_if_absent(store: &dyn ObjectStore) -> std::result::Result<(), String> {
+    use object_store::{ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
+    let key = object_store::path::Path::from(format!(
+        "probe/create-if-absent-{:032x}",
+        rand::random::<u128>()
+    ));
+    let create = || {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        store.put_opts(&key, PutPayload::from_static(b"probe"), options)
+    };
+    let outcome = match create().await {
+        Err(error) => Err(format!(
+            "a create-if-absent PUT of a new key failed: {error}"
+        )),
+        Ok(_) => match create().await {
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(()),
+            Ok(_) => Err(
+                "a second create-if-absent PUT of the same key succeeded: the store ignores \
+                 If-None-Match, so two processes could both write one metadata log object"
+                    .to_owned(),
+            ),
+            Err(error) => Err(format!(
+                "a second create-if-absent PUT of the same key failed with an unexpected error \
+                 (expected AlreadyExists/412): {error}"
+            )),
+        },
+    };
+    if let Err(error) = store.delete(&key).await {
+        tracing::warn!(%key, %error, "could not delete the create-if-absent probe object");
+    }
+    outcome
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +313,92 @@ mod tests {
             .unwrap();
         let got = store.get_range(&key, 1..4).await.unwrap();
         assert_eq!(&got[..], b"ell");
+    }
+
+    /// A store that ignores create-if-absent (overwrites), as some S3-compatible servers do.
+    #[derive(Debug)]
+    struct IgnoresCreate(InMemory);
+
+    impl std::fmt::Display for IgnoresCreate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "IgnoresCreate")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for IgnoresCreate {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: object_store::PutPayload,
+            _opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.0.put(location, payload).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<ObjectPath>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectPath>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_create_if_absent_probe_refuses_a_store_that_overwrites() {
+        use futures::TryStreamExt;
+        let honest = InMemory::new();
+        assert_eq!(check_create_if_absent(&honest).await, Ok(()));
+        let dir = tempfile::tempdir().unwrap();
+        let file = object_store_from_url(
+            &format!("file://{}", dir.path().join("o").display()),
+            dir.path(),
+            &S3Options::default(),
+        )
+        .unwrap();
+        assert_eq!(check_create_if_absent(file.as_ref()).await, Ok(()));
+        let liar = IgnoresCreate(InMemory::new());
+        let refused = check_create_if_absent(&liar).await.unwrap_err();
+        assert!(refused.contains("ignores If-None-Match"), "{refused}");
+        // The probe leaves nothing behind.
+        for store in [&honest as &dyn ObjectStore, &liar.0, file.as_ref()] {
+            let left: Vec<_> = store.list(None).try_collect().await.unwrap();
+            assert!(left.is_empty(), "{left:?}");
+        }
     }
 
     #[tokio::test]

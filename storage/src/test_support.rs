@@ -113,10 +113,35 @@ impl Harness {
         wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
         configure: impl FnOnce(&mut StorageOptions),
     ) -> Harness {
+        Harness::start_full(wrap, None, configure).await
+    }
+
+    /// Like [`Harness::start`], with metadata mirrored to a bucket log in `journal_store`.
+    pub(crate) async fn start_journaled(
+        journal_store: Arc<dyn ObjectStore>,
+        configure: impl FnOnce(&mut StorageOptions),
+    ) -> Harness {
+        let journal = metadata::JournalOptions {
+            store: journal_store,
+            prefix: "test-cluster".to_owned(),
+            snapshot_every: 10_000,
+            persist_timeout: Duration::from_secs(5),
+        };
+        Harness::start_full(|store| store, Some(journal), configure).await
+    }
+
+    async fn start_full(
+        wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
+        journal: Option<metadata::JournalOptions>,
+        configure: impl FnOnce(&mut StorageOptions),
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let node = MetadataNode::start(meta_options(&dir))
-            .await
-            .expect("metadata node");
+        let node = MetadataNode::start(MetadataOptions {
+            journal,
+            ..meta_options(&dir)
+        })
+        .await
+        .expect("metadata node");
         let meta = node.client();
         let objects_dir = dir.path().join("objects");
         std::fs::create_dir_all(&objects_dir).expect("objects dir");

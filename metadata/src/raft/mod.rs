@@ -21,6 +21,7 @@ use self::network::SingleNodeNetwork;
 use self::state_machine::{Published, StateMachine};
 use self::types::{Request, TypeConfig};
 use crate::journal::{self, Journal, StartPoint};
+use crate::restore::{self, Restored};
 use crate::snapshot::{self as snapshot_format, LogPosition, SnapshotStore};
 use crate::snapshot::{MembershipRecord, StoredMembershipRecord};
 use crate::{Command, CommandResponse, Error, MetadataOptions, MetadataState, NodeId, Result};
@@ -37,6 +38,8 @@ pub(crate) struct RaftNode {
     applied: watch::Receiver<u64>,
     /// The bucket journal (stateless mode).
     journal: Option<Journal>,
+    /// The lock on the metadata directory, held until shutdown.
+    dir_lock: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 fn raft_config(opts: &MetadataOptions) -> Result<Config> {
@@ -48,8 +51,10 @@ fn raft_config(opts: &MetadataOptions) -> Result<Config> {
         heartbeat_interval: 50,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every.max(1)),
         // Snapshots are the only way to catch up (there are no followers to feed from the log),
-        // so everything a snapshot covers can go.
-        max_in_snapshot_log_to_keep: 0,
+        // so everything a snapshot covers can go — except, with the bucket journal, entries not
+        // yet stored in the bucket: then openraft never purges by itself, and
+        // `purge_what_the_bucket_holds` purges up to the stored index.
+        max_in_snapshot_log_to_keep: if opts.journal.is_some() { u64::MAX } else { 0 },
         purge_batch_size: 1,
         ..Default::default()
     };
@@ -61,15 +66,17 @@ fn raft_config(opts: &MetadataOptions) -> Result<Config> {
 impl RaftNode {
     pub(crate) async fn start(opts: &MetadataOptions) -> Result<RaftNode> {
         let node_id = opts.node_id;
+        // Lock, then wipe: a second process on the same directory is refused before it touches
+        // anything in it (or in the bucket).
+        let dir_lock = lock_dir(&opts.dir)?;
         // Stateless mode: the directory is only a cache of the bucket; start from the bucket.
         let restored = match &opts.journal {
             Some(journal_opts) => {
                 wipe_dir(&opts.dir)?;
-                Some(journal::restore(journal_opts).await?)
+                Some(restore::restore(journal_opts).await?)
             }
             None => None,
         };
-        std::fs::create_dir_all(&opts.dir)?;
         let snapshots = Arc::new(SnapshotStore::open(opts.dir.join("snapshots"), opts.fsync)?);
         let (journal, batches) = match (&opts.journal, restored) {
             (Some(journal_opts), Some(restored)) => {
@@ -104,8 +111,26 @@ impl RaftNode {
             published,
             applied,
             journal,
+            dir_lock: std::sync::Mutex::new(Some(dir_lock)),
         };
-        if let Err(error) = node.become_leader().await {
+        if let Some(journal) = &node.journal {
+            tokio::spawn(purge_what_the_bucket_holds(
+                node.raft.clone(),
+                journal.status(),
+            ));
+        }
+        let started = async {
+            node.become_leader().await?;
+            // With the bucket log, a start is complete only once this process's first log object
+            // is stored: a process that another one has already fenced fails here, before it
+            // acknowledges anything.
+            if let Some(journal) = &node.journal {
+                node.sync().await?;
+                tracing::info!(lineage = %journal.lineage(), "metadata log continues in the bucket under this process's lineage");
+            }
+            Ok::<(), Error>(())
+        };
+        if let Err(error) = started.await {
             // Do not leave the raft task and the WAL writer running behind a failed start.
             if let Err(shutdown_error) = node.shutdown().await {
                 tracing::warn!(%shutdown_error, "shutting down after a failed start");
@@ -162,6 +187,10 @@ impl RaftNode {
     }
 
     pub(crate) async fn propose(&self, command: Command) -> Result<CommandResponse> {
+        if let Some(reason) = self.journal.as_ref().and_then(Journal::fenced) {
+            // Fenced: nothing more is even applied, let alone acknowledged.
+            return Err(Error::Fenced(reason.to_string()));
+        }
         match self.raft.client_write(Request(command)).await {
             Ok(response) => {
                 if let Some(journal) = &self.journal {
@@ -189,6 +218,32 @@ impl RaftNode {
 
     pub(crate) fn state(&self) -> Arc<MetadataState> {
         state_machine::read_published(&self.published)
+    }
+
+    /// The latest applied state, once the entries it includes are in the bucket journal.
+    pub(crate) async fn durable_state(&self) -> Result<Arc<MetadataState>> {
+        let (index, state) = state_machine::read_published_at(&self.published);
+        if let Some(journal) = &self.journal {
+            journal.wait_persisted(index).await?;
+        }
+        Ok(state)
+    }
+
+    /// Why the journal was fenced, if it was; for tests.
+    #[cfg(test)]
+    pub(crate) fn fenced_reason(&self) -> Option<String> {
+        self.journal
+            .as_ref()
+            .and_then(Journal::fenced)
+            .map(|reason| reason.to_string())
+    }
+
+    /// Resolves when the journal is fenced; never without one.
+    pub(crate) async fn wait_fenced(&self) -> String {
+        match &self.journal {
+            Some(journal) => journal.wait_fenced().await.to_string(),
+            None => std::future::pending().await,
+        }
     }
 
     pub(crate) fn watch(&self) -> watch::Receiver<u64> {
@@ -237,14 +292,70 @@ impl RaftNode {
         tokio::task::spawn_blocking(move || snapshots.close())
             .await
             .map_err(|e| Error::Storage(format!("closing the snapshot store: {e}")))?;
-        match self.wal.close().await {
+        let closed = match self.wal.close().await {
             Ok(()) | Err(wal::Error::Closed) => Ok(()),
             Err(error) => Err(error.into()),
-        }
+        };
+        // Nothing writes into the directory any more: let the next process have it.
+        drop(
+            self.dir_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+        closed
     }
 }
 
-/// Removes everything inside `dir` (kept itself: it may be a mount point). Stateless mode only.
+/// With the bucket journal: purges the Raft log up to the last index stored in the bucket
+/// (openraft purges no further than its snapshot either), never past it. Ends with the journal
+/// or with Raft.
+async fn purge_what_the_bucket_holds(
+    raft: Raft<TypeConfig, StateMachine>,
+    mut status: watch::Receiver<journal::JournalStatus>,
+) {
+    let mut purged_to = 0;
+    while status.changed().await.is_ok() {
+        let stored_through = status.borrow().persisted_next.saturating_sub(1);
+        if stored_through <= purged_to {
+            continue;
+        }
+        if raft.trigger().purge_log(stored_through).await.is_err() {
+            return;
+        }
+        purged_to = stored_through;
+    }
+}
+
+/// Name of the lock file in the metadata directory (never wiped).
+const DIR_LOCK_FILE: &str = "LOCK";
+
+/// Creates `dir` if needed and takes an exclusive lock on `{dir}/LOCK`, held as long as the
+/// returned file is. Fails at once, changing nothing, when another process holds it.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(DIR_LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "metadata directory {} is in use by another process (lock {} is held)",
+                dir.display(),
+                path.display()
+            ),
+        ))),
+        Err(std::fs::TryLockError::Error(error)) => Err(error.into()),
+    }
+}
+
+/// Removes everything inside `dir` but its lock file (kept itself: it may be a mount point).
+/// Stateless mode only, with the lock held.
 fn wipe_dir(dir: &std::path::Path) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -253,6 +364,9 @@ fn wipe_dir(dir: &std::path::Path) -> Result<()> {
     };
     for entry in entries {
         let path = entry?.path();
+        if path.file_name().is_some_and(|name| name == DIR_LOCK_FILE) {
+            continue;
+        }
         if path.is_dir() {
             std::fs::remove_dir_all(&path)?;
         } else {
@@ -269,7 +383,7 @@ fn wipe_dir(dir: &std::path::Path) -> Result<()> {
 fn seed_local_snapshot(
     snapshots: &SnapshotStore,
     node_id: NodeId,
-    restored: journal::Restored,
+    restored: Restored,
 ) -> Result<StartPoint> {
     let position = LogPosition {
         term: 0,
@@ -287,10 +401,12 @@ fn seed_local_snapshot(
     snapshots.save(snapshot_format::covered_by(Some(&position)), &bytes)?;
     Ok(StartPoint {
         index: restored.index,
+        lineage: restored.lineage,
         state: restored.state,
         position,
         membership,
         snapshot: !restored.snapshot_current,
+        restored_from: restored.snapshot_index,
     })
 }
 

@@ -18,14 +18,20 @@ use super::codec;
 use super::types::{
     LogId, Request, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
+use crate::bucket_format::JournalEntry;
 use crate::journal::{JournalBatch, JournalFeed, SnapshotJob};
 use crate::snapshot::{self, SnapshotStore};
 use crate::{CommandResponse, MetadataState};
 
-/// Where readers find the latest applied state.
-pub(crate) type Published = Arc<RwLock<Arc<MetadataState>>>;
+/// Where readers find the latest applied state, with the log index it is at.
+pub(crate) type Published = Arc<RwLock<(u64, Arc<MetadataState>)>>;
 
 pub(crate) fn read_published(published: &Published) -> Arc<MetadataState> {
+    read_published_at(published).1
+}
+
+/// The latest applied state and the index of the last entry it includes, read together.
+pub(crate) fn read_published_at(published: &Published) -> (u64, Arc<MetadataState>) {
     // Writers only swap an `Arc` under the lock and cannot panic meanwhile; recover from poisoning.
     published
         .read()
@@ -67,7 +73,10 @@ impl StateMachine {
             None => (MetadataState::default(), None, StoredMembership::default()),
         };
         let state = Arc::new(state);
-        let published = Arc::new(RwLock::new(state.clone()));
+        let published = Arc::new(RwLock::new((
+            applied_index(last_applied.as_ref()),
+            state.clone(),
+        )));
         let (applied, applied_rx) = watch::channel(applied_index(last_applied.as_ref()));
         let machine = StateMachine {
             state,
@@ -83,12 +92,12 @@ impl StateMachine {
 
     fn publish(&mut self, state: Arc<MetadataState>) {
         self.state = state.clone();
+        let index = applied_index(self.last_applied.as_ref());
         *self
             .published
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = state;
-        self.applied
-            .send_replace(applied_index(self.last_applied.as_ref()));
+            .unwrap_or_else(PoisonError::into_inner) = (index, state);
+        self.applied.send_replace(index);
     }
 }
 
@@ -153,13 +162,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut journaled = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             first_index.get_or_insert(entry.log_id.index);
+            if self.journal.is_some() {
+                // Every entry goes to the bucket log (blank and membership ones without a
+                // command), so its chain has exactly one entry per index.
+                let command = match &entry.payload {
+                    EntryPayload::Normal(Request(command)) => Some(command.clone()),
+                    _ => None,
+                };
+                journaled.push(JournalEntry {
+                    term: entry.log_id.leader_id.term,
+                    index: entry.log_id.index,
+                    command,
+                });
+            }
             let response = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::Ok,
                 EntryPayload::Normal(Request(command)) => {
                     let state = working.get_or_insert_with(|| (*self.state).clone());
-                    if self.journal.is_some() {
-                        journaled.push((entry.log_id.index, command.clone()));
-                    }
                     crate::apply::apply_command(state, command)
                 }
                 EntryPayload::Membership(membership) => {
