@@ -2,7 +2,8 @@
 //!
 //! - `file:///abs/path`: a [`LocalFileSystem`] rooted at that directory (created if missing). A
 //!   relative path (`file://objects`, `file:objects`) is taken relative to the data directory, and an
-//!   empty one (`file://`) means `{data_dir}/objects`.
+//!   empty one (`file://`) means `{data_dir}/objects`. Writes are fsynced (file and directory) before
+//!   they return, as S3 acknowledges only durable objects.
 //! - `memory://`: an [`InMemory`] store (tests; nothing survives the process).
 //! - `s3://bucket[/prefix]`: [`AmazonS3`](object_store::aws::AmazonS3) with path-style requests,
 //!   endpoint/region from [`S3Options`] or the `AWS_*` environment, plain HTTP allowed when the endpoint
@@ -126,7 +127,10 @@ pub fn object_store_from_url(
         let path = local_path(rest, data_dir);
         std::fs::create_dir_all(&path)
             .map_err(|e| invalid_url(url, format!("cannot create {}: {e}", path.display())))?;
-        let store = LocalFileSystem::new_with_prefix(&path)?;
+        // fsync each written object and its directory before the write returns: the file WAL is
+        // truncated once a segment object is written, so that object must be as durable as the
+        // WAL it replaces (object_store's default skips the fsync).
+        let store = LocalFileSystem::new_with_prefix(&path)?.with_fsync(true);
         return Ok(Arc::new(store));
     }
     if url.starts_with("s3://") {
