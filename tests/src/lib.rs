@@ -1,9 +1,10 @@
 //! End-to-end test harness: runs the real `sluice` binary as a child process on loopback and gives
 //! tests real Kafka clients pointed at it.
 //!
-//! S3 mode: [`s3::S3Server`] runs a real S3 server (s3s-fs) and [`fault_proxy::FaultProxy`] sits
-//! between the broker and it to inject S3 faults; [`SluiceOptions::s3`] / [`SluiceOptions::s3_via`]
-//! point a broker at them.
+//! S3 mode: [`s3::S3Server`] runs a real S3 server (s3s-fs) behind a [`fault_proxy::FaultProxy`]
+//! that makes it decide create-if-absent at completion, as S3 does, and injects S3 faults
+//! ([`s3::S3Server::faults`]); [`SluiceOptions::s3`] / [`SluiceOptions::s3_via`] point a broker at
+//! them.
 //!
 //! Owns: locating the binary, spawning `sluice serve` on port 0 with a private temporary data dir,
 //! waiting for its ready file, killing/terminating/restarting it on the same data dir, and keeping
