@@ -37,7 +37,10 @@
 //!
 //!   Each rule applies to the given number of matching requests, first rule first; a request
 //!   takes at most one rule. A [`Held`] is released by [`Held::release`], by being dropped, or
-//!   after [`HOLD_LIMIT`] at the latest (so a failing test never hangs on it).
+//!   after [`HOLD_LIMIT`] at the latest (so a failing test never hangs on it). The client's own
+//!   request timeout keeps running while its request is held (`S3Server::s3_options`: 10 s; the
+//!   broker: `request_timeout_ms` of its `[s3]` settings): a longer hold makes the client give
+//!   up and retry, and the retry is a new request that no used-up rule matches.
 //!
 //! The proxy runs on its own small tokio runtime: tests that block their thread (the process
 //! harness polls with `std::thread::sleep`) must not stall the broker's S3 traffic.
