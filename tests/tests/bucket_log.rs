@@ -4,10 +4,9 @@
 //! restore from a damaged bucket. In every case at most one process serves writes, the other
 //! says why in its log, and every record either acknowledged is read back at its acked offset.
 //!
-//! s3s-fs decides create-if-absent when a request arrives, not when it completes; these tests
-//! only race creates one after the other (one completes, then the other arrives), which s3s-fs
-//! answers correctly with 412. Creates that overlap in flight need a server deciding at
-//! completion (the fault proxy's job).
+//! The test S3 server (s3s-fs behind the fault proxy) decides create-if-absent when a create
+//! completes, as S3 does; one test holds A's bucket-log create mid-body while B creates the same
+//! key, so overlapping creates are exercised on purpose, not left to timing.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -21,6 +20,7 @@ use object_store::ObjectStore;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use sluice_tests::fault_proxy::RequestMatch;
 use sluice_tests::s3::S3Server;
 use sluice_tests::{clients, SluiceOptions, SluiceProcess};
 
@@ -261,6 +261,69 @@ async fn a_paused_process_resumed_after_another_took_over_is_fenced() -> Result<
         acked.len() >= ROUND,
         "A acknowledged only {} records before the pause",
         acked.len()
+    );
+    acked.extend(acked_b);
+
+    exactly_one_serves(&b, &mut a, &a_bootstrap).await?;
+    check_read_back(&b_bootstrap, &acked)?;
+    drop(b);
+    Ok(())
+}
+
+/// Test (a) with the race exercised on purpose: A is paused while its bucket-log create is in
+/// flight (the proxy holds the request's body), B takes over and creates the same key, then A's
+/// create is let go and A resumes. The test server decides the create at completion, as S3 does,
+/// so A's create must fail, A must find B's lineage there and be fenced — without acknowledging
+/// anything its held object would have covered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_paused_in_the_middle_of_a_log_create_is_fenced_when_resumed() -> Result<()> {
+    const CLUSTER: &str = "held-create";
+    let s3 = S3Server::start()?;
+    let cluster_options = || options(&s3).arg("--cluster-id", CLUSTER);
+    let mut a = SluiceProcess::start(cluster_options())?;
+    let a_bootstrap = a.bootstrap();
+    clients::create_topic(&a_bootstrap, TOPIC, PARTITIONS, &[]).await?;
+
+    // A under load; its next bucket-log create is held mid-body, then A is paused.
+    let stop_a = Arc::new(AtomicBool::new(false));
+    let load_a = spawn_load(a_bootstrap.clone(), "a", stop_a.clone());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let held = s3.faults().hold_body(RequestMatch::put(&format!(
+        "bucket-log/{CLUSTER}/metadata/log/"
+    )));
+    tokio::time::timeout(Duration::from_secs(30), held.arrived())
+        .await
+        .context("A made no bucket-log create within 30 s")?;
+    let a_pid = a.pid().context("A is not running")?;
+    signal(a_pid, "STOP")?;
+    let before_b = bucket_listing(&s3.object_store("")?).await?;
+
+    // B on an empty data dir restores the chain A stored and creates the key A is writing.
+    let b = SluiceProcess::start(cluster_options())?;
+    let b_bootstrap = b.bootstrap();
+    let stop_b = Arc::new(AtomicBool::new(false));
+    let load_b = spawn_load(b_bootstrap.clone(), "b", stop_b.clone());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after_b = bucket_listing(&s3.object_store("")?).await?;
+    ensure!(
+        after_b
+            .keys()
+            .any(|key| key.contains("/metadata/log/") && !before_b.contains_key(key)),
+        "B stored no bucket-log object while A's create was held"
+    );
+
+    // A's create completes now (after B's), then A runs again.
+    held.release();
+    signal(a_pid, "CONT")?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop_a.store(true, Ordering::SeqCst);
+    stop_b.store(true, Ordering::SeqCst);
+    let mut acked = load_a.await??;
+    let acked_b = load_b.await??;
+    ensure!(!acked_b.is_empty(), "B acknowledged nothing");
+    ensure!(
+        !acked.is_empty(),
+        "A acknowledged nothing before its create was held"
     );
     acked.extend(acked_b);
 
