@@ -385,8 +385,9 @@ impl Inner {
         let Some(wal) = &self.wal else {
             return Err(Error::ShuttingDown);
         };
-        let guard = part.append_lock.lock().await;
+        // Read before the append lock: a metadata lookup need not serialise the partition's appends.
         let leader_epoch = self.leader_epoch(part.tp);
+        let guard = part.append_lock.lock().await;
         let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type, leader_epoch)?
         {
             Assigned::Append(placed) => placed,
@@ -452,8 +453,9 @@ impl Inner {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<AppendResult> {
         let tp = part.tp;
-        let guard = part.append_lock.lock().await;
+        // Read before the append lock: a metadata lookup need not serialise the partition's appends.
         let leader_epoch = self.leader_epoch(part.tp);
+        let guard = part.append_lock.lock().await;
         let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type, leader_epoch)?
         {
             Assigned::Append(placed) => placed,

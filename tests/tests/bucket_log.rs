@@ -228,6 +228,35 @@ async fn exactly_one_serves(
     Ok(())
 }
 
+/// A background load and the flag that stops it.
+type Load = (Arc<AtomicBool>, tokio::task::JoinHandle<Result<Acked>>);
+
+/// The end of a takeover by B of A's bucket: both loads stopped; B acknowledged something and A
+/// at least `min_acked_a` records; exactly one of them serves writes; every record either
+/// acknowledged is read back from B at its acked offset.
+async fn finish_takeover(
+    a: &mut SluiceProcess,
+    a_bootstrap: &str,
+    b: &SluiceProcess,
+    (stop_a, load_a): Load,
+    (stop_b, load_b): Load,
+    min_acked_a: usize,
+) -> Result<()> {
+    stop_a.store(true, Ordering::SeqCst);
+    stop_b.store(true, Ordering::SeqCst);
+    let mut acked = load_a.await??;
+    let acked_b = load_b.await??;
+    ensure!(!acked_b.is_empty(), "B acknowledged nothing");
+    ensure!(
+        acked.len() >= min_acked_a,
+        "A acknowledged only {} records before it was paused",
+        acked.len()
+    );
+    acked.extend(acked_b);
+    exactly_one_serves(b, a, a_bootstrap).await?;
+    check_read_back(&b.bootstrap(), &acked)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_process_resumed_after_another_took_over_is_fenced() -> Result<()> {
     let s3 = S3Server::start()?;
@@ -252,20 +281,15 @@ async fn a_paused_process_resumed_after_another_took_over_is_fenced() -> Result<
     // A resumes with its produces still in flight: its next metadata write meets B's log.
     signal(a_pid, "CONT")?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop_a.store(true, Ordering::SeqCst);
-    stop_b.store(true, Ordering::SeqCst);
-    let mut acked = load_a.await??;
-    let acked_b = load_b.await??;
-    ensure!(!acked_b.is_empty(), "B acknowledged nothing");
-    ensure!(
-        acked.len() >= ROUND,
-        "A acknowledged only {} records before the pause",
-        acked.len()
-    );
-    acked.extend(acked_b);
-
-    exactly_one_serves(&b, &mut a, &a_bootstrap).await?;
-    check_read_back(&b_bootstrap, &acked)?;
+    finish_takeover(
+        &mut a,
+        &a_bootstrap,
+        &b,
+        (stop_a, load_a),
+        (stop_b, load_b),
+        ROUND,
+    )
+    .await?;
     drop(b);
     Ok(())
 }
@@ -316,19 +340,15 @@ async fn a_process_paused_in_the_middle_of_a_log_create_is_fenced_when_resumed()
     held.release();
     signal(a_pid, "CONT")?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop_a.store(true, Ordering::SeqCst);
-    stop_b.store(true, Ordering::SeqCst);
-    let mut acked = load_a.await??;
-    let acked_b = load_b.await??;
-    ensure!(!acked_b.is_empty(), "B acknowledged nothing");
-    ensure!(
-        !acked.is_empty(),
-        "A acknowledged nothing before its create was held"
-    );
-    acked.extend(acked_b);
-
-    exactly_one_serves(&b, &mut a, &a_bootstrap).await?;
-    check_read_back(&b_bootstrap, &acked)?;
+    finish_takeover(
+        &mut a,
+        &a_bootstrap,
+        &b,
+        (stop_a, load_a),
+        (stop_b, load_b),
+        1,
+    )
+    .await?;
     drop(b);
     Ok(())
 }
