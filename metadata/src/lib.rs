@@ -17,6 +17,7 @@
 
 mod apply;
 mod apply_groups;
+mod backend;
 mod bucket_format;
 pub mod groups;
 mod journal;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use backend::{MemoryMetadata, MetadataBackend};
 pub use groups::{
     CommittedOffset, GroupOffsets, OffsetCommitEntry, PartitionProducers, ProducerBatchRecord,
     ProducerSnapshot,
@@ -430,12 +432,20 @@ impl MetadataNode {
 }
 
 /// The only way the rest of Sluice reads or changes metadata. Cheap to clone.
+///
+/// A handle over a [`MetadataBackend`]: the Raft node of a running broker, or a
+/// [`MemoryMetadata`] shared by several brokers' storage in one test process.
 #[derive(Clone)]
 pub struct MetadataClient {
-    inner: Arc<raft::RaftNode>,
+    inner: Arc<dyn MetadataBackend>,
 }
 
 impl MetadataClient {
+    /// A client of `backend` (tests use [`MemoryMetadata`]).
+    pub fn new(backend: Arc<dyn MetadataBackend>) -> MetadataClient {
+        MetadataClient { inner: backend }
+    }
+
     /// Replicates `cmd` and returns the state machine's answer once it is applied (and durable).
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse> {
         // Oversized commands are refused before they reach the log, where a record the WAL cannot

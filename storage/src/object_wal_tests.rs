@@ -253,3 +253,87 @@ async fn failed_puts_are_retried_until_stored() {
     assert_eq!(read_all(&h, tp).await, expected[0]);
     h.stop().await;
 }
+
+/// Metadata in memory and an in-memory bucket, both shared by every store of a test.
+fn shared_parts() -> (
+    Arc<metadata::MemoryMetadata>,
+    metadata::MetadataClient,
+    Arc<dyn ObjectStore>,
+) {
+    let memory = Arc::new(metadata::MemoryMetadata::new(
+        "test-cluster",
+        Duration::from_secs(3600),
+    ));
+    let client = metadata::MetadataClient::new(memory.clone());
+    (
+        memory,
+        client,
+        Arc::new(object_store::memory::InMemory::new()),
+    )
+}
+
+/// Two brokers' storage against one index and one bucket, in one process: a replacement on an
+/// empty data dir reads everything the first acknowledged and appends right after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_on_the_same_index_reads_what_the_first_acknowledged() {
+    let (_memory, meta, objects) = shared_parts();
+    let a = Harness::start_shared(meta.clone(), objects.clone(), object_mode).await;
+    let topic = a.create_topic("t", 2).await;
+    let tps: Vec<TopicPartition> = (0..2).map(|p| tp(topic, p)).collect();
+    let expected = produce(&a, &tps, 20).await;
+    a.stop().await;
+
+    let b = Harness::start_shared(meta, objects, object_mode).await;
+    for (p, tp) in tps.iter().enumerate() {
+        assert_eq!(b.store.offsets(*tp).expect("offsets").high_watermark, 60);
+        assert_eq!(read_all(&b, *tp).await, expected[p]);
+    }
+    let result = b
+        .store
+        .append(tps[1], simple_batch(2, 10, 5), TimestampType::CreateTime)
+        .await
+        .expect("append on the replacement");
+    assert_eq!(result.base_offset, 60);
+    b.stop().await;
+}
+
+/// Persisted before acted on, on the shared index: while metadata durability is held, compaction
+/// is applied (a WAL object leaves the index) but GC deletes nothing; once released, it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_nothing_the_index_has_not_made_durable() {
+    let (memory, meta, objects) = shared_parts();
+    let h = Harness::start_shared(meta, objects, |opts| {
+        object_mode(opts);
+        opts.segment_bytes = 16 * 1024;
+        opts.segment_max_age = Duration::from_millis(200);
+        opts.gc_grace = Duration::from_millis(100);
+    })
+    .await;
+    let topic = h.create_topic("t", 1).await;
+    let tps = [tp(topic, 0)];
+    let expected = produce(&h, &tps, 40).await;
+    memory.hold_durability(true);
+    let before = wal_objects(&h.objects).await;
+    assert!(before > 0);
+    // Compaction waits for each answer, so under the hold it gets one command applied.
+    wait_until(Duration::from_secs(20), "a WAL object retired", || async {
+        !h.meta.state().deleted_objects.is_empty()
+    })
+    .await;
+    // Many GC passes (every 50 ms) and five grace periods on the applied, undurable state.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        wal_objects(&h.objects).await,
+        before,
+        "GC deleted WAL objects the durable index still references"
+    );
+    memory.hold_durability(false);
+    wait_until(Duration::from_secs(20), "WAL objects deleted", || async {
+        wal_objects(&h.objects).await == 0
+    })
+    .await;
+    for (p, tp) in tps.iter().enumerate() {
+        assert_eq!(read_all(&h, *tp).await, expected[p]);
+    }
+    h.stop().await;
+}

@@ -148,6 +148,16 @@ impl Harness {
         let objects: Arc<dyn ObjectStore> = wrap(Arc::new(
             LocalFileSystem::new_with_prefix(&objects_dir).expect("local store"),
         ));
+        Harness::open(dir, Some(node), meta, objects, configure).await
+    }
+
+    async fn open(
+        dir: TempDir,
+        node: Option<MetadataNode>,
+        meta: MetadataClient,
+        objects: Arc<dyn ObjectStore>,
+        configure: impl FnOnce(&mut StorageOptions),
+    ) -> Harness {
         let mut opts = StorageOptions::new(dir.path().join("data"), NODE, "test-cluster");
         opts.wal.fsync = false;
         opts.housekeeping_interval = Duration::from_millis(50);
@@ -157,12 +167,23 @@ impl Harness {
             .expect("open store");
         Harness {
             dir,
-            node: Some(node),
+            node,
             meta,
             objects,
             opts,
             store,
         }
+    }
+
+    /// A store on metadata and an object store that other stores in this process may share (one
+    /// broker of several against one index: [`metadata::MemoryMetadata`]). Its data dir is its own.
+    pub(crate) async fn start_shared(
+        meta: MetadataClient,
+        objects: Arc<dyn ObjectStore>,
+        configure: impl FnOnce(&mut StorageOptions),
+    ) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Harness::open(dir, None, meta, objects, configure).await
     }
 
     pub(crate) async fn create_topic(&self, name: &str, partitions: u32) -> Uuid {
