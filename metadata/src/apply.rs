@@ -12,8 +12,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::{
-    Command, CommandResponse, MetadataState, NodeId, PartitionMeta, Rejection, SegmentEntry,
-    SegmentRef, TopicMeta, TopicPartition, MAX_PARTITIONS_PER_TOPIC,
+    Command, CommandResponse, IncarnationMeta, LaneMark, MetadataState, NodeId, PartitionMeta,
+    Rejection, SealLanes, SegmentEntry, SegmentRef, TopicMeta, TopicPartition,
+    MAX_PARTITIONS_PER_TOPIC,
 };
 
 /// Applies one command to `state` and returns the answer for the proposer.
@@ -59,7 +60,18 @@ pub(crate) fn apply_command(state: &mut MetadataState, command: &Command) -> Com
             advance_log_start(state, *tp, *offset, *now_ms)
         }
         Command::ForgetDeletedObjects { keys } => forget_deleted_objects(state, keys),
-        Command::AddSegments { entries, now_ms } => add_segments(state, entries, *now_ms),
+        Command::AddSegments {
+            entries,
+            now_ms,
+            marks,
+            seal,
+        } => add_segments(state, entries, *now_ms, marks, seal.as_ref()),
+        Command::RegisterIncarnation {
+            incarnation,
+            node_id,
+            lanes,
+            now_ms,
+        } => register_incarnation(state, *incarnation, *node_id, *lanes, *now_ms),
         Command::ReplaceSegments {
             tp,
             leader_epoch,
@@ -109,24 +121,8 @@ fn register_broker(state: &mut MetadataState, node_id: NodeId, host: &str, port:
         None => 1,
     };
     // A re-registration means the broker restarted: every partition it owns gets a new leader epoch
-    // so that writes of its previous incarnation are fenced. Check for overflow before mutating.
-    let owned_epochs_overflow = state
-        .topics
-        .values()
-        .flat_map(|topic| topic.partitions.iter())
-        .any(|partition| partition.owner == node_id && partition.leader_epoch == i32::MAX);
-    if owned_epochs_overflow {
-        return Err(invalid("leader epoch overflow"));
-    }
-    for partition in state
-        .topics
-        .values_mut()
-        .flat_map(|topic| Arc::make_mut(topic).partitions.iter_mut())
-    {
-        if partition.owner == node_id {
-            partition.leader_epoch += 1;
-        }
-    }
+    // so that writes of its previous incarnation are fenced.
+    bump_owned_epochs(state, node_id)?;
     state.brokers.insert(
         node_id,
         crate::BrokerMeta {
@@ -378,11 +374,20 @@ fn add_segment(
 /// S3 WAL group commit: one chunk per entry of one or more shared objects (a commit may index
 /// several WAL objects at once), each applied or rejected on its own; every object's reference
 /// count grows by the number of its accepted chunks.
-fn add_segments(state: &mut MetadataState, entries: &[SegmentEntry], now_ms: i64) -> Outcome {
+fn add_segments(
+    state: &mut MetadataState,
+    entries: &[SegmentEntry],
+    now_ms: i64,
+    marks: &[LaneMark],
+    seal: Option<&SealLanes>,
+) -> Outcome {
     // Whole-command checks first: nothing is applied if any of them fails.
-    if entries.is_empty() {
-        return Err(invalid("AddSegments needs at least one entry"));
+    if entries.is_empty() && marks.is_empty() && seal.is_none() {
+        return Err(invalid(
+            "AddSegments needs at least one entry, mark or seal",
+        ));
     }
+    check_lane_marks(state, marks, seal)?;
     let mut per_key: BTreeMap<&str, u32> = BTreeMap::new();
     for entry in entries {
         let count = per_key.entry(entry.segment.key.as_str()).or_insert(0);
@@ -431,7 +436,7 @@ fn add_segments(state: &mut MetadataState, entries: &[SegmentEntry], now_ms: i64
         let held = state.shared_objects.get(key).copied().unwrap_or(0);
         match accepted.get(key).copied().unwrap_or(0) {
             // Cannot overflow: checked against `held + count` above.
-            0 if held == 0 => {
+            0 if held == 0 && marks.is_empty() && seal.is_none() => {
                 // Nothing references the object (and nothing did before): it is garbage already.
                 Arc::make_mut(&mut state.deleted_objects).push((key.to_owned(), now_ms));
             }
@@ -441,7 +446,158 @@ fn add_segments(state: &mut MetadataState, entries: &[SegmentEntry], now_ms: i64
             }
         }
     }
+    apply_lane_marks(state, marks, seal);
     Ok(CommandResponse::Entries(outcomes))
+}
+
+/// Marks name registered incarnations and lanes; a seal names a dead incarnation, one seal per
+/// lane, each above its lane's mark, and agrees with an earlier seal of the same incarnation.
+fn check_lane_marks(
+    state: &MetadataState,
+    marks: &[LaneMark],
+    seal: Option<&SealLanes>,
+) -> Result<(), Rejection> {
+    for mark in marks {
+        let incarnation = state
+            .incarnations
+            .get(&mark.incarnation)
+            .ok_or_else(|| invalid(format!("unknown incarnation {}", mark.incarnation)))?;
+        if mark.lane >= incarnation.lanes {
+            return Err(invalid(format!(
+                "incarnation {} has no lane {}",
+                mark.incarnation, mark.lane
+            )));
+        }
+    }
+    if let Some(seal) = seal {
+        let incarnation = state
+            .incarnations
+            .get(&seal.incarnation)
+            .ok_or_else(|| invalid(format!("unknown incarnation {}", seal.incarnation)))?;
+        if incarnation.live {
+            return Err(invalid(format!(
+                "incarnation {} is live: it cannot be sealed",
+                seal.incarnation
+            )));
+        }
+        if seal.seals.len() != incarnation.lanes as usize {
+            return Err(invalid(format!(
+                "{} seals for {} lanes",
+                seal.seals.len(),
+                incarnation.lanes
+            )));
+        }
+        if let Some(previous) = &incarnation.sealed {
+            if previous != &seal.seals {
+                return Err(invalid(format!(
+                    "incarnation {} is already sealed at {previous:?}",
+                    seal.incarnation
+                )));
+            }
+        }
+        for (lane, (&at, &through)) in seal
+            .seals
+            .iter()
+            .zip(&incarnation.indexed_through)
+            .enumerate()
+        {
+            if at <= through {
+                return Err(invalid(format!(
+                    "seal {at} of lane {lane} is not above its mark {through}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Advances the marks of live incarnations (never backwards), then applies the seal.
+fn apply_lane_marks(state: &mut MetadataState, marks: &[LaneMark], seal: Option<&SealLanes>) {
+    if marks.is_empty() && seal.is_none() {
+        return;
+    }
+    let incarnations = Arc::make_mut(&mut state.incarnations);
+    for mark in marks {
+        if let Some(incarnation) = incarnations.get_mut(&mark.incarnation) {
+            if let Some(through) = incarnation.indexed_through.get_mut(mark.lane as usize) {
+                if incarnation.live && *through < mark.through {
+                    *through = mark.through;
+                }
+            }
+        }
+    }
+    if let Some(seal) = seal {
+        if let Some(incarnation) = incarnations.get_mut(&seal.incarnation) {
+            for (through, &at) in incarnation.indexed_through.iter_mut().zip(&seal.seals) {
+                *through = (*through).max(at - 1);
+            }
+            incarnation.sealed = Some(seal.seals.clone());
+        }
+    }
+}
+
+/// Bumps the leader epoch of every partition `node_id` owns; nothing changes on overflow.
+fn bump_owned_epochs(state: &mut MetadataState, node_id: NodeId) -> Result<(), Rejection> {
+    let owned_epochs_overflow = state
+        .topics
+        .values()
+        .flat_map(|topic| topic.partitions.iter())
+        .any(|partition| partition.owner == node_id && partition.leader_epoch == i32::MAX);
+    if owned_epochs_overflow {
+        return Err(invalid("leader epoch overflow"));
+    }
+    for topic in state.topics.values_mut() {
+        if topic.partitions.iter().any(|p| p.owner == node_id) {
+            for partition in Arc::make_mut(topic).partitions.iter_mut() {
+                if partition.owner == node_id {
+                    partition.leader_epoch += 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Registers a broker incarnation: older live incarnations of the node die, and every partition
+/// the node owns gets a new leader epoch (checked for overflow before anything changes).
+fn register_incarnation(
+    state: &mut MetadataState,
+    id: Uuid,
+    node_id: NodeId,
+    lanes: u32,
+    now_ms: i64,
+) -> Outcome {
+    if state.incarnations.contains_key(&id) {
+        return Err(invalid(format!("incarnation {id} is already registered")));
+    }
+    if lanes == 0 || lanes > crate::MAX_WAL_LANES {
+        return Err(invalid(format!(
+            "an incarnation has 1..={} lanes, not {lanes}",
+            crate::MAX_WAL_LANES
+        )));
+    }
+    bump_owned_epochs(state, node_id)?;
+    let ordinal = state.next_incarnation_ordinal;
+    state.next_incarnation_ordinal = ordinal.saturating_add(1);
+    let incarnations = Arc::make_mut(&mut state.incarnations);
+    for incarnation in incarnations.values_mut() {
+        if incarnation.node_id == node_id {
+            incarnation.live = false;
+        }
+    }
+    incarnations.insert(
+        id,
+        IncarnationMeta {
+            node_id,
+            lanes,
+            ordinal,
+            registered_ms: now_ms,
+            indexed_through: vec![0; lanes as usize],
+            live: true,
+            sealed: None,
+        },
+    );
+    Ok(CommandResponse::Ok)
 }
 
 /// Compaction: swaps the run of segments exactly covering `segment`'s range for `segment`.
@@ -1219,6 +1375,8 @@ mod tests {
             &Command::AddSegments {
                 entries,
                 now_ms: NOW,
+                marks: Vec::new(),
+                seal: None,
             },
         ) {
             CommandResponse::Entries(outcomes) => outcomes,
@@ -1321,6 +1479,8 @@ mod tests {
         let cmd = |entries| Command::AddSegments {
             entries,
             now_ms: NOW,
+            marks: Vec::new(),
+            seal: None,
         };
         for bad in [
             cmd(vec![]),
@@ -1703,6 +1863,8 @@ mod tests {
                         Command::AddSegments {
                             entries,
                             now_ms: now,
+                            marks: Vec::new(),
+                            seal: None,
                         }
                     }
                     5 => {
@@ -1756,5 +1918,162 @@ mod tests {
             assert!(state.shared_objects.is_empty(), "seed {seed}");
             check_refcounts(&state);
         }
+    }
+
+    fn register(
+        state: &mut MetadataState,
+        id: Uuid,
+        node_id: NodeId,
+        lanes: u32,
+    ) -> CommandResponse {
+        apply_command(
+            state,
+            &Command::RegisterIncarnation {
+                incarnation: id,
+                node_id,
+                lanes,
+                now_ms: NOW,
+            },
+        )
+    }
+
+    fn lanes_command(
+        entries: Vec<SegmentEntry>,
+        marks: Vec<LaneMark>,
+        seal: Option<SealLanes>,
+    ) -> Command {
+        Command::AddSegments {
+            entries,
+            now_ms: NOW,
+            marks,
+            seal,
+        }
+    }
+
+    fn mark(incarnation: Uuid, lane: u32, through: u64) -> LaneMark {
+        LaneMark {
+            incarnation,
+            lane,
+            through,
+        }
+    }
+
+    #[test]
+    fn register_incarnation_retires_the_nodes_older_ones_and_bumps_its_epochs() {
+        let mut state = MetadataState::default();
+        let t = topic_id(1);
+        create(&mut state, "t", t, 2);
+        let (old, new, other) = (topic_id(10), topic_id(11), topic_id(12));
+        assert_eq!(register(&mut state, old, 1, 2), CommandResponse::Ok);
+        assert_eq!(register(&mut state, other, 2, 1), CommandResponse::Ok);
+        assert_eq!(state.partition(tp(t, 0)).unwrap().leader_epoch, 1);
+        assert_eq!(register(&mut state, new, 1, 2), CommandResponse::Ok);
+        assert_eq!(state.partition(tp(t, 1)).unwrap().leader_epoch, 2);
+        assert!(!state.incarnations[&old].live);
+        assert!(state.incarnations[&new].live);
+        assert!(
+            state.incarnations[&other].live,
+            "another node's incarnation"
+        );
+        assert_eq!(state.incarnations[&new].ordinal, 2);
+        assert_eq!(state.incarnations[&new].indexed_through, vec![0, 0]);
+        for (id, lanes) in [
+            (new, 2),
+            (topic_id(13), 0),
+            (topic_id(14), crate::MAX_WAL_LANES + 1),
+        ] {
+            assert!(rejected_invalid(&register(&mut state, id, 1, lanes)));
+        }
+        assert_eq!(state.partition(tp(t, 0)).unwrap().leader_epoch, 2);
+    }
+
+    #[test]
+    fn marks_advance_only_for_live_incarnations_and_never_back() {
+        let mut state = MetadataState::default();
+        let t = topic_id(1);
+        create(&mut state, "t", t, 1);
+        let (zombie, taker) = (topic_id(10), topic_id(11));
+        register(&mut state, zombie, 1, 2);
+        let e = |key: &str, base, end| vec![entry(tp(t, 0), 1, chunk(key, base, end))];
+        apply_command(
+            &mut state,
+            &lanes_command(e("w1", 0, 5), vec![mark(zombie, 1, 3)], None),
+        );
+        apply_command(
+            &mut state,
+            &lanes_command(e("w2", 5, 6), vec![mark(zombie, 1, 2)], None),
+        );
+        assert_eq!(state.incarnations[&zombie].indexed_through, vec![0, 3]);
+        register(&mut state, taker, 1, 1);
+        // The zombie's index write: its entry is stale, its mark ignored, its object not garbage
+        // (the taker may still index it from the bucket).
+        let response = apply_command(
+            &mut state,
+            &lanes_command(e("w3", 6, 9), vec![mark(zombie, 1, 4)], None),
+        );
+        assert!(matches!(
+            response,
+            CommandResponse::Entries(ref outcomes)
+                if matches!(outcomes[0], Some(Rejection::StaleLeaderEpoch { .. }))
+        ));
+        assert_eq!(state.incarnations[&zombie].indexed_through, vec![0, 3]);
+        assert!(deleted_keys(&state).is_empty());
+        assert!(rejected_invalid(&apply_command(
+            &mut state,
+            &lanes_command(Vec::new(), vec![mark(zombie, 2, 1)], None)
+        )));
+        assert!(rejected_invalid(&apply_command(
+            &mut state,
+            &lanes_command(Vec::new(), vec![mark(topic_id(99), 0, 1)], None)
+        )));
+    }
+
+    #[test]
+    fn a_seal_indexes_below_itself_once_and_only_for_a_dead_incarnation() {
+        let mut state = MetadataState::default();
+        let t = topic_id(1);
+        create(&mut state, "t", t, 1);
+        let (dead, taker) = (topic_id(10), topic_id(11));
+        register(&mut state, dead, 1, 2);
+        let seal = |seals: Vec<u64>| {
+            Some(SealLanes {
+                incarnation: dead,
+                seals,
+            })
+        };
+        assert!(rejected_invalid(&apply_command(
+            &mut state,
+            &lanes_command(Vec::new(), Vec::new(), seal(vec![1, 1]))
+        )));
+        register(&mut state, taker, 1, 1);
+        for bad in [vec![1], vec![1, 1, 1], vec![0, 4]] {
+            let before = state.clone();
+            assert!(rejected_invalid(&apply_command(
+                &mut state,
+                &lanes_command(Vec::new(), Vec::new(), seal(bad))
+            )));
+            assert_eq!(state, before);
+        }
+        let tail = vec![entry(tp(t, 0), 2, chunk("tail", 0, 4))];
+        let response = apply_command(
+            &mut state,
+            &lanes_command(tail, Vec::new(), seal(vec![3, 1])),
+        );
+        assert_eq!(response, CommandResponse::Entries(vec![None]));
+        assert_eq!(state.incarnations[&dead].indexed_through, vec![2, 0]);
+        assert_eq!(state.incarnations[&dead].sealed, Some(vec![3, 1]));
+        assert_eq!(keys_of(&state, tp(t, 0)), vec!["tail".to_owned()]);
+        // A second taker reuses the seal; another seal is refused.
+        assert!(matches!(
+            apply_command(
+                &mut state,
+                &lanes_command(Vec::new(), Vec::new(), seal(vec![3, 1]))
+            ),
+            CommandResponse::Entries(_)
+        ));
+        assert!(rejected_invalid(&apply_command(
+            &mut state,
+            &lanes_command(Vec::new(), Vec::new(), seal(vec![4, 1]))
+        )));
     }
 }

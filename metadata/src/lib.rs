@@ -136,6 +136,46 @@ pub struct BrokerMeta {
     pub incarnation: u64,
 }
 
+/// One broker process (S3 WAL): the WAL lanes it writes under `{cluster}/wal/{id}/{lane}/{seq}` and
+/// how far each lane is indexed. Registered (and stored in the bucket log) before its first ack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncarnationMeta {
+    pub node_id: NodeId,
+    pub lanes: u32,
+    /// Registration order (takeovers index older incarnations' tails first).
+    pub ordinal: u64,
+    pub registered_ms: i64,
+    /// Per lane: every WAL object at or below this seq is indexed (seqs start at 1; 0 = none).
+    /// GC deletes a WAL object only once it is at or below this mark.
+    pub indexed_through: Vec<u64>,
+    /// `false` once a newer incarnation of the same node registered: its marks are ignored from
+    /// then on (and its partitions' epochs were bumped), so a zombie cannot claim objects indexed.
+    pub live: bool,
+    /// Set by the taker that sealed the lanes and indexed the tail below the seals: per lane, the
+    /// seal seq (a tombstone object). Objects above a seal are never indexed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Vec<u64>>,
+}
+
+/// `AddSegments` (S3 WAL): every object of `lane` of `incarnation` at or below `through` is indexed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneMark {
+    pub incarnation: Uuid,
+    pub lane: u32,
+    pub through: u64,
+}
+
+/// `AddSegments` of a takeover: the dead incarnation's lanes are sealed at `seals` (one per lane)
+/// and everything below them is indexed by this very command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealLanes {
+    pub incarnation: Uuid,
+    pub seals: Vec<u64>,
+}
+
+/// Upper bound on the WAL lanes of one incarnation.
+pub const MAX_WAL_LANES: u32 = 256;
+
 /// The applied state. Cheap to share (`Arc`), never mutated in place after publication.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataState {
@@ -160,6 +200,12 @@ pub struct MetadataState {
     /// Shared WAL objects (S3 WAL) still referenced by the index: key → number of chunks indexed.
     #[serde(default)]
     pub shared_objects: Arc<BTreeMap<String, u32>>,
+    /// Broker incarnations that wrote (or write) WAL lanes (S3 WAL).
+    #[serde(default)]
+    pub incarnations: Arc<BTreeMap<Uuid, IncarnationMeta>>,
+    /// The next `IncarnationMeta::ordinal`.
+    #[serde(default)]
+    pub next_incarnation_ordinal: u64,
 }
 
 impl MetadataState {
@@ -246,8 +292,27 @@ pub enum Command {
     /// (`MetadataState::shared_objects`): it goes to `deleted_objects` only when the last chunk
     /// referencing it leaves the index (compaction, retention, topic deletion). An object none of
     /// whose entries was accepted goes to `deleted_objects` at once.
+    ///
+    /// `marks` advance the lanes' `indexed_through` (ignored for an incarnation that is no longer
+    /// live); an object of a lane (named by a mark) none of whose entries was accepted stays out of
+    /// `deleted_objects` (it may still be indexed by a taker; retired incarnations are swept).
+    /// `seal` (a takeover) records the seals of a dead incarnation and marks its lanes indexed up to
+    /// below them.
     AddSegments {
         entries: Vec<SegmentEntry>,
+        now_ms: i64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        marks: Vec<LaneMark>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seal: Option<SealLanes>,
+    },
+    /// A broker process starts writing WAL lanes (S3 WAL): registers `incarnation`, retires the
+    /// node's older live incarnations (their marks are ignored from now on) and bumps the leader
+    /// epoch of every partition `node_id` owns, so a zombie's index writes are rejected.
+    RegisterIncarnation {
+        incarnation: Uuid,
+        node_id: NodeId,
+        lanes: u32,
         now_ms: i64,
     },
     /// Compaction: atomically replaces the run of consecutive segments of `tp` that exactly covers

@@ -584,6 +584,8 @@ async fn propose_part(
     let command = Command::AddSegments {
         entries: entries.to_vec(),
         now_ms: now_ms(),
+        marks: Vec::new(),
+        seal: None,
     };
     match shared.meta.propose(command).await {
         Ok(CommandResponse::Entries(results)) if results.len() == entries.len() => {
