@@ -64,6 +64,14 @@ pub(crate) struct ServeArgs {
     /// S3 WAL: bytes accepted but not yet durable; producers wait beyond this (backpressure).
     #[arg(long, env = "SLUICE_WAL_MAX_UNFLUSHED_BYTES")]
     pub(crate) wal_max_unflushed_bytes: Option<usize>,
+    /// S3 WAL: lanes (independent WAL object sequences; partitions are hashed onto them, so one
+    /// slow PUT stalls only its lane's acks).
+    #[arg(long, env = "SLUICE_WAL_LANES")]
+    pub(crate) wal_lanes: Option<u32>,
+    /// S3 WAL: acknowledged WAL objects per lane not yet in the metadata index; producers wait
+    /// beyond this. Bounds what a new owner reads after a crash (takeover time).
+    #[arg(long, env = "SLUICE_WAL_MAX_UNINDEXED_OBJECTS")]
+    pub(crate) wal_max_unindexed_objects: Option<usize>,
     /// Write the bound addresses as JSON to this file once serving.
     #[arg(long, env = "SLUICE_READY_FILE")]
     pub(crate) ready_file: Option<PathBuf>,
@@ -138,6 +146,8 @@ struct FileConfig {
     wal_flush_bytes: Option<usize>,
     wal_max_inflight_puts: Option<usize>,
     wal_max_unflushed_bytes: Option<usize>,
+    wal_lanes: Option<u32>,
+    wal_max_unindexed_objects: Option<usize>,
     ready_file: Option<PathBuf>,
     default_partitions: Option<u32>,
     auto_create_topics: Option<bool>,
@@ -292,6 +302,11 @@ impl ServeConfig {
                         .or(file.wal_max_unflushed_bytes)
                         .unwrap_or(defaults.max_unflushed_bytes),
                     max_object_bytes: defaults.max_object_bytes,
+                    lanes: args.wal_lanes.or(file.wal_lanes).unwrap_or(defaults.lanes),
+                    max_unindexed_objects: args
+                        .wal_max_unindexed_objects
+                        .or(file.wal_max_unindexed_objects)
+                        .unwrap_or(defaults.max_unindexed_objects),
                 }
             },
             ready_file: args.ready_file.or(file.ready_file),
@@ -366,6 +381,15 @@ impl ServeConfig {
             }
             if wal.max_unflushed_bytes < 1024 * 1024 {
                 bail!("--wal-max-unflushed-bytes must be at least 1 MiB");
+            }
+            if wal.lanes == 0 || wal.lanes > metadata::MAX_WAL_LANES {
+                bail!(
+                    "--wal-lanes must be between 1 and {}",
+                    metadata::MAX_WAL_LANES
+                );
+            }
+            if wal.max_unindexed_objects == 0 || wal.max_unindexed_objects > 100_000 {
+                bail!("--wal-max-unindexed-objects must be between 1 and 100000");
             }
         }
         if self.default_partitions == 0 {

@@ -38,8 +38,10 @@ mod segment_writer;
 #[cfg(test)]
 mod store_tests;
 mod tail_cache;
+mod takeover;
 #[cfg(test)]
 mod test_support;
+mod wal_object;
 mod wal_record;
 
 use std::collections::{HashMap, HashSet};
@@ -439,8 +441,8 @@ impl Inner {
     }
 
     /// The S3 WAL twin of the file-WAL path in [`Inner::append`]: same checks and offset
-    /// assignment, then the batch is queued for the next WAL object; it is acknowledged once that
-    /// object is stored and indexed (see `object_wal`).
+    /// assignment, then the batch is queued for its lane's next WAL object; it is acknowledged once
+    /// that object and every earlier one of the lane are stored (see `object_wal`).
     #[allow(clippy::too_many_arguments)]
     async fn append_object(
         &self,
@@ -491,6 +493,7 @@ impl Inner {
             bytes: stored.clone(),
             permit,
             idempotent: header.has_producer_id(),
+            leader_epoch,
         });
         if let Err(err) = pushed {
             part.state().abort_append(base_offset);
@@ -656,17 +659,30 @@ impl LogStore {
             opts.block_cache.clone(),
         ));
         let (wal, object_wal) = match &opts.object_wal {
-            Some(object_opts) => (
-                None,
-                Some(ObjectWal::start(
-                    object_opts.clone(),
-                    objects.clone(),
-                    meta.clone(),
-                    segments.clone(),
+            Some(object_opts) => {
+                // Registered and every dead incarnation's tail indexed before anything is served.
+                let incarnation = uuid::Uuid::new_v4();
+                takeover::register_and_take_over(
+                    &objects,
+                    &meta,
                     &opts.cluster_id,
                     opts.node_id,
-                )),
-            ),
+                    incarnation,
+                    object_opts.lanes.max(1),
+                )
+                .await?;
+                (
+                    None,
+                    Some(ObjectWal::start(
+                        object_opts.clone(),
+                        objects.clone(),
+                        meta.clone(),
+                        segments.clone(),
+                        &opts.cluster_id,
+                        incarnation,
+                    )),
+                )
+            }
             None => (Some(Wal::open(opts.wal.clone())?), None),
         };
         let inner = Arc::new(Inner {
@@ -814,6 +830,12 @@ impl LogStore {
     }
 
     /// Counters of the S3 WAL since open; `None` with the file WAL.
+    /// S3 WAL: why this incarnation acknowledges nothing more, once a taker sealed one of its
+    /// lanes (another process took its partitions over).
+    pub fn wal_sealed(&self) -> Option<String> {
+        self.inner.object_wal.as_ref().and_then(ObjectWal::sealed)
+    }
+
     pub fn object_wal_stats(&self) -> Option<ObjectWalStats> {
         self.inner.object_wal.as_ref().map(ObjectWal::stats)
     }

@@ -1,45 +1,57 @@
-//! The S3 WAL (`--wal object`): every partition's pending batches of this broker are group-committed
-//! into one **WAL object** per flush, so nothing that matters is kept on local disk.
+//! The S3 WAL (`--wal object`): this broker's pending batches are group-committed into **WAL
+//! objects**, so nothing that matters is kept on local disk, and a produce is acknowledged after
+//! one PUT.
+//!
+//! This process is an **incarnation** (a random id, registered in metadata — and so in the bucket
+//! log — before anything is acknowledged; see `takeover`). Partitions are hashed onto a few
+//! **lanes**; each lane is a sequence of objects `{cluster}/wal/{incarnation}/{lane}/{seq:020}`
+//! (layout: `wal_object`), so one slow PUT stalls only its lane's acks.
 //!
 //! Life of a batch:
 //! 1. `reserve` takes its size from a byte budget (`max_unflushed_bytes`); when the object store is
 //!    slow the budget runs out and producers wait here (backpressure), the broker does not grow.
-//! 2. `push` queues it (the caller holds the partition's append lock, so per partition the queue is
-//!    in offset order).
-//! 3. The flusher cuts an object once `flush_bytes` are queued, or `linger` after the first queued
-//!    batch — but only when one of `max_inflight_puts` PUT slots is free: while all slots are busy
-//!    the queue keeps growing (up to `max_object_bytes` per object), so objects get bigger under load
-//!    instead of more numerous (adaptive batching).
-//! 4. An upload task lays the object out as one *chunk per partition* — a mini segment in the
-//!    segment format (batches + offset/time footer, positions absolute in the object) — and PUTs it,
-//!    retrying with backoff and jitter until it succeeds or the store shuts down. Several PUTs run at
-//!    once.
-//! 5. The sequencer indexes uploaded objects **in flush order** with one `AddSegments` metadata
-//!    command for every object ready at that moment (group commit); metadata answers only once the
-//!    change is in the bucket journal. Only then are the batches visible (high watermark) and
-//!    acknowledged — in per-partition offset order, since flush order is queue order.
+//! 2. `push` queues it on its partition's lane (the caller holds the partition's append lock, so
+//!    per partition the queue is in offset order).
+//! 3. The lane's flusher cuts an object once `flush_bytes` are queued, or `linger` after the first
+//!    queued batch — only when a PUT slot is free (objects grow under load instead of multiplying)
+//!    and the lane has fewer than `max_unindexed_objects` stored objects awaiting the index (the
+//!    bound on what a taker must read after a crash).
+//! 4. An upload task lays the object out (one chunk per partition, then the manifest) and
+//!    **creates** it at the next seq of the lane, retrying until it is stored. A create refused
+//!    because the key exists is confirmed with a GET: our bytes → stored (an earlier attempt
+//!    landed); anything else is a tombstone — a taker sealed the lane: this process is a zombie.
+//! 5. The lane's acker **acknowledges** an object once it and every earlier object of the lane are
+//!    stored (acks stay in offset order per partition), after listing its chunks as *unindexed* on
+//!    their partitions so reads find them.
+//! 6. Off the latency path, the indexer adds acknowledged objects to the metadata index in
+//!    batches (`AddSegments` with the lanes' marks), then drops them from the unindexed lists.
 //!
-//! A crash before step 5 leaves an unindexed object, which is never read (the index in metadata is
-//! what makes an object visible); its batches were never acknowledged.
+//! A crash leaves stored, acknowledged, unindexed objects: the next incarnation (or another
+//! broker) seals the lanes and indexes them before it serves (`takeover`). A lane whose seq is
+//! sealed never acknowledges again, so a paused process that resumes after a takeover loses
+//! nothing it acknowledged and acknowledges nothing more.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use metadata::{
-    Command, CommandResponse, MetadataClient, SegmentEntry, SegmentRef, TopicPartition,
+    Command, CommandResponse, LaneMark, MetadataClient, Rejection, SegmentEntry, TopicPartition,
 };
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::partition::Partition;
 use crate::segment::SegmentBuilder;
 use crate::segment_reader::SegmentReader;
+use crate::wal_object::{self, Manifest};
 use crate::{lock, now_ms, Error, Result};
 
 /// Settings of the S3 WAL.
@@ -51,10 +63,15 @@ pub struct ObjectWalOptions {
     pub flush_bytes: usize,
     /// Upper bound of one WAL object (when PUTs are slow, objects grow up to this).
     pub max_object_bytes: usize,
-    /// PUTs of WAL objects in flight at once.
+    /// PUTs of WAL objects in flight at once (all lanes together).
     pub max_inflight_puts: usize,
     /// Bytes accepted but not yet durable; producers wait beyond this (backpressure).
     pub max_unflushed_bytes: usize,
+    /// Lanes (independent object sequences); partitions are hashed onto them.
+    pub lanes: u32,
+    /// Stored objects per lane not yet indexed; beyond it producers wait. Bounds what a taker
+    /// reads after a crash (so takeover time) and what reads serve from outside the index.
+    pub max_unindexed_objects: usize,
 }
 
 impl Default for ObjectWalOptions {
@@ -65,6 +82,8 @@ impl Default for ObjectWalOptions {
             max_object_bytes: 16 * 1024 * 1024,
             max_inflight_puts: 4,
             max_unflushed_bytes: 64 * 1024 * 1024,
+            lanes: 4,
+            max_unindexed_objects: 64,
         }
     }
 }
@@ -84,6 +103,9 @@ pub struct ObjectWalStats {
 
 const PUT_BACKOFF_START: Duration = Duration::from_millis(50);
 const PUT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// One PUT attempt that takes longer is abandoned and retried (it may still land: the confirming
+/// GET then finds our bytes).
+const PUT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One batch waiting for its object.
 pub(crate) struct Pending {
@@ -93,6 +115,9 @@ pub(crate) struct Pending {
     pub(crate) permit: OwnedSemaphorePermit,
     /// The batch carries a producer id (idempotent producer).
     pub(crate) idempotent: bool,
+    /// The partition's leader epoch the batch was appended under (its chunk's index entry
+    /// carries it, so a write of a deposed owner is rejected).
+    pub(crate) leader_epoch: i32,
 }
 
 #[derive(Default)]
@@ -102,15 +127,39 @@ struct Queue {
     first_at: Option<Instant>,
 }
 
-/// A WAL object that is in the store, waiting to be indexed.
+/// How an object's create ended.
+enum Outcome {
+    Stored,
+    /// The key holds another writer's object (a tombstone): the lane is sealed.
+    Sealed(String),
+    /// Given up (shutdown).
+    Aborted,
+}
+
+/// A WAL object whose create has ended.
 struct Uploaded {
     seq: u64,
     key: String,
-    /// When the object was cut from the queue and when its PUT finished (stage timings).
-    cut_at: Instant,
-    stored_at: Instant,
-    /// Per chunk: the partition, its segment ref and the batches it holds.
-    chunks: Vec<(TopicPartition, SegmentRef, Vec<Pending>)>,
+    outcome: Outcome,
+    /// Per chunk: its index entry and the batches it holds.
+    chunks: Vec<(SegmentEntry, Vec<Pending>)>,
+    /// Held until the object is indexed (bounds the lane's unindexed objects).
+    unindexed_permit: OwnedSemaphorePermit,
+}
+
+/// An acknowledged object, for the indexer.
+struct Acked {
+    lane: u32,
+    seq: u64,
+    key: String,
+    chunks: Vec<(SegmentEntry, Arc<Partition>)>,
+    unindexed_permit: OwnedSemaphorePermit,
+}
+
+struct Lane {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    unindexed: Arc<Semaphore>,
 }
 
 struct Shared {
@@ -118,15 +167,17 @@ struct Shared {
     objects: Arc<dyn ObjectStore>,
     meta: MetadataClient,
     segments: Arc<SegmentReader>,
-    key_prefix: String,
-    queue: Mutex<Queue>,
-    wake: Notify,
+    cluster_id: String,
+    incarnation: Uuid,
+    lanes: Vec<Lane>,
     budget: Arc<Semaphore>,
     put_slots: Arc<Semaphore>,
-    /// Stops accepting and makes the flusher drain (graceful shutdown).
+    /// Stops accepting and makes the flushers drain (graceful shutdown).
     draining: CancellationToken,
-    /// Gives up on whatever is left (PUT retries, journal waits).
+    /// Gives up on whatever is left (PUT retries, index waits).
     abort: CancellationToken,
+    /// Set once a lane was found sealed by another incarnation: nothing more is accepted.
+    sealed: Mutex<Option<String>>,
     objects_written: AtomicU64,
     bytes_written: AtomicU64,
     put_retries: AtomicU64,
@@ -139,18 +190,33 @@ pub(crate) struct ObjectWal {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+/// The lane of a partition (stable for the life of an incarnation).
+pub(crate) fn lane_of(tp: TopicPartition, lanes: u32) -> u32 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    tp.hash(&mut hasher);
+    (hasher.finish() % u64::from(lanes.max(1))) as u32
+}
+
 impl ObjectWal {
+    /// Starts writing the lanes of `incarnation`, which must already be registered in metadata
+    /// (and every earlier incarnation's lanes taken over).
     pub(crate) fn start(
         opts: ObjectWalOptions,
         objects: Arc<dyn ObjectStore>,
         meta: MetadataClient,
         segments: Arc<SegmentReader>,
         cluster_id: &str,
-        node_id: metadata::NodeId,
+        incarnation: Uuid,
     ) -> ObjectWal {
-        // Keys are never reused: node id + a random per-process value + a sequence number.
-        let unique: u64 = rand::random();
         let budget = opts.max_unflushed_bytes.clamp(1, Semaphore::MAX_PERMITS);
+        let lane_count = opts.lanes.max(1);
+        let lanes = (0..lane_count)
+            .map(|_| Lane {
+                queue: Mutex::new(Queue::default()),
+                wake: Notify::new(),
+                unindexed: Arc::new(Semaphore::new(opts.max_unindexed_objects.max(1))),
+            })
+            .collect();
         let shared = Arc::new(Shared {
             budget: Arc::new(Semaphore::new(budget)),
             put_slots: Arc::new(Semaphore::new(opts.max_inflight_puts.max(1))),
@@ -158,22 +224,32 @@ impl ObjectWal {
             objects,
             meta,
             segments,
-            key_prefix: format!("{cluster_id}/wal/{node_id}-{unique:016x}"),
-            queue: Mutex::new(Queue::default()),
-            wake: Notify::new(),
+            cluster_id: cluster_id.to_owned(),
+            incarnation,
+            lanes,
             draining: CancellationToken::new(),
             abort: CancellationToken::new(),
+            sealed: Mutex::new(None),
             objects_written: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             put_retries: AtomicU64::new(0),
             commits: AtomicU64::new(0),
         });
-        let (uploaded_tx, uploaded_rx) = mpsc::unbounded_channel();
-        let flusher = tokio::spawn(flusher(shared.clone(), uploaded_tx));
-        let sequencer = tokio::spawn(sequencer(shared.clone(), uploaded_rx));
+        let (acked_tx, acked_rx) = mpsc::unbounded_channel();
+        let mut tasks = vec![tokio::spawn(indexer(shared.clone(), acked_rx))];
+        for lane in 0..lane_count {
+            let (uploaded_tx, uploaded_rx) = mpsc::unbounded_channel();
+            tasks.push(tokio::spawn(flusher(shared.clone(), lane, uploaded_tx)));
+            tasks.push(tokio::spawn(acker(
+                shared.clone(),
+                lane,
+                uploaded_rx,
+                acked_tx.clone(),
+            )));
+        }
         ObjectWal {
             shared,
-            tasks: Mutex::new(vec![flusher, sequencer]),
+            tasks: Mutex::new(tasks),
         }
     }
 
@@ -197,10 +273,11 @@ impl ObjectWal {
     /// Queues a batch whose offsets are assigned (`part.state().begin_append` was called). Its
     /// partition learns the outcome through `Partition::completed_at`.
     pub(crate) fn push(&self, pending: Pending) -> Result<()> {
-        if self.shared.draining.is_cancelled() {
+        if self.shared.draining.is_cancelled() || lock(&self.shared.sealed).is_some() {
             return Err(Error::ShuttingDown);
         }
-        let mut queue = lock(&self.shared.queue);
+        let lane = &self.shared.lanes[lane_of(pending.part.tp, self.shared.opts.lanes) as usize];
+        let mut queue = lock(&lane.queue);
         let was_empty = queue.batches.is_empty();
         queue.bytes += pending.bytes.len();
         queue.batches.push(pending);
@@ -210,7 +287,7 @@ impl ObjectWal {
         let due = was_empty || queue.bytes >= self.shared.opts.flush_bytes;
         drop(queue);
         if due {
-            self.shared.wake.notify_one();
+            lane.wake.notify_one();
         }
         Ok(())
     }
@@ -225,11 +302,18 @@ impl ObjectWal {
         }
     }
 
-    /// Flushes and indexes what is queued (bounded by `grace`), then stops. Batches still not
-    /// durable after that fail with `Closed` (never acknowledged).
+    /// Why this incarnation stopped accepting writes, if a taker sealed one of its lanes.
+    pub(crate) fn sealed(&self) -> Option<String> {
+        lock(&self.shared.sealed).clone()
+    }
+
+    /// Flushes, acknowledges and indexes what is queued (bounded by `grace`), then stops. Batches
+    /// still not durable after that fail with `Closed` (never acknowledged).
     pub(crate) async fn close(&self, grace: Duration) {
         self.shared.draining.cancel();
-        self.shared.wake.notify_one();
+        for lane in &self.shared.lanes {
+            lane.wake.notify_one();
+        }
         let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
         let joined = async {
             for task in tasks {
@@ -249,9 +333,11 @@ impl ObjectWal {
             self.shared.abort.cancel();
             joined.await;
         }
-        // Anything still queued (the flusher stopped early) is answered.
-        let left = std::mem::take(&mut lock(&self.shared.queue).batches);
-        fail(left, || wal::Error::Closed);
+        // Anything still queued (a flusher stopped early) is answered.
+        for lane in &self.shared.lanes {
+            let left = std::mem::take(&mut lock(&lane.queue).batches);
+            fail(left, || wal::Error::Closed);
+        }
     }
 }
 
@@ -262,14 +348,15 @@ fn fail(batches: Vec<Pending>, error: impl Fn() -> wal::Error) {
     }
 }
 
-/// Cuts objects from the queue and starts their uploads.
-async fn flusher(shared: Arc<Shared>, uploaded: mpsc::UnboundedSender<Uploaded>) {
+/// Cuts one lane's objects from its queue and starts their uploads, seq 1, 2, … in cut order.
+async fn flusher(shared: Arc<Shared>, lane: u32, uploaded: mpsc::UnboundedSender<Uploaded>) {
+    let me = &shared.lanes[lane as usize];
     let mut seq = 0u64;
     loop {
         // Wait until something is due: enough bytes, linger expired, or draining.
         loop {
             let (bytes, first_at) = {
-                let queue = lock(&shared.queue);
+                let queue = lock(&me.queue);
                 (queue.bytes, queue.first_at)
             };
             let draining = shared.draining.is_cancelled();
@@ -287,19 +374,27 @@ async fn flusher(shared: Arc<Shared>, uploaded: mpsc::UnboundedSender<Uploaded>)
                     }
                     tokio::select! {
                         _ = tokio::time::sleep_until(due) => {}
-                        _ = shared.wake.notified() => {}
+                        _ = me.wake.notified() => {}
                         _ = shared.draining.cancelled() => {}
                     }
                 }
                 None => {
                     tokio::select! {
-                        _ = shared.wake.notified() => {}
+                        _ = me.wake.notified() => {}
                         _ = shared.draining.cancelled() => {}
                     }
                 }
             }
         }
-        // A free PUT slot; meanwhile the queue keeps filling (bigger objects under load).
+        // Room for one more unindexed object, and a free PUT slot; meanwhile the queue keeps
+        // filling (bigger objects under load).
+        let unindexed_permit = tokio::select! {
+            permit = me.unindexed.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = shared.abort.cancelled() => return,
+        };
         let slot = tokio::select! {
             slot = shared.put_slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
@@ -307,7 +402,7 @@ async fn flusher(shared: Arc<Shared>, uploaded: mpsc::UnboundedSender<Uploaded>)
             },
             _ = shared.abort.cancelled() => return,
         };
-        let batches = take_object(&shared);
+        let batches = take_object(&shared, me);
         if batches.is_empty() {
             continue;
         }
@@ -315,17 +410,17 @@ async fn flusher(shared: Arc<Shared>, uploaded: mpsc::UnboundedSender<Uploaded>)
         let shared = shared.clone();
         let uploaded = uploaded.clone();
         tokio::spawn(async move {
-            let result = upload(&shared, seq, batches).await;
+            let result = upload(&shared, lane, seq, batches, unindexed_permit).await;
             drop(slot);
-            // The sequencer outlives the flusher; a send only fails after an abort.
+            // The acker outlives the flusher; a send only fails after an abort.
             let _ = uploaded.send(result);
         });
     }
 }
 
-/// Takes whole batches from the front of the queue, up to `max_object_bytes` (at least one).
-fn take_object(shared: &Shared) -> Vec<Pending> {
-    let mut queue = lock(&shared.queue);
+/// Takes whole batches from the front of a lane's queue, up to `max_object_bytes` (at least one).
+fn take_object(shared: &Shared, lane: &Lane) -> Vec<Pending> {
+    let mut queue = lock(&lane.queue);
     let mut total = 0usize;
     let count = queue
         .batches
@@ -347,10 +442,16 @@ fn take_object(shared: &Shared) -> Vec<Pending> {
     taken
 }
 
-/// Lays out and PUTs one WAL object (retrying until it is stored or the WAL aborts).
-async fn upload(shared: &Shared, seq: u64, batches: Vec<Pending>) -> Uploaded {
-    let cut_at = Instant::now();
-    let key = format!("{}-{seq:012}.wal", shared.key_prefix);
+/// Lays out one WAL object and creates it (retrying until it is stored, found sealed, or the WAL
+/// aborts).
+async fn upload(
+    shared: &Shared,
+    lane: u32,
+    seq: u64,
+    batches: Vec<Pending>,
+    unindexed_permit: OwnedSemaphorePermit,
+) -> Uploaded {
+    let key = wal_object::object_key(&shared.cluster_id, shared.incarnation, lane, seq);
     // Chunks in partition order; inside a partition the queue (= offset) order is kept.
     let mut by_partition: BTreeMap<TopicPartition, Vec<Pending>> = BTreeMap::new();
     for pending in batches {
@@ -359,11 +460,11 @@ async fn upload(shared: &Shared, seq: u64, batches: Vec<Pending>) -> Uploaded {
             .or_default()
             .push(pending);
     }
-    let mut payload: Vec<Bytes> = Vec::new();
+    let mut body = BytesMut::new();
     let mut chunks = Vec::with_capacity(by_partition.len());
-    let mut position = 0u64;
     let created_ms = now_ms();
     for (tp, list) in by_partition {
+        let position = body.len() as u64;
         let mut builder = SegmentBuilder::with_base_position(position);
         let mut bad = None;
         for pending in &list {
@@ -382,7 +483,7 @@ async fn upload(shared: &Shared, seq: u64, batches: Vec<Pending>) -> Uploaded {
             }
         };
         let footer_len = built.object_len() - built.data_len;
-        let segment = SegmentRef {
+        let segment = metadata::SegmentRef {
             key: key.clone(),
             base_offset: built.footer.base_offset,
             end_offset: built.footer.end_offset,
@@ -394,208 +495,316 @@ async fn upload(shared: &Shared, seq: u64, batches: Vec<Pending>) -> Uploaded {
             footer_len,
             producer_batches: list.iter().any(|p| p.idempotent),
         };
-        position += built.object_len();
+        // The oldest epoch among the chunk's batches: a chunk straddling a bump is refused
+        // rather than indexed under an epoch some of it was not written under.
+        let leader_epoch = list.iter().map(|p| p.leader_epoch).min().unwrap_or(-1);
         // Later reads of this chunk (after the tail cache let go of it) skip the footer GET.
         shared.segments.remember(&key, built.footer.clone());
-        payload.extend(built.chunks);
-        chunks.push((tp, segment, list));
-    }
-    if !chunks.is_empty() {
-        let body: PutPayload = payload.into_iter().collect();
-        if put_until_stored(shared, &key, body).await {
-            shared.objects_written.fetch_add(1, Ordering::Relaxed);
-            shared.bytes_written.fetch_add(position, Ordering::Relaxed);
-        } else {
-            for (_, _, list) in chunks.drain(..) {
-                fail(list, || wal::Error::Closed);
-            }
+        for chunk in built.chunks {
+            body.extend_from_slice(&chunk);
         }
+        chunks.push((
+            SegmentEntry {
+                tp,
+                leader_epoch,
+                segment,
+            },
+            list,
+        ));
+    }
+    let manifest = Manifest {
+        incarnation: shared.incarnation,
+        lane,
+        seq,
+        sealed_by: None,
+        entries: chunks.iter().map(|(entry, _)| entry.clone()).collect(),
+    };
+    body.extend_from_slice(&wal_object::manifest_tail(&manifest));
+    let body = body.freeze();
+    let outcome = create_until_stored(shared, &key, body.clone()).await;
+    if matches!(outcome, Outcome::Stored) {
+        shared.objects_written.fetch_add(1, Ordering::Relaxed);
+        shared
+            .bytes_written
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
     }
     Uploaded {
         seq,
         key,
-        cut_at,
-        stored_at: Instant::now(),
+        outcome,
         chunks,
+        unindexed_permit,
     }
 }
 
-/// PUTs `body` at `key` until it succeeds (`true`) or the WAL aborts (`false`). The object store
+/// Creates `body` at `key` until it is stored, the key turns out to hold another writer's object
+/// (a tombstone: sealed), or the WAL aborts. Always the same key and bytes, so an earlier attempt
+/// that landed after all (a retried or abandoned request) is recognised as ours. The object store
 /// client retries transient errors itself; this loop covers longer outages (a blackout), with
 /// exponential backoff and jitter.
-async fn put_until_stored(shared: &Shared, key: &str, body: PutPayload) -> bool {
+async fn create_until_stored(shared: &Shared, key: &str, body: Bytes) -> Outcome {
     let path = ObjectPath::from(key);
     let mut delay = PUT_BACKOFF_START;
     let mut attempt = 1u32;
     loop {
-        let put = shared.objects.put(&path, body.clone());
-        let result = tokio::select! {
-            result = put => result,
-            _ = shared.abort.cancelled() => return false,
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
         };
-        match result {
-            Ok(_) => return true,
-            Err(err) => {
-                shared.put_retries.fetch_add(1, Ordering::Relaxed);
-                if attempt == 1 || attempt.is_power_of_two() {
-                    tracing::warn!(key, attempt, error = %err, "WAL object PUT failed; retrying");
+        let put = shared
+            .objects
+            .put_opts(&path, PutPayload::from_bytes(body.clone()), options);
+        let result = tokio::select! {
+            result = tokio::time::timeout(PUT_ATTEMPT_TIMEOUT, put) => result,
+            _ = shared.abort.cancelled() => return Outcome::Aborted,
+        };
+        let error = match result {
+            Ok(Ok(_)) => return Outcome::Stored,
+            Ok(Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            )) => {
+                let read = shared.objects.get(&path);
+                let found = tokio::select! {
+                    found = async { read.await?.bytes().await } => found,
+                    _ = shared.abort.cancelled() => return Outcome::Aborted,
+                };
+                match found {
+                    Ok(found) if found == body => return Outcome::Stored,
+                    Ok(found) => {
+                        let by = wal_object::parse(&found)
+                            .ok()
+                            .and_then(|manifest| manifest.sealed_by)
+                            .map_or_else(|| "an unknown writer".to_owned(), |id| id.to_string());
+                        return Outcome::Sealed(format!("{key} was sealed by {by}"));
+                    }
+                    // Reported taken but not there (or unreadable for now): create again.
+                    Err(err) => format!("create refused, then GET failed: {err}"),
                 }
-                let jitter = rand::random::<f64>() * 0.5 + 0.75;
-                tokio::select! {
-                    _ = tokio::time::sleep(delay.mul_f64(jitter)) => {}
-                    _ = shared.abort.cancelled() => return false,
-                }
-                delay = (delay * 2).min(PUT_BACKOFF_MAX);
-                attempt = attempt.saturating_add(1);
             }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("timed out after {PUT_ATTEMPT_TIMEOUT:?}"),
+        };
+        shared.put_retries.fetch_add(1, Ordering::Relaxed);
+        if attempt == 1 || attempt.is_power_of_two() {
+            tracing::warn!(key, attempt, error, "WAL object create failed; retrying");
         }
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        tokio::select! {
+            _ = tokio::time::sleep(delay.mul_f64(jitter)) => {}
+            _ = shared.abort.cancelled() => return Outcome::Aborted,
+        }
+        delay = (delay * 2).min(PUT_BACKOFF_MAX);
+        attempt = attempt.saturating_add(1);
     }
 }
 
-/// Indexes uploaded objects in flush order and answers their batches.
-async fn sequencer(shared: Arc<Shared>, mut uploaded: mpsc::UnboundedReceiver<Uploaded>) {
+/// Acknowledges one lane's objects in seq order: an object once it and every earlier one are
+/// stored. After the first object that is not (sealed by a taker, or given up at shutdown),
+/// nothing more of the lane is ever acknowledged.
+async fn acker(
+    shared: Arc<Shared>,
+    lane: u32,
+    mut uploaded: mpsc::UnboundedReceiver<Uploaded>,
+    acked: mpsc::UnboundedSender<Acked>,
+) {
     let mut ready: HashMap<u64, Uploaded> = HashMap::new();
     let mut next = 1u64;
-    loop {
-        // Block for one upload, then take whatever else already arrived.
-        let Some(first) = uploaded.recv().await else {
-            // The flusher and every upload are done.
-            break;
-        };
-        ready.insert(first.seq, first);
-        while let Ok(more) = uploaded.try_recv() {
-            ready.insert(more.seq, more);
-        }
-        let mut group = Vec::new();
+    let mut broken = false;
+    while let Some(object) = uploaded.recv().await {
+        ready.insert(object.seq, object);
         while let Some(object) = ready.remove(&next) {
-            group.push(object);
             next += 1;
-        }
-        if !group.is_empty() {
-            commit(&shared, group).await;
-        }
-    }
-    // Objects stuck behind a missing sequence number (only after an abort) are never indexed.
-    for (_, object) in ready.drain() {
-        for (_, _, list) in object.chunks {
-            fail(list, || wal::Error::Closed);
-        }
-    }
-}
-
-/// One `AddSegments` for all chunks of `group`, then the answers.
-async fn commit(shared: &Shared, group: Vec<Uploaded>) {
-    let state = shared.meta.state();
-    let mut entries = Vec::new();
-    for object in &group {
-        for (tp, segment, _) in &object.chunks {
-            let leader_epoch = state.partition(*tp).map_or(-1, |pm| pm.leader_epoch);
-            entries.push(SegmentEntry {
-                tp: *tp,
-                leader_epoch,
-                segment: segment.clone(),
-            });
-        }
-    }
-    if entries.is_empty() {
-        return;
-    }
-    let keys: Vec<String> = group.iter().map(|o| o.key.clone()).collect();
-    let commit_start = Instant::now();
-    let oldest_cut = group.iter().map(|o| o.cut_at).min();
-    let last_stored = group.iter().map(|o| o.stored_at).max();
-    let outcome = propose_until_persisted(shared, &entries).await;
-    tracing::debug!(
-        objects = group.len(),
-        put_ms = ?oldest_cut.zip(last_stored).map(|(c, s)| s.duration_since(c)),
-        wait_ms = ?last_stored.map(|s| commit_start.duration_since(s)),
-        commit_ms = ?commit_start.elapsed(),
-        "S3 WAL commit"
-    );
-    shared.commits.fetch_add(1, Ordering::Relaxed);
-    let mut index = 0usize;
-    for object in group {
-        for (tp, segment, list) in object.chunks {
-            let verdict = match &outcome {
-                Ok(Some(results)) => match results.get(index) {
-                    Some(None) => Ok(()),
-                    Some(Some(rejection)) => Err(rejection.to_string()),
-                    None => Err("metadata answered fewer entries than proposed".to_string()),
-                },
-                // Not answered per entry (the journal wait was retried): what is indexed now is
-                // the truth — only this broker adds to its partitions' index.
-                Ok(None) => {
-                    let state = shared.meta.state();
-                    match state.partition(tp) {
-                        Some(pm) if pm.segmented_end() >= segment.end_offset => Ok(()),
-                        _ => Err("not indexed".to_string()),
-                    }
+            if broken {
+                fail_object(object, || wal::Error::Closed);
+                continue;
+            }
+            match object.outcome {
+                Outcome::Stored => acknowledge(lane, object, &acked),
+                Outcome::Sealed(ref reason) => {
+                    tracing::error!(
+                        lane,
+                        seq = object.seq,
+                        reason,
+                        "FENCED: a taker sealed this broker's S3 WAL lane; nothing more is \
+                         acknowledged"
+                    );
+                    lock(&shared.sealed).get_or_insert_with(|| reason.clone());
+                    broken = true;
+                    fail_object(object, || wal::Error::Closed);
                 }
-                Err(err) => Err(err.clone()),
-            };
-            index += 1;
-            match verdict {
-                Ok(()) => {
-                    for pending in list {
-                        pending.part.completed_at(pending.base_offset, Ok(None));
-                        drop(pending.permit);
-                    }
-                }
-                Err(reason) => {
-                    tracing::warn!(?tp, key = %segment.key, reason, "WAL chunk not indexed; its batches fail");
-                    fail(list, || wal::Error::Poisoned);
+                Outcome::Aborted => {
+                    broken = true;
+                    fail_object(object, || wal::Error::Closed);
                 }
             }
         }
     }
-    tracing::trace!(?keys, "WAL objects indexed");
+    // Objects behind a seq that never ended (only after an abort) are never acknowledged.
+    for (_, object) in ready.drain() {
+        fail_object(object, || wal::Error::Closed);
+    }
+}
+
+fn fail_object(object: Uploaded, error: impl Fn() -> wal::Error + Copy) {
+    for (_, list) in object.chunks {
+        fail(list, error);
+    }
+}
+
+/// Makes an object's batches visible and acknowledges them: first its chunks are listed as
+/// unindexed on their partitions (so a reader that sees the new high watermark finds the data),
+/// then the batches complete in offset order.
+fn acknowledge(lane: u32, object: Uploaded, acked: &mpsc::UnboundedSender<Acked>) {
+    let mut chunks = Vec::with_capacity(object.chunks.len());
+    for (entry, list) in object.chunks {
+        let Some(part) = list.first().map(|p| p.part.clone()) else {
+            continue;
+        };
+        part.state().unindexed.push(entry.segment.clone());
+        for pending in list {
+            pending.part.completed_at(pending.base_offset, Ok(None));
+            drop(pending.permit);
+        }
+        chunks.push((entry, part));
+    }
+    // The indexer outlives the ackers; a send only fails after an abort.
+    let _ = acked.send(Acked {
+        lane,
+        seq: object.seq,
+        key: object.key,
+        chunks,
+        unindexed_permit: object.unindexed_permit,
+    });
+}
+
+/// Indexes acknowledged objects in batches: one `AddSegments` (per [`ENTRIES_PER_COMMAND`]) for
+/// every object acknowledged by then, carrying the lanes' marks.
+async fn indexer(shared: Arc<Shared>, mut acked: mpsc::UnboundedReceiver<Acked>) {
+    while let Some(first) = acked.recv().await {
+        let mut group = vec![first];
+        while let Ok(more) = acked.try_recv() {
+            group.push(more);
+        }
+        index(&shared, group).await;
+    }
+}
+
+async fn index(shared: &Shared, group: Vec<Acked>) {
+    let mut marks: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut entries = Vec::new();
+    for object in &group {
+        let mark = marks.entry(object.lane).or_insert(0);
+        *mark = (*mark).max(object.seq);
+        entries.extend(object.chunks.iter().map(|(entry, _)| entry.clone()));
+    }
+    let marks: Vec<LaneMark> = marks
+        .into_iter()
+        .map(|(lane, through)| LaneMark {
+            incarnation: shared.incarnation,
+            lane,
+            through,
+        })
+        .collect();
+    let started = Instant::now();
+    let outcome = propose_until_persisted(shared, &entries, marks).await;
+    tracing::debug!(
+        objects = group.len(),
+        entries = entries.len(),
+        commit_ms = ?started.elapsed(),
+        "S3 WAL objects indexed"
+    );
+    shared.commits.fetch_add(1, Ordering::Relaxed);
+    let results = match outcome {
+        Ok(results) => results,
+        Err(reason) => {
+            // Acknowledged and in the bucket: a taker indexes them. Keep them readable here and
+            // their permits held (producers wait rather than grow an unindexed tail).
+            tracing::error!(reason, "S3 WAL objects could not be indexed");
+            for object in group {
+                std::mem::forget(object.unindexed_permit);
+            }
+            return;
+        }
+    };
+    let mut index = 0usize;
+    for object in group {
+        for (entry, part) in &object.chunks {
+            if let Some(Some(rejection)) = results.get(index) {
+                match rejection {
+                    Rejection::StaleLeaderEpoch { .. } => tracing::warn!(
+                        tp = ?entry.tp,
+                        key = %object.key,
+                        %rejection,
+                        "WAL chunk not indexed: this broker no longer owns the partition"
+                    ),
+                    Rejection::UnknownTopicOrPartition => {}
+                    _ => tracing::error!(
+                        tp = ?entry.tp,
+                        key = %object.key,
+                        %rejection,
+                        "WAL chunk not indexed"
+                    ),
+                }
+            }
+            index += 1;
+            part.state().forget_unindexed(&object.key);
+        }
+        drop(object.unindexed_permit);
+    }
 }
 
 /// Entries per `AddSegments` command: keeps every command well under `MAX_COMMAND_BYTES` (an
 /// entry encodes to a few hundred bytes) when thousands of partitions share a flush.
 const ENTRIES_PER_COMMAND: usize = 1000;
 
-/// Proposes `AddSegments` (in commands of at most [`ENTRIES_PER_COMMAND`] entries, in order) and
-/// waits until metadata has them in the bucket. `Ok(Some(results))` = the per-entry answers;
-/// `Ok(None)` = applied and persisted but an answer was lost to a journal retry (read the state);
-/// `Err` = not indexed, or unknown after an abort.
+/// Proposes `AddSegments` (in commands of at most [`ENTRIES_PER_COMMAND`] entries, in order; the
+/// marks ride on the last) and waits until metadata has them in the bucket. `Ok(results)` = the
+/// per-entry answers (all `None` when an answer was lost to a journal retry: metadata holds what
+/// it accepted either way); `Err` = unknown after an abort, or metadata refused the command.
 async fn propose_until_persisted(
     shared: &Shared,
     entries: &[SegmentEntry],
-) -> std::result::Result<Option<Vec<Option<metadata::Rejection>>>, String> {
-    let mut all = Some(Vec::with_capacity(entries.len()));
-    for part in entries.chunks(ENTRIES_PER_COMMAND) {
-        match propose_part(shared, part).await? {
-            Some(results) => {
-                if let Some(all) = &mut all {
-                    all.extend(results);
-                }
-            }
-            None => all = None,
+    marks: Vec<LaneMark>,
+) -> std::result::Result<Vec<Option<Rejection>>, String> {
+    let mut all = Vec::with_capacity(entries.len());
+    let parts: Vec<&[SegmentEntry]> = if entries.is_empty() {
+        vec![&[]]
+    } else {
+        entries.chunks(ENTRIES_PER_COMMAND).collect()
+    };
+    let last = parts.len() - 1;
+    for (i, part) in parts.into_iter().enumerate() {
+        let command = Command::AddSegments {
+            entries: part.to_vec(),
+            now_ms: now_ms(),
+            marks: if i == last { marks.clone() } else { Vec::new() },
+            seal: None,
+        };
+        match propose_one(shared, command).await? {
+            Some(results) if results.len() == part.len() => all.extend(results),
+            Some(_) => return Err("metadata answered fewer entries than proposed".into()),
+            None => all.extend(std::iter::repeat_n(None, part.len())),
         }
     }
     Ok(all)
 }
 
-async fn propose_part(
+async fn propose_one(
     shared: &Shared,
-    entries: &[SegmentEntry],
-) -> std::result::Result<Option<Vec<Option<metadata::Rejection>>>, String> {
-    let command = Command::AddSegments {
-        entries: entries.to_vec(),
-        now_ms: now_ms(),
-        marks: Vec::new(),
-        seal: None,
+    command: Command,
+) -> std::result::Result<Option<Vec<Option<Rejection>>>, String> {
+    let proposed = tokio::select! {
+        result = shared.meta.propose(command) => result,
+        _ = shared.abort.cancelled() => return Err("aborted while indexing".into()),
     };
-    match shared.meta.propose(command).await {
-        Ok(CommandResponse::Entries(results)) if results.len() == entries.len() => {
-            Ok(Some(results))
-        }
+    match proposed {
+        Ok(CommandResponse::Entries(results)) => Ok(Some(results)),
         Ok(CommandResponse::Rejected(rejection)) => Err(rejection.to_string()),
         Ok(other) => Err(format!("unexpected answer {other:?}")),
         Err(metadata::Error::NotPersisted) => {
-            // Applied, but the journal is behind (object store down): keep waiting — the batches'
-            // producers get a timeout meanwhile and nothing is acknowledged early.
+            // Applied, but the journal is behind (object store down): keep waiting. Nothing waits
+            // on this but the unindexed bound.
             let mut delay = PUT_BACKOFF_START;
             loop {
                 let sync = shared.meta.sync();

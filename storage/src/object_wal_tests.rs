@@ -29,6 +29,8 @@ fn object_mode(opts: &mut StorageOptions) {
         max_object_bytes: 1024 * 1024,
         max_inflight_puts: 4,
         max_unflushed_bytes: 4 * 1024 * 1024,
+        lanes: 2,
+        max_unindexed_objects: 16,
     });
     // Compaction only when asked for by a test.
     opts.segment_bytes = 1 << 40;
@@ -106,6 +108,15 @@ async fn appends_group_commit_into_shared_objects_and_read_back() {
         stats.objects
     );
     assert_eq!(h.store.wal_stats().syncs, 0, "no file WAL in object mode");
+    // Every acknowledged batch reads back before it is indexed, and after.
+    for (p, tp) in tps.iter().enumerate() {
+        assert_eq!(read_all(&h, *tp).await, expected[p]);
+    }
+    // Indexing follows the acks, off the latency path.
+    wait_until(Duration::from_secs(20), "everything indexed", || async {
+        tps.iter().all(|tp| h.segmented_end(*tp) == 150)
+    })
+    .await;
     // Every partition's index points into shared WAL objects.
     let state = h.meta.state();
     for tp in &tps {

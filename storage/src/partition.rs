@@ -70,6 +70,9 @@ pub(crate) struct PartitionState {
     /// Idempotent-producer sequences, updated when an append is submitted (under the append lock,
     /// so they follow offset order).
     pub(crate) producers: ProducerTable,
+    /// S3 WAL: chunks acknowledged (stored, with every earlier object of their lane) but not yet
+    /// in the metadata index, in offset order; reads find them here meanwhile.
+    pub(crate) unindexed: Vec<metadata::SegmentRef>,
 }
 
 impl PartitionState {
@@ -83,6 +86,7 @@ impl PartitionState {
             inflight: VecDeque::new(),
             poisoned: false,
             producers: ProducerTable::default(),
+            unindexed: Vec::new(),
         }
     }
 
@@ -215,6 +219,19 @@ impl PartitionState {
             let removed = entry.remove();
             self.wal_bytes -= removed.batch_len as u64;
         }
+    }
+
+    /// The acknowledged, not yet indexed chunk holding `offset`, or the first one after it.
+    pub(crate) fn unindexed_at_or_after(&self, offset: i64) -> Option<metadata::SegmentRef> {
+        self.unindexed
+            .iter()
+            .find(|chunk| chunk.end_offset > offset)
+            .cloned()
+    }
+
+    /// Forgets unindexed chunks of `key` (now in the metadata index, or never to be).
+    pub(crate) fn forget_unindexed(&mut self, key: &str) {
+        self.unindexed.retain(|chunk| chunk.key != key);
     }
 
     /// The WAL entry holding `offset`, or the first one after it.

@@ -149,12 +149,15 @@ impl Inner {
                 .await;
         }
 
+        // S3 WAL: a chunk acknowledged but not indexed yet. Read before the index: the indexer
+        // forgets a chunk here only after metadata has it, so one of the two holds it.
+        let unindexed = part.state().unindexed_at_or_after(offset);
         let state = self.meta.state();
         let segments = state
             .partition(tp)
             .map(|pm| pm.segments.as_slice())
             .unwrap_or_default();
-        if let Some(seg) = segment_for(segments, offset) {
+        if let Some(seg) = segment_for(segments, offset).or(unindexed.as_ref()) {
             // A sequential reader over small WAL chunks: fetch the next ones in the background.
             if seg.footer_len > 0 {
                 let index = segments.partition_point(|s| s.end_offset <= offset);
@@ -221,11 +224,13 @@ impl Inner {
                 .iter()
                 .find(|(_, e)| e.last_offset >= log_start && e.max_timestamp >= timestamp)
                 .map(|(&base, e)| (base, *e));
+            let unindexed = part.state().unindexed.clone();
             let state = self.meta.state();
             if let Some(pm) = state.partition(tp) {
                 for seg in pm
                     .segments
                     .iter()
+                    .chain(&unindexed)
                     .filter(|s| s.end_offset > log_start && s.max_timestamp >= timestamp)
                 {
                     let min_offset = log_start.max(seg.base_offset);
@@ -267,10 +272,16 @@ impl Inner {
                     best = Some((entry.max_timestamp, base, *entry));
                 }
             }
+            let unindexed = part.state().unindexed.clone();
             let state = self.meta.state();
             let mut best_segment: Option<&SegmentRef> = None;
             if let Some(pm) = state.partition(tp) {
-                for seg in pm.segments.iter().filter(|s| s.end_offset > log_start) {
+                for seg in pm
+                    .segments
+                    .iter()
+                    .chain(&unindexed)
+                    .filter(|s| s.end_offset > log_start)
+                {
                     if best_segment.is_none_or(|b| seg.max_timestamp > b.max_timestamp) {
                         best_segment = Some(seg);
                     }
