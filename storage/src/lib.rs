@@ -40,6 +40,8 @@ mod store_tests;
 mod tail_cache;
 mod takeover;
 #[cfg(test)]
+mod takeover_tests;
+#[cfg(test)]
 mod test_support;
 mod wal_object;
 mod wal_record;

@@ -12,17 +12,17 @@ use metadata::TopicPartition;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 
-use crate::test_support::{simple_batch, stored, wait_until, FaultyStore, Harness};
+use crate::test_support::{simple_batch, stored, wait_until, Harness, SimStore};
 use crate::{ObjectWalOptions, StorageOptions, TimestampType};
 
-fn tp(topic_id: uuid::Uuid, partition: i32) -> TopicPartition {
+pub(crate) fn tp(topic_id: uuid::Uuid, partition: i32) -> TopicPartition {
     TopicPartition {
         topic_id,
         partition,
     }
 }
 
-fn object_mode(opts: &mut StorageOptions) {
+pub(crate) fn object_mode(opts: &mut StorageOptions) {
     opts.object_wal = Some(ObjectWalOptions {
         linger: Duration::from_millis(5),
         flush_bytes: 256 * 1024,
@@ -37,7 +37,7 @@ fn object_mode(opts: &mut StorageOptions) {
     opts.segment_max_age = Duration::from_secs(3600);
 }
 
-async fn read_all(h: &Harness, tp: TopicPartition) -> Vec<Vec<u8>> {
+pub(crate) async fn read_all(h: &Harness, tp: TopicPartition) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut next = 0;
     for _ in 0..10_000 {
@@ -64,7 +64,11 @@ async fn wal_objects(objects: &Arc<dyn ObjectStore>) -> usize {
 
 /// Appends `per_partition` batches to each partition concurrently; returns the expected stored
 /// bytes per partition (in offset order).
-async fn produce(h: &Harness, tps: &[TopicPartition], per_partition: usize) -> Vec<Vec<Vec<u8>>> {
+pub(crate) async fn produce(
+    h: &Harness,
+    tps: &[TopicPartition],
+    per_partition: usize,
+) -> Vec<Vec<Vec<u8>>> {
     let mut tickets = Vec::new();
     let mut batches: Vec<Vec<BytesMut>> = vec![Vec::new(); tps.len()];
     for i in 0..per_partition {
@@ -202,7 +206,7 @@ async fn compaction_rewrites_chunks_and_gc_deletes_wal_objects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_store_applies_backpressure_and_nothing_is_acked_before_the_put() {
-    let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let faulty = SimStore::faulty(Arc::new(object_store::memory::InMemory::new()));
     let handle = faulty.clone();
     let h = Harness::start_with(
         move |_| faulty,
@@ -252,7 +256,7 @@ async fn slow_store_applies_backpressure_and_nothing_is_acked_before_the_put() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_puts_are_retried_until_stored() {
-    let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let faulty = SimStore::faulty(Arc::new(object_store::memory::InMemory::new()));
     let handle = faulty.clone();
     let h = Harness::start_with(move |_| faulty, object_mode).await;
     let topic = h.create_topic("t", 1).await;
@@ -266,7 +270,7 @@ async fn failed_puts_are_retried_until_stored() {
 }
 
 /// Metadata in memory and an in-memory bucket, both shared by every store of a test.
-fn shared_parts() -> (
+pub(crate) fn shared_parts() -> (
     Arc<metadata::MemoryMetadata>,
     metadata::MetadataClient,
     Arc<dyn ObjectStore>,

@@ -993,8 +993,8 @@ async fn producer_state_survives_restart_after_compaction() {
 
 #[tokio::test]
 async fn gc_deletes_only_objects_whose_removal_is_in_the_bucket_log() {
-    use crate::test_support::FaultyStore;
-    let journal_store = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    use crate::test_support::SimStore;
+    let journal_store = SimStore::faulty(Arc::new(object_store::memory::InMemory::new()));
     let batch_len = simple_batch(1, 100, 0).len();
     let h = Harness::start_journaled(journal_store.clone(), |o| {
         o.segment_bytes = 10 * batch_len as u64;

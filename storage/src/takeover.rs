@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use metadata::{
     Command, CommandResponse, MetadataClient, MetadataState, NodeId, SealLanes, SegmentEntry,
     TopicPartition,
@@ -140,6 +141,7 @@ async fn seal_lane(
             None => {
                 let stone = wal_object::tombstone(dead, lane, seq, by);
                 if create(objects, &path, stone).await? {
+                    check_no_seal_above(objects, cluster_id, dead, lane, seq).await?;
                     return Ok((seq, found));
                 }
                 // Lost the race to the zombie's own object (or an earlier attempt of ours):
@@ -147,6 +149,40 @@ async fn seal_lane(
             }
         }
     }
+}
+
+/// A lane sealed at `seq` must not hold an older seal above it: that would mean an object below
+/// the older seal — one a zombie may have acknowledged — is missing from the bucket.
+async fn check_no_seal_above(
+    objects: &Arc<dyn ObjectStore>,
+    cluster_id: &str,
+    dead: Uuid,
+    lane: u32,
+    seq: u64,
+) -> Result<()> {
+    let own_key = wal_object::object_key(cluster_id, dead, lane, seq);
+    let prefix = ObjectPath::from(format!("{cluster_id}/wal/{}/{lane}", dead.as_simple()));
+    let listed: Vec<object_store::ObjectMeta> = objects.list(Some(&prefix)).try_collect().await?;
+    for meta in listed {
+        let key = meta.location.to_string();
+        if key <= own_key {
+            continue;
+        }
+        let Some(bytes) = get(objects, &meta.location).await? else {
+            continue;
+        };
+        if wal_object::parse(&bytes).is_ok_and(|manifest| manifest.sealed_by.is_some()) {
+            return Err(corrupt(
+                &own_key,
+                format!(
+                    "lane {lane} of incarnation {dead} has no object at seq {seq}, below an \
+                     earlier seal at {key}: an object the old owner may have acknowledged is \
+                     missing from the bucket"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Indexes the chunks of `tail` (in lane, seq order) that continue their partitions' index, at the

@@ -277,41 +277,93 @@ fn built_batches_are_valid() {
     assert_eq!(timestamps, vec![(0, 1_000), (1, 900), (2, 1_200)]);
 }
 
-/// An object store wrapper for fault injection: PUTs can be held (until released) or failed a
-/// number of times; PUTs are counted.
+/// A simulated bucket for one broker of several sharing `inner`: every request can be held (the
+/// broker is paused), PUTs complete after a random delay (so out of order), and a seeded share of
+/// them are answered "stored, then 500" or "409 with nothing stored". [`SimStore::faulty`] makes
+/// one without randomness, whose PUTs alone can be held or failed a number of times.
 #[derive(Debug)]
-pub(crate) struct FaultyStore {
+pub(crate) struct SimStore {
     inner: Arc<dyn ObjectStore>,
-    /// PUTs wait while this is `true`.
+    gate: tokio::sync::watch::Sender<bool>,
+    /// PUTs (only) wait while this is `true`.
     hold: tokio::sync::watch::Sender<bool>,
-    /// The next this-many PUTs fail with a generic (retriable) error.
+    /// The next this-many PUTs fail with a generic (retriable) error, nothing stored.
     pub(crate) fail_puts: std::sync::atomic::AtomicU32,
+    /// PUTs that reached the inner store.
     pub(crate) puts: std::sync::atomic::AtomicU64,
+    rng: std::sync::Mutex<rand::rngs::StdRng>,
+    /// Per mille of PUTs stored, then answered with an error.
+    pub(crate) stored_then_error: u32,
+    /// Per mille of creates answered `AlreadyExists` with nothing stored.
+    conflict_nothing_stored: std::sync::atomic::AtomicU32,
+    /// Upper bound of the random PUT delay.
+    pub(crate) max_delay: Duration,
 }
 
-impl FaultyStore {
-    pub(crate) fn new(inner: Arc<dyn ObjectStore>) -> Arc<FaultyStore> {
-        Arc::new(FaultyStore {
+impl SimStore {
+    pub(crate) fn new(inner: Arc<dyn ObjectStore>, seed: u64) -> Arc<SimStore> {
+        use rand::SeedableRng;
+        Arc::new(SimStore {
             inner,
+            gate: tokio::sync::watch::channel(true).0,
             hold: tokio::sync::watch::channel(false).0,
             fail_puts: Default::default(),
             puts: Default::default(),
+            rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
+            stored_then_error: 50,
+            conflict_nothing_stored: std::sync::atomic::AtomicU32::new(50),
+            max_delay: Duration::from_millis(20),
         })
+    }
+
+    /// No delays and no random faults: only what a test asks for.
+    pub(crate) fn faulty(inner: Arc<dyn ObjectStore>) -> Arc<SimStore> {
+        let mut store = SimStore::new(inner, 0);
+        let sim = Arc::get_mut(&mut store).expect("fresh store");
+        sim.stored_then_error = 0;
+        sim.max_delay = Duration::ZERO;
+        store.set_conflicts(0);
+        store
     }
 
     pub(crate) fn hold_puts(&self, hold: bool) {
         self.hold.send_replace(hold);
     }
+
+    /// Per mille of creates answered `AlreadyExists` with nothing stored, from now on.
+    pub(crate) fn set_conflicts(&self, per_mille: u32) {
+        self.conflict_nothing_stored
+            .store(per_mille, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Holds (`false`) or releases (`true`) every request of this broker.
+    pub(crate) fn set_open(&self, open: bool) {
+        self.gate.send_replace(open);
+    }
+
+    async fn pass_gate(&self) {
+        let mut gate = self.gate.subscribe();
+        // Bounded: tests open the gate again; a dropped sender also ends the wait.
+        let _ = gate.wait_for(|open| *open).await;
+    }
+
+    fn roll(&self) -> (u32, Duration) {
+        use rand::Rng;
+        let mut rng = crate::lock(&self.rng);
+        let dice = rng.random_range(0..1000);
+        let delay = rng.random_range(0..=self.max_delay.as_micros() as u64);
+        (dice, Duration::from_micros(delay))
+    }
 }
 
-impl std::fmt::Display for FaultyStore {
+impl std::fmt::Display for SimStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FaultyStore({})", self.inner)
+        write!(f, "SimStore({})", self.inner)
     }
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for FaultyStore {
+impl ObjectStore for SimStore {
     async fn put_opts(
         &self,
         location: &object_store::path::Path,
@@ -319,6 +371,7 @@ impl ObjectStore for FaultyStore {
         opts: object_store::PutOptions,
     ) -> object_store::Result<object_store::PutResult> {
         use std::sync::atomic::Ordering;
+        self.pass_gate().await;
         let mut hold = self.hold.subscribe();
         // Bounded: tests release the hold; a dropped sender also ends the wait.
         let _ = hold.wait_for(|held| !*held).await;
@@ -332,8 +385,31 @@ impl ObjectStore for FaultyStore {
                 source: "injected PUT failure".into(),
             });
         }
+        let (dice, delay) = self.roll();
+        let create = matches!(opts.mode, object_store::PutMode::Create);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        // Paused while this request was in flight: it completes only after the resume.
+        self.pass_gate().await;
+        let conflicts = self
+            .conflict_nothing_stored
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if create && dice < conflicts {
+            return Err(object_store::Error::AlreadyExists {
+                path: location.to_string(),
+                source: "simulated 409, nothing stored".into(),
+            });
+        }
         self.puts.fetch_add(1, Ordering::SeqCst);
-        self.inner.put_opts(location, payload, opts).await
+        let result = self.inner.put_opts(location, payload, opts).await?;
+        if dice >= 1000 - self.stored_then_error {
+            return Err(object_store::Error::Generic {
+                store: "sim",
+                source: "simulated 500 after the object was stored".into(),
+            });
+        }
+        Ok(result)
     }
 
     async fn put_multipart_opts(
@@ -341,6 +417,7 @@ impl ObjectStore for FaultyStore {
         location: &object_store::path::Path,
         opts: object_store::PutMultipartOptions,
     ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.pass_gate().await;
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -349,6 +426,7 @@ impl ObjectStore for FaultyStore {
         location: &object_store::path::Path,
         options: object_store::GetOptions,
     ) -> object_store::Result<object_store::GetResult> {
+        self.pass_gate().await;
         self.inner.get_opts(location, options).await
     }
 
@@ -373,6 +451,7 @@ impl ObjectStore for FaultyStore {
         &self,
         prefix: Option<&object_store::path::Path>,
     ) -> object_store::Result<object_store::ListResult> {
+        self.pass_gate().await;
         self.inner.list_with_delimiter(prefix).await
     }
 
@@ -382,6 +461,7 @@ impl ObjectStore for FaultyStore {
         to: &object_store::path::Path,
         options: object_store::CopyOptions,
     ) -> object_store::Result<()> {
+        self.pass_gate().await;
         self.inner.copy_opts(from, to, options).await
     }
 }

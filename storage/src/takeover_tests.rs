@@ -1,0 +1,398 @@
+//! Takeover of S3-WAL lanes: two or more brokers' storage against one in-memory index and one
+//! simulated bucket, in one process, under paused time. The bucket completes PUTs out of order,
+//! stores-then-errors and answers 409 with nothing stored; a broker is "paused" by holding every
+//! request of its bucket client, as a SIGSTOPped process would.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use metadata::{MetadataClient, MetadataState, TopicPartition};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use rand::{Rng, SeedableRng};
+use uuid::Uuid;
+
+use crate::object_wal_tests::{object_mode, produce, read_all, shared_parts, tp};
+use crate::test_support::{simple_batch, wait_until, Harness, SimStore};
+use crate::wal_object::{self, Manifest};
+use crate::{AppendTicket, Error, TimestampType};
+
+/// A broker whose bucket client never fails (deterministic schedules).
+fn calm(bucket: &Arc<dyn ObjectStore>, seed: u64) -> Arc<SimStore> {
+    let mut store = SimStore::new(bucket.clone(), seed);
+    Arc::get_mut(&mut store)
+        .expect("fresh store")
+        .stored_then_error = 0;
+    store.set_conflicts(0);
+    store
+}
+
+/// (incarnation, lane, seq) of a WAL object key of the lane layout.
+fn lane_position(key: &str) -> Option<(Uuid, u32, u64)> {
+    let mut parts = key.rsplit('/');
+    let seq = parts.next()?.parse().ok()?;
+    let lane = parts.next()?.parse().ok()?;
+    let incarnation = Uuid::parse_str(parts.next()?).ok()?;
+    Some((incarnation, lane, seq))
+}
+
+/// Nothing at or above a seal is in the index.
+fn assert_nothing_indexed_at_or_above_a_seal(state: &MetadataState) {
+    for topic in state.topics.values() {
+        for pm in &topic.partitions {
+            for segment in &pm.segments {
+                let Some((incarnation, lane, seq)) = lane_position(&segment.key) else {
+                    continue;
+                };
+                if let Some(seals) = state
+                    .incarnations
+                    .get(&incarnation)
+                    .and_then(|inc| inc.sealed.as_ref())
+                {
+                    assert!(
+                        seq < seals[lane as usize],
+                        "{} is indexed but lane {lane} is sealed at {}",
+                        segment.key,
+                        seals[lane as usize]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zombie_resumed_after_a_takeover_acknowledges_nothing_more_and_loses_nothing() {
+    let (_memory, meta, bucket) = shared_parts();
+    let store_a = calm(&bucket, 1);
+    let a = Harness::start_shared(meta.clone(), store_a.clone(), object_mode).await;
+    let topic = a.create_topic("t", 3).await;
+    let tps: Vec<TopicPartition> = (0..3).map(|p| tp(topic, p)).collect();
+    let expected = produce(&a, &tps, 10).await;
+
+    // A is paused with appends in flight: their objects are cut, their PUTs held.
+    store_a.set_open(false);
+    let mut in_flight = Vec::new();
+    for tp in &tps {
+        in_flight.push(
+            a.store
+                .submit_append(*tp, simple_batch(2, 50, 9), TimestampType::CreateTime)
+                .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // B starts on the same index and bucket: it seals A's lanes and serves all A acknowledged.
+    let b = Harness::start_shared(meta.clone(), calm(&bucket, 2), object_mode).await;
+    for (p, tp) in tps.iter().enumerate() {
+        assert_eq!(read_all(&b, *tp).await, expected[p], "partition {p}");
+    }
+
+    // A resumes: its held creates meet the seals; nothing more is acknowledged.
+    store_a.set_open(true);
+    for ticket in in_flight {
+        let outcome = ticket.await;
+        assert!(outcome.is_err(), "a zombie acknowledged {outcome:?}");
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "A to learn it is sealed",
+        || async { a.store.wal_sealed().is_some() },
+    )
+    .await;
+    let late = a
+        .store
+        .append(tps[0], simple_batch(1, 5, 1), TimestampType::CreateTime)
+        .await;
+    assert!(
+        matches!(late, Err(Error::ShuttingDown | Error::Wal(_))),
+        "{late:?}"
+    );
+
+    // B continues right after what A acknowledged; nothing above a seal became visible.
+    let next = b
+        .store
+        .append(tps[1], simple_batch(1, 5, 1), TimestampType::CreateTime)
+        .await
+        .expect("append on B");
+    assert_eq!(next.base_offset, 30);
+    assert_nothing_indexed_at_or_above_a_seal(&meta.state());
+    for (p, tp) in tps.iter().enumerate() {
+        assert_eq!(
+            read_all(&b, *tp).await[..10],
+            expected[p][..],
+            "partition {p}"
+        );
+    }
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Writes a WAL object of the lane layout straight into the bucket.
+async fn put_object(bucket: &Arc<dyn ObjectStore>, manifest: &Manifest) {
+    let key = wal_object::object_key(
+        "test-cluster",
+        manifest.incarnation,
+        manifest.lane,
+        manifest.seq,
+    );
+    bucket
+        .put(
+            &ObjectPath::from(key.as_str()),
+            PutPayload::from_bytes(wal_object::manifest_tail(manifest)),
+        )
+        .await
+        .expect("put");
+}
+
+fn empty_object(incarnation: Uuid, lane: u32, seq: u64, sealed_by: Option<Uuid>) -> Manifest {
+    Manifest {
+        incarnation,
+        lane,
+        seq,
+        sealed_by,
+        entries: Vec::new(),
+    }
+}
+
+/// Registers a dead incarnation (`lanes` lanes) and a newer one of the same node.
+async fn dead_incarnation(meta: &MetadataClient, lanes: u32) -> Uuid {
+    let dead = Uuid::new_v4();
+    for id in [dead, Uuid::new_v4()] {
+        meta.propose(metadata::Command::RegisterIncarnation {
+            incarnation: id,
+            node_id: crate::test_support::NODE,
+            lanes,
+            now_ms: 0,
+        })
+        .await
+        .expect("register");
+    }
+    dead
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_taker_reuses_a_seal_and_refuses_a_missing_object_below_one() {
+    let (_memory, meta, bucket) = shared_parts();
+    let dead = dead_incarnation(&meta, 2).await;
+    let earlier_taker = Uuid::new_v4();
+    // Lane 0: 1, 2 stored, a seal at 3 left by a taker that died before recording it.
+    // Lane 1: 1 stored, 2 missing, a seal at 3: what the zombie may have acknowledged at 2 is gone.
+    for manifest in [
+        empty_object(dead, 0, 1, None),
+        empty_object(dead, 0, 2, None),
+        empty_object(dead, 0, 3, Some(earlier_taker)),
+        empty_object(dead, 1, 1, None),
+        empty_object(dead, 1, 3, Some(earlier_taker)),
+    ] {
+        put_object(&bucket, &manifest).await;
+    }
+    let opened = crate::LogStore::open(
+        {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut opts = crate::StorageOptions::new(dir.keep().join("data"), 1, "test-cluster");
+            object_mode(&mut opts);
+            opts
+        },
+        bucket.clone(),
+        meta.clone(),
+    )
+    .await;
+    let err = opened.err().expect("the start must fail");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!(
+            "lane 1 of incarnation {dead} has no object at seq 2"
+        )),
+        "{message}"
+    );
+    // Nothing was recorded as sealed; the bucket still holds every object.
+    assert!(meta.state().incarnations[&dead].sealed.is_none());
+
+    // With the missing object back, a taker reuses both seals.
+    put_object(&bucket, &empty_object(dead, 1, 2, None)).await;
+    let b = Harness::start_shared(meta.clone(), bucket.clone(), object_mode).await;
+    assert_eq!(
+        meta.state().incarnations[&dead].sealed,
+        Some(vec![3, 3]),
+        "the earlier seals are reused"
+    );
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_that_loses_to_the_zombies_object_indexes_it() {
+    let (_memory, meta, bucket) = shared_parts();
+    let store_a = calm(&bucket, 3);
+    let a = Harness::start_shared(meta.clone(), store_a.clone(), |opts| {
+        object_mode(opts);
+        if let Some(wal) = &mut opts.object_wal {
+            wal.lanes = 1;
+        }
+    })
+    .await;
+    let topic = a.create_topic("t", 1).await;
+    let tp0 = tp(topic, 0);
+    let expected = produce(&a, &[tp0], 3).await;
+    // B's bucket client answers its first create with 409 (nothing stored): it must read the key
+    // and, finding nothing there, create the seal again.
+    let mut store_b = SimStore::new(bucket.clone(), 4);
+    Arc::get_mut(&mut store_b).expect("fresh").stored_then_error = 0;
+    store_b.set_conflicts(1000);
+    let b_opened = tokio::spawn({
+        let meta = meta.clone();
+        let store_b = store_b.clone();
+        async move { Harness::start_shared(meta, store_b, object_mode).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !b_opened.is_finished(),
+        "a 409 with nothing stored is not a seal"
+    );
+    // Meanwhile the zombie's next object lands at the very seq B wants to seal.
+    a.store
+        .append(tp0, simple_batch(1, 7, 2), TimestampType::CreateTime)
+        .await
+        .expect("A's object lands before the seal");
+    store_b.set_conflicts(0);
+    let b = b_opened.await.expect("B opened");
+    let mut read = read_all(&b, tp0).await;
+    assert_eq!(read.len(), 4, "B indexed the object that won the race");
+    read.truncate(3);
+    assert_eq!(read, expected[0]);
+    b.stop().await;
+    a.stop().await;
+}
+
+/// What a schedule did to one partition: batches acknowledged (base offset → batch with the
+/// epoch field cleared).
+type Acked = BTreeMap<(TopicPartition, i64), Vec<u8>>;
+
+fn without_epoch(batch: &[u8]) -> Vec<u8> {
+    let mut bytes = batch.to_vec();
+    bytes[12..16].copy_from_slice(&[0; 4]);
+    bytes
+}
+
+fn retriable(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::ShuttingDown | Error::TimedOut | Error::Wal(_) | Error::Metadata(_)
+    )
+}
+
+/// One random schedule of appends, pauses, takeovers and zombie resumes.
+async fn run_schedule(seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (_memory, meta, bucket) = shared_parts();
+    let lanes = rng.random_range(1..=3);
+    let configure = move |opts: &mut crate::StorageOptions| {
+        object_mode(opts);
+        if let Some(wal) = &mut opts.object_wal {
+            wal.lanes = lanes;
+            wal.max_inflight_puts = 3;
+        }
+    };
+    let mut stores = vec![SimStore::new(bucket.clone(), seed)];
+    let mut brokers = vec![Harness::start_shared(meta.clone(), stores[0].clone(), configure).await];
+    let topic = brokers[0].create_topic("t", 4).await;
+    let tps: Vec<TopicPartition> = (0..4).map(|p| tp(topic, p)).collect();
+    let mut tickets: Vec<(TopicPartition, BytesMut, AppendTicket)> = Vec::new();
+    for _step in 0..60 {
+        let current = brokers.len() - 1;
+        match rng.random_range(0..100) {
+            0..60 => {
+                for _ in 0..rng.random_range(1..6) {
+                    let tp = tps[rng.random_range(0..tps.len())];
+                    let batch = simple_batch(rng.random_range(1..4), rng.random_range(1..200), 7);
+                    let broker = if rng.random_bool(0.15) {
+                        // A zombie keeps trying too.
+                        rng.random_range(0..brokers.len())
+                    } else {
+                        current
+                    };
+                    let ticket = brokers[broker]
+                        .store
+                        .submit_append(tp, batch.clone(), TimestampType::CreateTime)
+                        .await;
+                    tickets.push((tp, batch, ticket));
+                }
+            }
+            60..80 => {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+            }
+            80..90 if brokers.len() < 5 => {
+                // The current broker is paused; a new one takes over.
+                stores[current].set_open(false);
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
+                let store = SimStore::new(bucket.clone(), seed.wrapping_add(brokers.len() as u64));
+                brokers.push(Harness::start_shared(meta.clone(), store.clone(), configure).await);
+                stores.push(store);
+            }
+            _ => {
+                // A paused broker (a zombie, if another took over) resumes.
+                stores[rng.random_range(0..stores.len())].set_open(true);
+            }
+        }
+    }
+    for store in &stores {
+        store.set_open(true);
+    }
+    let mut acked = Acked::new();
+    for (tp, batch, ticket) in tickets {
+        match ticket.await {
+            Ok(result) => {
+                let mut stored = batch.to_vec();
+                crate::batch::set_base_offset(&mut stored, result.base_offset);
+                let previous = acked.insert((tp, result.base_offset), without_epoch(&stored));
+                assert!(
+                    previous.is_none(),
+                    "seed {seed}: offset {} of {tp:?} acknowledged twice",
+                    result.base_offset
+                );
+            }
+            Err(error) => assert!(retriable(&error), "seed {seed}: non-retriable {error:?}"),
+        }
+    }
+    let current = brokers.last().expect("a broker");
+    for tp in &tps {
+        let batches = read_all(current, *tp).await;
+        let mut next = 0i64;
+        let mut by_offset = BTreeMap::new();
+        for bytes in &batches {
+            let header = crate::batch::BatchHeader::parse(bytes).expect("header");
+            assert_eq!(
+                header.base_offset, next,
+                "seed {seed}: offsets of {tp:?} not dense"
+            );
+            next = header.last_offset() + 1;
+            by_offset.insert(header.base_offset, without_epoch(bytes));
+        }
+        for ((acked_tp, offset), bytes) in acked.range((*tp, i64::MIN)..=(*tp, i64::MAX)) {
+            assert_eq!(acked_tp, tp);
+            assert_eq!(
+                by_offset.get(offset),
+                Some(bytes),
+                "seed {seed}: acknowledged batch at {offset} of {tp:?} is not readable"
+            );
+        }
+    }
+    assert_nothing_indexed_at_or_above_a_seal(&meta.state());
+    for broker in brokers {
+        broker.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_takeover_schedules_lose_no_acknowledged_batch() {
+    let base: u64 = std::env::var("SLUICE_SIM_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("simulation seed {base} (rerun with SLUICE_SIM_SEED={base})");
+    for round in 0..16 {
+        run_schedule(base.wrapping_add(round)).await;
+    }
+}
