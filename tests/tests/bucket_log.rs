@@ -648,3 +648,50 @@ async fn a_journal_lagging_past_the_gc_grace_then_a_crash_loses_nothing() -> Res
     check_read_back(&b.bootstrap(), &acked)?;
     Ok(())
 }
+
+/// An S3-WAL ack costs one PUT: it does not wait for the metadata commit. With every bucket-log
+/// create held (the journal is stuck, so no index change reaches the bucket), produces are still
+/// acknowledged; then A is SIGKILLed. B, on an empty data dir, restores a log that indexes none
+/// of them: it must find them in A's WAL lanes (seal, index the tail) and serve every one at its
+/// acked offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_do_not_wait_for_the_bucket_log_and_a_crash_loses_none() -> Result<()> {
+    const CLUSTER: &str = "ack-one-put";
+    let s3 = S3Server::start()?;
+    let options = || options(&s3).arg("--cluster-id", CLUSTER);
+    let mut a = SluiceProcess::start(options())?;
+    let a_bootstrap = a.bootstrap();
+    clients::create_topic(&a_bootstrap, TOPIC, PARTITIONS, &[]).await?;
+    // A first acked record, whose index commit is the bucket-log create that gets held.
+    let held = s3.faults().hold_body(RequestMatch::put(&format!(
+        "bucket-log/{CLUSTER}/metadata/log/"
+    )));
+    let first = try_produce(&a_bootstrap, "first").await?;
+    tokio::time::timeout(Duration::from_secs(8), held.arrived())
+        .await
+        .context("A made no bucket-log create after an acked produce")?;
+
+    // The journal is stuck behind the held create; acks go on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = spawn_load(a_bootstrap.clone(), "a", stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = load.await??;
+    ensure!(
+        acked.len() >= ROUND,
+        "only {} records acknowledged while the bucket log was held: acks wait for it",
+        acked.len()
+    );
+    acked.insert("first".to_owned(), first);
+    a.kill9()?;
+    drop(held);
+
+    let b = SluiceProcess::start(options())?;
+    check_read_back(&b.bootstrap(), &acked)?;
+    ensure!(
+        log_of(&b).contains("sealed dead incarnations and indexed their tails"),
+        "B did not take A's WAL lanes over:\n{}",
+        log_of(&b)
+    );
+    Ok(())
+}
