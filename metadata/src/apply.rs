@@ -446,7 +446,17 @@ fn add_segments(
             }
         }
     }
-    apply_lane_marks(state, marks, seal);
+    // A mark says "every object up to here is indexed": it must not pass a chunk that was
+    // refused for any reason other than its partition being gone or no longer this writer's.
+    let all_settled = outcomes.iter().all(|outcome| {
+        matches!(
+            outcome,
+            None | Some(Rejection::UnknownTopicOrPartition | Rejection::StaleLeaderEpoch { .. })
+        )
+    });
+    if all_settled {
+        apply_lane_marks(state, marks, seal);
+    }
     Ok(CommandResponse::Entries(outcomes))
 }
 
@@ -2003,6 +2013,17 @@ mod tests {
             &mut state,
             &lanes_command(e("w2", 5, 6), vec![mark(zombie, 1, 2)], None),
         );
+        assert_eq!(state.incarnations[&zombie].indexed_through, vec![0, 3]);
+        // A chunk that does not continue the index holds the mark where it is.
+        let gap = apply_command(
+            &mut state,
+            &lanes_command(e("gap", 9, 12), vec![mark(zombie, 1, 5)], None),
+        );
+        assert!(matches!(
+            gap,
+            CommandResponse::Entries(ref outcomes)
+                if matches!(outcomes[0], Some(Rejection::NonContiguousSegment(_)))
+        ));
         assert_eq!(state.incarnations[&zombie].indexed_through, vec![0, 3]);
         register(&mut state, taker, 1, 1);
         // The zombie's index write: its entry is stale, its mark ignored, its object not garbage

@@ -294,7 +294,8 @@ pub enum Command {
     /// whose entries was accepted goes to `deleted_objects` at once.
     ///
     /// `marks` advance the lanes' `indexed_through` (ignored for an incarnation that is no longer
-    /// live); an object of a lane (named by a mark) none of whose entries was accepted stays out of
+    /// live; marks and seal are applied only if every entry was accepted or refused because its
+    /// partition is gone or its epoch is stale — never past a chunk left out of the index); an object of a lane (named by a mark) none of whose entries was accepted stays out of
     /// `deleted_objects` (it may still be indexed by a taker; retired incarnations are swept).
     /// `seal` (a takeover) records the seals of a dead incarnation and marks its lanes indexed up to
     /// below them.

@@ -218,6 +218,14 @@ pub struct AppendTicket {
     task: tokio::task::JoinHandle<Result<AppendResult>>,
 }
 
+impl AppendTicket {
+    /// Answered already (tests of backpressure).
+    #[cfg(test)]
+    pub(crate) fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
 impl std::future::IntoFuture for AppendTicket {
     type Output = Result<AppendResult>;
     type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;

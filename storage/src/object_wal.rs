@@ -729,28 +729,38 @@ async fn index(shared: &Shared, group: Vec<Acked>) {
     };
     let mut index = 0usize;
     for object in group {
+        let mut left_out = false;
         for (entry, part) in &object.chunks {
-            if let Some(Some(rejection)) = results.get(index) {
-                match rejection {
-                    Rejection::StaleLeaderEpoch { .. } => tracing::warn!(
+            let rejection = results.get(index).cloned().flatten();
+            index += 1;
+            match rejection {
+                None | Some(Rejection::UnknownTopicOrPartition) => {}
+                Some(rejection @ Rejection::StaleLeaderEpoch { .. }) => tracing::warn!(
+                    tp = ?entry.tp,
+                    key = %object.key,
+                    %rejection,
+                    "WAL chunk not indexed: this broker no longer owns the partition"
+                ),
+                Some(rejection) => {
+                    // Metadata held the lane's mark below this object, so the next start indexes
+                    // it from the bucket; until then it stays readable from here.
+                    tracing::error!(
                         tp = ?entry.tp,
                         key = %object.key,
                         %rejection,
-                        "WAL chunk not indexed: this broker no longer owns the partition"
-                    ),
-                    Rejection::UnknownTopicOrPartition => {}
-                    _ => tracing::error!(
-                        tp = ?entry.tp,
-                        key = %object.key,
-                        %rejection,
-                        "WAL chunk not indexed"
-                    ),
+                        "acknowledged WAL chunk not indexed; it is indexed from the bucket at the \
+                         next start"
+                    );
+                    left_out = true;
+                    continue;
                 }
             }
-            index += 1;
             part.state().forget_unindexed(&object.key);
         }
-        drop(object.unindexed_permit);
+        if left_out {
+            // Its place in the lane's unindexed bound stays taken.
+            std::mem::forget(object.unindexed_permit);
+        }
     }
 }
 
@@ -767,7 +777,7 @@ async fn propose_until_persisted(
     entries: &[SegmentEntry],
     marks: Vec<LaneMark>,
 ) -> std::result::Result<Vec<Option<Rejection>>, String> {
-    let mut all = Vec::with_capacity(entries.len());
+    let mut all: Vec<Option<Rejection>> = Vec::with_capacity(entries.len());
     let parts: Vec<&[SegmentEntry]> = if entries.is_empty() {
         vec![&[]]
     } else {
@@ -775,10 +785,23 @@ async fn propose_until_persisted(
     };
     let last = parts.len() - 1;
     for (i, part) in parts.into_iter().enumerate() {
+        // The marks ride on the last command, and only if nothing before it was left out.
+        let settled = all.iter().all(|result| {
+            matches!(
+                result,
+                None | Some(
+                    Rejection::UnknownTopicOrPartition | Rejection::StaleLeaderEpoch { .. }
+                )
+            )
+        });
         let command = Command::AddSegments {
             entries: part.to_vec(),
             now_ms: now_ms(),
-            marks: if i == last { marks.clone() } else { Vec::new() },
+            marks: if i == last && settled {
+                marks.clone()
+            } else {
+                Vec::new()
+            },
             seal: None,
         };
         match propose_one(shared, command).await? {

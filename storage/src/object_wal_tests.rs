@@ -275,9 +275,20 @@ pub(crate) fn shared_parts() -> (
     metadata::MetadataClient,
     Arc<dyn ObjectStore>,
 ) {
+    shared_parts_with_timeout(Duration::from_secs(3600))
+}
+
+/// [`shared_parts`] whose metadata answers `NotPersisted` after `persist_timeout`.
+pub(crate) fn shared_parts_with_timeout(
+    persist_timeout: Duration,
+) -> (
+    Arc<metadata::MemoryMetadata>,
+    metadata::MetadataClient,
+    Arc<dyn ObjectStore>,
+) {
     let memory = Arc::new(metadata::MemoryMetadata::new(
         "test-cluster",
-        Duration::from_secs(3600),
+        persist_timeout,
     ));
     let client = metadata::MetadataClient::new(memory.clone());
     (

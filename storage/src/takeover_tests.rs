@@ -14,7 +14,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
-use crate::object_wal_tests::{object_mode, produce, read_all, shared_parts, tp};
+use crate::object_wal_tests::{
+    object_mode, produce, read_all, shared_parts, shared_parts_with_timeout, tp,
+};
 use crate::test_support::{simple_batch, wait_until, Harness, SimStore};
 use crate::wal_object::{self, Manifest};
 use crate::{AppendTicket, Error, TimestampType};
@@ -395,4 +397,57 @@ async fn random_takeover_schedules_lose_no_acknowledged_batch() {
     for round in 0..16 {
         run_schedule(base.wrapping_add(round)).await;
     }
+}
+
+/// An index commit that is not persisted does not refuse appends (nothing is poisoned): acks go
+/// on while metadata is stuck — up to the lane's unindexed bound, then producers wait — and once
+/// metadata is back everything is indexed.
+#[tokio::test(start_paused = true)]
+async fn stuck_metadata_neither_stops_acks_nor_poisons_a_partition() {
+    let (memory, meta, bucket) = shared_parts_with_timeout(Duration::from_secs(2));
+    let a = Harness::start_shared(meta.clone(), bucket.clone(), |opts| {
+        object_mode(opts);
+        if let Some(wal) = &mut opts.object_wal {
+            wal.lanes = 1;
+            wal.max_unindexed_objects = 8;
+        }
+    })
+    .await;
+    let topic = a.create_topic("t", 2).await;
+    let tps: Vec<TopicPartition> = (0..2).map(|p| tp(topic, p)).collect();
+    memory.hold_durability(true);
+    // Acknowledged while no index change can be persisted, well past the persist timeout.
+    let expected = produce(&a, &tps, 3).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let more = a
+        .store
+        .append(tps[0], simple_batch(1, 10, 3), TimestampType::CreateTime)
+        .await
+        .expect("acknowledged with metadata stuck for 10 s");
+    assert_eq!(more.base_offset, 9);
+    // Beyond the bound producers wait instead of growing the unindexed tail.
+    let mut waiting = Vec::new();
+    for i in 0..40 {
+        waiting.push(
+            a.store
+                .submit_append(tps[1], simple_batch(1, 10, i), TimestampType::CreateTime)
+                .await,
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stuck = waiting
+        .iter()
+        .filter(|ticket| !ticket.is_finished())
+        .count();
+    assert!(stuck > 0, "the unindexed bound did not hold producers back");
+    memory.hold_durability(false);
+    for ticket in waiting {
+        ticket.await.expect("acknowledged once metadata is back");
+    }
+    wait_until(Duration::from_secs(20), "everything indexed", || async {
+        a.segmented_end(tps[0]) == 10 && a.segmented_end(tps[1]) == 49
+    })
+    .await;
+    assert_eq!(read_all(&a, tps[0]).await[..3], expected[0][..]);
+    a.stop().await;
 }
