@@ -888,7 +888,7 @@ async fn a_spent_budget_inside_a_segment_stops_the_read_instead_of_skipping_ahea
 }
 
 /// A batch of `count` records from idempotent producer `pid`/`epoch` starting at `sequence`.
-fn sequenced(pid: i64, epoch: i16, sequence: i32, count: usize) -> BytesMut {
+pub(crate) fn sequenced(pid: i64, epoch: i16, sequence: i32, count: usize) -> BytesMut {
     let mut batch = simple_batch(count, 8, 1_000);
     batch[43..51].copy_from_slice(&pid.to_be_bytes());
     batch[51..53].copy_from_slice(&epoch.to_be_bytes());
@@ -898,7 +898,11 @@ fn sequenced(pid: i64, epoch: i16, sequence: i32, count: usize) -> BytesMut {
     batch
 }
 
-async fn append_one(h: &Harness, tp: TopicPartition, batch: &BytesMut) -> crate::Result<i64> {
+pub(crate) async fn append_one(
+    h: &Harness,
+    tp: TopicPartition,
+    batch: &BytesMut,
+) -> crate::Result<i64> {
     h.store
         .append(tp, batch.clone(), TimestampType::CreateTime)
         .await
@@ -935,6 +939,8 @@ async fn producer_state_survives_restart(segment_first: bool, object: bool) {
         })
         .await;
     } else if object {
+        // Indexed after the ack, off the latency path.
+        wait_until(WAIT, "indexed", || async { h.segmented_end(p) == 6 }).await;
         let segments = h.segments(p);
         assert!(!segments.is_empty() && segments.iter().all(|s| s.producer_batches));
     }

@@ -451,3 +451,90 @@ async fn stuck_metadata_neither_stops_acks_nor_poisons_a_partition() {
     assert_eq!(read_all(&a, tps[0]).await[..3], expected[0][..]);
     a.stop().await;
 }
+
+/// Metadata for one broker whose index commits (`AddSegments`) can be held, as when its process is
+/// paused right after an ack: everything else goes straight through to the shared metadata.
+struct HeldIndex {
+    inner: MetadataClient,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl metadata::MetadataBackend for HeldIndex {
+    fn propose(
+        &self,
+        cmd: metadata::Command,
+    ) -> futures::future::BoxFuture<'_, metadata::Result<metadata::CommandResponse>> {
+        Box::pin(async move {
+            if matches!(cmd, metadata::Command::AddSegments { .. }) {
+                let _ = self.open.subscribe().wait_for(|open| *open).await;
+            }
+            self.inner.propose(cmd).await
+        })
+    }
+
+    fn sync(&self) -> futures::future::BoxFuture<'_, metadata::Result<()>> {
+        Box::pin(self.inner.sync())
+    }
+
+    fn state(&self) -> Arc<MetadataState> {
+        self.inner.state()
+    }
+
+    fn durable_state(
+        &self,
+    ) -> futures::future::BoxFuture<'_, metadata::Result<Arc<MetadataState>>> {
+        Box::pin(self.inner.durable_state())
+    }
+
+    fn wait_fenced(&self) -> futures::future::BoxFuture<'_, String> {
+        Box::pin(self.inner.fenced())
+    }
+
+    fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.watch()
+    }
+}
+
+/// Idempotent batches A acknowledged but never indexed come back as producer state on the taker:
+/// a retry of one is answered with its original offset, the next sequence continues after them.
+#[tokio::test(start_paused = true)]
+async fn producer_state_after_a_takeover_includes_the_indexed_tail() {
+    use crate::store_tests::{append_one, sequenced};
+    let (_memory, meta, bucket) = shared_parts();
+    let held = Arc::new(HeldIndex {
+        inner: meta.clone(),
+        open: tokio::sync::watch::channel(false).0,
+    });
+    let a = Harness::start_shared(
+        MetadataClient::new(held.clone()),
+        bucket.clone(),
+        object_mode,
+    )
+    .await;
+    let topic = a.create_topic("idem", 1).await;
+    let p = tp(topic, 0);
+    let batches: Vec<BytesMut> = (0..3).map(|i| sequenced(7, 0, i * 2, 2)).collect();
+    for (i, batch) in batches.iter().enumerate() {
+        assert_eq!(append_one(&a, p, batch).await.unwrap(), i as i64 * 2);
+    }
+    assert_eq!(a.segmented_end(p), 0, "A's index commits are held");
+
+    let b = Harness::start_shared(meta.clone(), bucket.clone(), object_mode).await;
+    assert_eq!(b.segmented_end(p), 6, "B indexed A's tail");
+    assert_eq!(b.store.offsets(p).unwrap().high_watermark, 6);
+    assert_eq!(append_one(&b, p, &batches[1]).await.unwrap(), 2, "a retry");
+    assert!(matches!(
+        append_one(&b, p, &sequenced(7, 0, 9, 1)).await,
+        Err(Error::OutOfOrderSequence {
+            expected: 6,
+            got: 9
+        })
+    ));
+    assert_eq!(append_one(&b, p, &sequenced(7, 0, 6, 1)).await.unwrap(), 6);
+    // A's held commits, released now, are refused: B owns the partition at a newer epoch.
+    held.open.send_replace(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(b.segmented_end(p), 7);
+    b.stop().await;
+    a.stop().await;
+}
