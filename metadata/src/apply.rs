@@ -414,19 +414,31 @@ fn add_segments(
         }
     }
 
+    let lanes = !marks.is_empty() || seal.is_some();
     let mut outcomes = Vec::with_capacity(entries.len());
     let mut accepted: BTreeMap<&str, u32> = BTreeMap::new();
     for entry in entries {
         // Entries apply in order, so a later entry of the same partition continues after an
         // earlier accepted one (and a repeated chunk is refused as a duplicate key).
         let outcome = partition_mut(state, entry.tp).and_then(|partition| {
+            check_epoch(partition, entry.leader_epoch)?;
+            // A lane's chunk that DeleteRecords or retention passed before it was indexed (the
+            // log start moved beyond it and emptied the index) is settled, with nothing to index.
+            if lanes
+                && partition.segments.is_empty()
+                && entry.segment.end_offset <= partition.log_start_offset
+            {
+                return Ok(false);
+            }
             check_append(partition, entry.leader_epoch, &entry.segment)?;
             partition.segments.push(entry.segment.clone());
-            Ok(())
+            Ok(true)
         });
         match outcome {
-            Ok(()) => {
-                *accepted.entry(entry.segment.key.as_str()).or_insert(0) += 1;
+            Ok(indexed) => {
+                if indexed {
+                    *accepted.entry(entry.segment.key.as_str()).or_insert(0) += 1;
+                }
                 outcomes.push(None);
             }
             Err(rejection) => outcomes.push(Some(rejection)),
@@ -2025,20 +2037,36 @@ mod tests {
                 if matches!(outcomes[0], Some(Rejection::NonContiguousSegment(_)))
         ));
         assert_eq!(state.incarnations[&zombie].indexed_through, vec![0, 3]);
+        // A chunk that DeleteRecords passed before it was indexed is settled: the mark moves.
+        apply_command(
+            &mut state,
+            &Command::AdvanceLogStart {
+                tp: tp(t, 0),
+                offset: 20,
+                now_ms: NOW,
+            },
+        );
+        let passed = apply_command(
+            &mut state,
+            &lanes_command(e("passed", 6, 9), vec![mark(zombie, 1, 4)], None),
+        );
+        assert_eq!(passed, CommandResponse::Entries(vec![None]));
+        assert!(keys_of(&state, tp(t, 0)).is_empty());
+        assert_eq!(state.incarnations[&zombie].indexed_through, vec![0, 4]);
         register(&mut state, taker, 1, 1);
         // The zombie's index write: its entry is stale, its mark ignored, its object not garbage
         // (the taker may still index it from the bucket).
         let response = apply_command(
             &mut state,
-            &lanes_command(e("w3", 6, 9), vec![mark(zombie, 1, 4)], None),
+            &lanes_command(e("w3", 20, 23), vec![mark(zombie, 1, 5)], None),
         );
         assert!(matches!(
             response,
             CommandResponse::Entries(ref outcomes)
                 if matches!(outcomes[0], Some(Rejection::StaleLeaderEpoch { .. }))
         ));
-        assert_eq!(state.incarnations[&zombie].indexed_through, vec![0, 3]);
-        assert!(deleted_keys(&state).is_empty());
+        assert_eq!(state.incarnations[&zombie].indexed_through, vec![0, 4]);
+        assert!(!deleted_keys(&state).contains(&"w3"));
         assert!(rejected_invalid(&apply_command(
             &mut state,
             &lanes_command(Vec::new(), vec![mark(zombie, 2, 1)], None)

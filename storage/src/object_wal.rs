@@ -31,7 +31,7 @@
 //! sealed never acknowledges again, so a paused process that resumes after a takeover loses
 //! nothing it acknowledged and acknowledges nothing more.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -681,21 +681,26 @@ fn acknowledge(lane: u32, object: Uploaded, acked: &mpsc::UnboundedSender<Acked>
 /// Indexes acknowledged objects in batches: one `AddSegments` (per [`ENTRIES_PER_COMMAND`]) for
 /// every object acknowledged by then, carrying the lanes' marks.
 async fn indexer(shared: Arc<Shared>, mut acked: mpsc::UnboundedReceiver<Acked>) {
+    // Lanes with an object left out of the index: their marks never move again in this process
+    // (a later mark would pass that object, and the next start would not index it).
+    let mut frozen: HashSet<u32> = HashSet::new();
     while let Some(first) = acked.recv().await {
         let mut group = vec![first];
         while let Ok(more) = acked.try_recv() {
             group.push(more);
         }
-        index(&shared, group).await;
+        index(&shared, group, &mut frozen).await;
     }
 }
 
-async fn index(shared: &Shared, group: Vec<Acked>) {
+async fn index(shared: &Shared, group: Vec<Acked>, frozen: &mut HashSet<u32>) {
     let mut marks: BTreeMap<u32, u64> = BTreeMap::new();
     let mut entries = Vec::new();
     for object in &group {
-        let mark = marks.entry(object.lane).or_insert(0);
-        *mark = (*mark).max(object.seq);
+        if !frozen.contains(&object.lane) {
+            let mark = marks.entry(object.lane).or_insert(0);
+            *mark = (*mark).max(object.seq);
+        }
         entries.extend(object.chunks.iter().map(|(entry, _)| entry.clone()));
     }
     let marks: Vec<LaneMark> = marks
@@ -722,6 +727,7 @@ async fn index(shared: &Shared, group: Vec<Acked>) {
             // their permits held (producers wait rather than grow an unindexed tail).
             tracing::error!(reason, "S3 WAL objects could not be indexed");
             for object in group {
+                frozen.insert(object.lane);
                 std::mem::forget(object.unindexed_permit);
             }
             return;
@@ -758,6 +764,7 @@ async fn index(shared: &Shared, group: Vec<Acked>) {
             part.state().forget_unindexed(&object.key);
         }
         if left_out {
+            frozen.insert(object.lane);
             // Its place in the lane's unindexed bound stays taken.
             std::mem::forget(object.unindexed_permit);
         }

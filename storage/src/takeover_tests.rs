@@ -538,3 +538,55 @@ async fn producer_state_after_a_takeover_includes_the_indexed_tail() {
     b.stop().await;
     a.stop().await;
 }
+
+/// DeleteRecords past acknowledged chunks that are not indexed yet: once their index commit goes
+/// through they are settled (nothing to index), the lane's mark moves on, and later appends are
+/// indexed as usual — nothing is left out, nothing freezes.
+#[tokio::test(start_paused = true)]
+async fn delete_records_past_unindexed_chunks_settles_them() {
+    let (_memory, meta, bucket) = shared_parts();
+    let held = Arc::new(HeldIndex {
+        inner: meta.clone(),
+        open: tokio::sync::watch::channel(false).0,
+    });
+    let a = Harness::start_shared(MetadataClient::new(held.clone()), bucket.clone(), |opts| {
+        object_mode(opts);
+        if let Some(wal) = &mut opts.object_wal {
+            wal.lanes = 1;
+        }
+    })
+    .await;
+    let topic = a.create_topic("t", 1).await;
+    let p = tp(topic, 0);
+    produce(&a, &[p], 4).await;
+    assert_eq!(a.store.delete_records(p, 12).await.unwrap(), 12);
+    held.open.send_replace(true);
+    let more = produce_after(&a, p, 12).await;
+    wait_until(Duration::from_secs(10), "indexed", || async {
+        a.segmented_end(p) == 15
+    })
+    .await;
+    let state = meta.state();
+    let incarnation = state
+        .incarnations
+        .values()
+        .find(|inc| inc.live)
+        .expect("A's incarnation");
+    assert!(incarnation.indexed_through[0] >= 2, "{incarnation:?}");
+    let read = a.store.read(p, 12, 64 * 1024).await.expect("read");
+    let batches: Vec<Vec<u8>> = read.batches.iter().map(|b| b.to_vec()).collect();
+    assert_eq!(batches, vec![more]);
+    a.stop().await;
+}
+
+/// One batch of 3 records appended at `expected` offset; its stored bytes.
+async fn produce_after(h: &Harness, p: TopicPartition, expected: i64) -> Vec<u8> {
+    let batch = simple_batch(3, 20, 5);
+    let result = h
+        .store
+        .append(p, batch.clone(), TimestampType::CreateTime)
+        .await
+        .expect("append");
+    assert_eq!(result.base_offset, expected);
+    crate::test_support::stored(&batch, expected)
+}
