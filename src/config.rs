@@ -307,6 +307,7 @@ impl ServeConfig {
                         .wal_max_unindexed_objects
                         .or(file.wal_max_unindexed_objects)
                         .unwrap_or(defaults.max_unindexed_objects),
+                    sweep_interval: defaults.sweep_interval,
                 }
             },
             ready_file: args.ready_file.or(file.ready_file),

@@ -11,15 +11,15 @@
 //! objects whose removal from the index is stored in the bucket metadata log. A crash while the
 //! log lags can then never restore an index that points at a deleted object.
 //!
-//! WAL objects that were stored but never indexed (a crash between the PUT and the commit, or a
-//! fenced process) are *not* deleted: an object's age says nothing about whether its writer is
-//! gone (a paused process's PUT has no time bound), and no metadata yet records which writers
-//! are retired. They stay in the bucket until ownership and incarnations land (see
-//! ARCHITECTURE.md).
+//! S3 WAL lanes are swept every `sweep_interval`, never by an object's age (a paused process's PUT
+//! has no time bound) but by what the durable metadata says of its incarnation and lane: an object
+//! above a sealed lane's seal is never indexed; an object at or below a lane's mark that neither
+//! the index nor the GC queue references has no chunk anyone reads. Both are deleted. Tombstones
+//! (the seals) and everything of an incarnation that is dead but not sealed yet stay.
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use metadata::{Command, CommandResponse, PartitionMeta, TopicPartition};
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
@@ -35,6 +35,7 @@ const GC_BATCH: usize = 1000;
 pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     let mut interval = tokio::time::interval(inner.opts.housekeeping_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -45,7 +46,75 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = pass(&inner) => {}
         }
+        if let Some(wal) = &inner.opts.object_wal {
+            if last_sweep.is_none_or(|at| at.elapsed() >= wal.sweep_interval) {
+                last_sweep = Some(tokio::time::Instant::now());
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    swept = sweep_wal_lanes(&inner) => match swept {
+                        Ok(0) => {}
+                        Ok(count) => tracing::info!(count, "swept WAL objects no index will ever reference"),
+                        Err(err) => tracing::warn!(error = %err, "WAL lane sweep failed"),
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Deletes the lane objects that the durable metadata shows nobody will ever read (module docs).
+async fn sweep_wal_lanes(inner: &Inner) -> Result<usize> {
+    let state = inner.meta.durable_state().await?;
+    let mut garbage = Vec::new();
+    for (id, incarnation) in state.incarnations.iter() {
+        if !incarnation.live && incarnation.sealed.is_none() {
+            continue;
+        }
+        let prefix = ObjectPath::from(format!("{}/wal/{}", inner.opts.cluster_id, id.as_simple()));
+        let listed: Vec<object_store::ObjectMeta> =
+            inner.objects.list(Some(&prefix)).try_collect().await?;
+        for meta in listed {
+            let key = meta.location.to_string();
+            let mut parts = key.rsplit('/');
+            let (Some(Ok(seq)), Some(Ok(lane))) = (
+                parts.next().map(str::parse::<u64>),
+                parts.next().map(str::parse::<usize>),
+            ) else {
+                continue;
+            };
+            let unreferenced = || {
+                !state.shared_objects.contains_key(&key)
+                    && !state.deleted_objects.iter().any(|(k, _)| *k == key)
+            };
+            let sweep = match &incarnation.sealed {
+                Some(seals) => seals
+                    .get(lane)
+                    .is_some_and(|&seal| seq > seal || (seq < seal && unreferenced())),
+                None => incarnation
+                    .indexed_through
+                    .get(lane)
+                    .is_some_and(|&mark| seq <= mark && unreferenced()),
+            };
+            if sweep {
+                garbage.push(meta.location);
+            }
+        }
+    }
+    let count = garbage.len();
+    let results: Vec<_> = futures::stream::iter(garbage)
+        .map(|path| async move {
+            match inner.objects.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(err) => Err(err),
+            }
+        })
+        .buffer_unordered(DELETE_CONCURRENCY)
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .collect::<std::result::Result<Vec<()>, _>>()?;
+    Ok(count)
 }
 
 async fn pass(inner: &Inner) {

@@ -72,6 +72,9 @@ pub struct ObjectWalOptions {
     /// Stored objects per lane not yet indexed; beyond it producers wait. Bounds what a taker
     /// reads after a crash (so takeover time) and what reads serve from outside the index.
     pub max_unindexed_objects: usize,
+    /// How often housekeeping sweeps the lanes of incarnations for objects that will never be
+    /// indexed (above a seal) or left the index without passing through GC.
+    pub sweep_interval: Duration,
 }
 
 impl Default for ObjectWalOptions {
@@ -84,6 +87,7 @@ impl Default for ObjectWalOptions {
             max_unflushed_bytes: 64 * 1024 * 1024,
             lanes: 4,
             max_unindexed_objects: 64,
+            sweep_interval: Duration::from_secs(600),
         }
     }
 }

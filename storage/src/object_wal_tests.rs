@@ -31,6 +31,7 @@ pub(crate) fn object_mode(opts: &mut StorageOptions) {
         max_unflushed_bytes: 4 * 1024 * 1024,
         lanes: 2,
         max_unindexed_objects: 16,
+        sweep_interval: Duration::from_secs(3600),
     });
     // Compaction only when asked for by a test.
     opts.segment_bytes = 1 << 40;

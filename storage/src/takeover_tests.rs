@@ -295,6 +295,8 @@ async fn run_schedule(seed: u64) {
         if let Some(wal) = &mut opts.object_wal {
             wal.lanes = lanes;
             wal.max_inflight_puts = 3;
+            // Sweeps run throughout: the read-back below also shows they delete nothing read.
+            wal.sweep_interval = Duration::from_millis(100);
         }
     };
     let mut stores = vec![SimStore::new(bucket.clone(), seed)];
@@ -589,4 +591,99 @@ async fn produce_after(h: &Harness, p: TopicPartition, expected: i64) -> Vec<u8>
         .expect("append");
     assert_eq!(result.base_offset, expected);
     crate::test_support::stored(&batch, expected)
+}
+
+/// Keys under one incarnation's lanes: (lane, seq) → is a tombstone.
+async fn lane_objects(
+    bucket: &Arc<dyn ObjectStore>,
+    incarnation: Uuid,
+) -> BTreeMap<(u32, u64), bool> {
+    use futures::TryStreamExt;
+    let prefix = ObjectPath::from(format!("test-cluster/wal/{}", incarnation.as_simple()));
+    let listed: Vec<object_store::ObjectMeta> = bucket
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .expect("list");
+    let mut out = BTreeMap::new();
+    for meta in listed {
+        let (_, lane, seq) = lane_position(meta.location.as_ref()).expect("a lane key");
+        let bytes = bucket
+            .get(&meta.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        let tombstone = wal_object::parse(&bytes)
+            .expect("manifest")
+            .sealed_by
+            .is_some();
+        out.insert((lane, seq), tombstone);
+    }
+    out
+}
+
+/// A zombie's creates above the seal land after the takeover; the taker's sweep deletes them and
+/// keeps the seal (a tombstone) and every object the index references.
+#[tokio::test(start_paused = true)]
+async fn objects_above_a_seal_are_swept_and_the_seal_stays() {
+    let (_memory, meta, bucket) = shared_parts();
+    let one_lane = |opts: &mut crate::StorageOptions| {
+        object_mode(opts);
+        if let Some(wal) = &mut opts.object_wal {
+            wal.lanes = 1;
+            wal.sweep_interval = Duration::from_secs(5);
+        }
+    };
+    let store_a = calm(&bucket, 5);
+    let a = Harness::start_shared(meta.clone(), store_a.clone(), one_lane).await;
+    let a_id = *meta
+        .state()
+        .incarnations
+        .iter()
+        .find(|(_, inc)| inc.live)
+        .expect("A registered")
+        .0;
+    let topic = a.create_topic("t", 1).await;
+    let p = tp(topic, 0);
+    let expected = produce(&a, &[p], 3).await;
+    wait_until(Duration::from_secs(5), "A indexed", || async {
+        a.segmented_end(p) == 9
+    })
+    .await;
+    // Three more objects cut while A is paused, all held: the first is where B will seal.
+    let seal = meta.state().incarnations[&a_id].indexed_through[0] + 1;
+    store_a.set_open(false);
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(
+            a.store
+                .submit_append(p, simple_batch(1, 10, i), TimestampType::CreateTime)
+                .await,
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let b = Harness::start_shared(meta.clone(), calm(&bucket, 6), one_lane).await;
+    assert_eq!(meta.state().incarnations[&a_id].sealed, Some(vec![seal]));
+    store_a.set_open(true);
+    for ticket in held {
+        assert!(ticket.await.is_err(), "a zombie acknowledged");
+    }
+    let before = lane_objects(&bucket, a_id).await;
+    assert_eq!(before.get(&(0, seal)), Some(&true), "the seal: {before:?}");
+    assert!(
+        before.keys().any(|&(_, seq)| seq > seal),
+        "the zombie's creates above the seal landed: {before:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = lane_objects(&bucket, a_id).await;
+    assert_eq!(
+        after.keys().copied().collect::<Vec<_>>(),
+        (1..=seal).map(|seq| (0, seq)).collect::<Vec<_>>(),
+        "indexed objects and the seal stay, everything above goes"
+    );
+    assert_eq!(read_all(&b, p).await, expected[0]);
+    b.stop().await;
+    a.stop().await;
 }
