@@ -177,11 +177,33 @@ fn new_partition(owner: NodeId) -> PartitionMeta {
 }
 
 /// Bumps the partition's leader epoch (the caller checked it is below `i32::MAX`) and records
-/// that the new epoch starts at the index end.
+/// that the new epoch starts at the index end (never before the previous epoch's start).
+///
+/// Entries whose successor starts at the same offset saw no record and are dropped (as Kafka's
+/// leader-epoch cache does), except the newest one before the bump: its records may live only in
+/// a WAL tail metadata does not know yet, and recovery moves the new epoch's start past them
+/// ([`Command::SetEpochStart`]). So the history grows only with epochs that wrote something.
 fn bump_epoch(partition: &mut PartitionMeta) {
     partition.leader_epoch += 1;
-    let start = partition.segmented_end();
-    record_epoch_start(partition, partition.leader_epoch, start);
+    let history = &partition.epoch_starts;
+    let mut kept: Vec<EpochStart> = history
+        .iter()
+        .enumerate()
+        .filter(|(i, entry)| {
+            history
+                .get(i + 1)
+                .is_none_or(|next| next.start_offset > entry.start_offset)
+        })
+        .map(|(_, entry)| *entry)
+        .collect();
+    let start = partition
+        .segmented_end()
+        .max(kept.last().map_or(i64::MIN, |last| last.start_offset));
+    kept.push(EpochStart {
+        epoch: partition.leader_epoch,
+        start_offset: start,
+    });
+    partition.epoch_starts = kept;
 }
 
 /// Records that `epoch` starts at `start`: like Kafka's leader-epoch cache, entries of this or a

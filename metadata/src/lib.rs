@@ -108,8 +108,9 @@ pub struct PartitionMeta {
     /// Sorted by `base_offset`, contiguous, non-overlapping.
     pub segments: Vec<SegmentRef>,
     /// Where each leader epoch started (OffsetForLeaderEpoch answers from it): one entry per epoch
-    /// bump, sorted by epoch, start offsets non-decreasing; an epoch that saw no record is replaced
-    /// by the next one starting at the same offset (as Kafka's leader-epoch cache does), and
+    /// bump, sorted by epoch, start offsets non-decreasing; an epoch that saw no record (the next
+    /// one starts at the same offset) is dropped at a later bump and ignored by
+    /// [`PartitionMeta::end_offset_for_epoch`] (as Kafka's leader-epoch cache drops it), and
     /// entries wholly below the log start are dropped. Empty for partitions created before the
     /// history existed (until their next bump).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -155,18 +156,25 @@ impl PartitionMeta {
         if requested == self.leader_epoch || self.epoch_starts.is_empty() {
             return Some((requested, log_end));
         }
-        let Some(higher) = self.epoch_starts.iter().find(|e| e.epoch > requested) else {
+        // Epochs that saw no record (the next one starts at the same offset) do not count.
+        let history: Vec<EpochStart> = self
+            .epoch_starts
+            .iter()
+            .enumerate()
+            .filter(|(i, entry)| {
+                self.epoch_starts
+                    .get(i + 1)
+                    .is_none_or(|next| next.start_offset > entry.start_offset)
+            })
+            .map(|(_, entry)| *entry)
+            .collect();
+        let Some(higher) = history.iter().find(|e| e.epoch > requested) else {
             // Requested is below the current epoch but above everything recorded: the current
             // epoch's entry is missing (legacy), so it ends at the log end.
             return Some((requested, log_end));
         };
         let end = higher.start_offset.min(log_end);
-        match self
-            .epoch_starts
-            .iter()
-            .rev()
-            .find(|e| e.epoch <= requested)
-        {
+        match history.iter().rev().find(|e| e.epoch <= requested) {
             Some(floor) => Some((floor.epoch, end)),
             None => Some((requested, end)),
         }

@@ -318,11 +318,12 @@ fn each_epoch_bump_records_where_the_epoch_starts() {
     add(&mut state, p0, 1, seg("b", 10, 25));
     acquire(&mut state, 2, vec![p0]); // takeover: epoch 2
     assert_eq!(history(&state, p0), vec![(0, 0), (1, 10), (2, 25)]);
-    // Epochs that saw no record are replaced by the next one at the same start (as Kafka's
-    // leader-epoch cache does): two restarts without writes leave one entry at 25.
+    // An epoch that saw no record is dropped at a later bump, except the newest before it (its
+    // records may be in a WAL tail only recovery knows about).
     register(&mut state, 2);
+    assert_eq!(history(&state, p0), vec![(0, 0), (1, 10), (2, 25), (3, 25)]);
     register(&mut state, 2);
-    assert_eq!(history(&state, p0), vec![(0, 0), (1, 10), (4, 25)]);
+    assert_eq!(history(&state, p0), vec![(0, 0), (1, 10), (3, 25), (4, 25)]);
     // Recovery of a local WAL tail moves the current epoch's start forward (never back).
     let set = |start| Command::SetEpochStart {
         tp: p0,
@@ -330,7 +331,7 @@ fn each_epoch_bump_records_where_the_epoch_starts() {
         start_offset: start,
     };
     assert_eq!(apply_command(&mut state, &set(31)), CommandResponse::Ok);
-    assert_eq!(history(&state, p0), vec![(0, 0), (1, 10), (4, 31)]);
+    assert_eq!(history(&state, p0), vec![(0, 0), (1, 10), (3, 25), (4, 31)]);
     let before = state.clone();
     assert!(matches!(
         apply_command(&mut state, &set(30)),
@@ -348,7 +349,7 @@ fn each_epoch_bump_records_where_the_epoch_starts() {
         },
     );
     assert_eq!(advance, CommandResponse::LogStart(12));
-    assert_eq!(history(&state, p0), vec![(1, 10), (4, 31)]);
+    assert_eq!(history(&state, p0), vec![(1, 10), (3, 25), (4, 31)]);
     // New partitions start with epoch 0 at offset 0.
     apply_command(
         &mut state,
@@ -384,6 +385,18 @@ fn end_offset_for_epoch_follows_kafkas_rules() {
     assert_eq!(end(0), Some((0, 10))); // older than the history: the requested one, first start
     assert_eq!(end(6), None); // a future epoch is undefined
     assert_eq!(end(-1), None);
+    // Epochs that saw no record (the next starts at the same offset) do not count.
+    let mut gaps = pm.clone();
+    gaps.leader_epoch = 3;
+    gaps.epoch_starts = [(0, 0), (1, 10), (2, 10), (3, 20)]
+        .into_iter()
+        .map(|(epoch, start_offset)| EpochStart {
+            epoch,
+            start_offset,
+        })
+        .collect();
+    assert_eq!(gaps.end_offset_for_epoch(1, 30), Some((0, 10)));
+    assert_eq!(gaps.end_offset_for_epoch(2, 30), Some((2, 20)));
     // A legacy partition without history: every epoch up to the current ends at the log end.
     let mut legacy = pm.clone();
     legacy.epoch_starts.clear();

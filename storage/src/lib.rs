@@ -28,6 +28,8 @@ mod object_wal;
 mod housekeeping;
 #[cfg(test)]
 mod object_wal_tests;
+#[cfg(test)]
+mod ownership_tests;
 mod partition;
 #[cfg(test)]
 mod power_loss_tests;
@@ -69,6 +71,9 @@ pub use crate::object_wal::{ObjectWalOptions, ObjectWalStats};
 pub enum Error {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
+    /// The partition is owned by another broker (`owner`, at `leader_epoch`): not served here.
+    #[error("partition owned by broker {owner} at epoch {leader_epoch}")]
+    NotLeader { owner: NodeId, leader_epoch: i32 },
     #[error("offset {offset} out of range [{log_start}, {high_watermark}]")]
     OffsetOutOfRange {
         offset: i64,
@@ -271,16 +276,18 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    /// The partition's current leader epoch, stamped into every appended batch (as Kafka does).
-    fn leader_epoch(&self, tp: TopicPartition) -> i32 {
-        self.meta
-            .state()
-            .partition(tp)
-            .map_or(0, |pm| pm.leader_epoch)
-    }
-
-    /// The partition's state, created from metadata on first use.
+    /// The partition's state, created from metadata on first use at the epoch in force then (the
+    /// epoch it was acquired at: every write it causes carries that epoch). Only for partitions
+    /// this broker owns: another broker's answer [`Error::NotLeader`].
     pub(crate) fn partition(&self, tp: TopicPartition) -> Result<Arc<Partition>> {
+        let state = self.meta.state();
+        let pm = state.partition(tp).ok_or(Error::UnknownTopicOrPartition)?;
+        if pm.owner != self.opts.node_id {
+            return Err(Error::NotLeader {
+                owner: pm.owner,
+                leader_epoch: pm.leader_epoch,
+            });
+        }
         if let Some(part) = self
             .partitions
             .read()
@@ -289,8 +296,6 @@ impl Inner {
         {
             return Ok(part.clone());
         }
-        let state = self.meta.state();
-        let pm = state.partition(tp).ok_or(Error::UnknownTopicOrPartition)?;
         let mut partitions = self.partitions.write().unwrap_or_else(|e| e.into_inner());
         // Checked under the write lock: `drop_topic` marks the topic before it takes this lock to
         // remove its partitions, so a partition is never re-created behind its back.
@@ -308,6 +313,7 @@ impl Inner {
                     .unwrap_or_default();
                 Arc::new(Partition::new(
                     tp,
+                    pm.leader_epoch,
                     PartitionState::new(pm.log_start_offset, pm.segmented_end())
                         .with_producers(producers),
                 ))
@@ -317,11 +323,16 @@ impl Inner {
     }
 
     /// Installs a partition's state built by recovery (before anything else can load it).
-    pub(crate) fn install_partition(&self, tp: TopicPartition, state: PartitionState) {
+    pub(crate) fn install_partition(
+        &self,
+        tp: TopicPartition,
+        leader_epoch: i32,
+        state: PartitionState,
+    ) {
         self.partitions
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(tp, Arc::new(Partition::new(tp, state)));
+            .insert(tp, Arc::new(Partition::new(tp, leader_epoch, state)));
     }
 
     /// The partition's state if it is loaded (background tasks use this to avoid creating state).
@@ -385,8 +396,8 @@ impl Inner {
         let Some(wal) = &self.wal else {
             return Err(Error::ShuttingDown);
         };
-        // Read before the append lock: a metadata lookup need not serialise the partition's appends.
-        let leader_epoch = self.leader_epoch(part.tp);
+        // The epoch captured when this broker acquired the partition.
+        let leader_epoch = part.leader_epoch;
         let guard = part.append_lock.lock().await;
         let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type, leader_epoch)?
         {
@@ -453,8 +464,8 @@ impl Inner {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<AppendResult> {
         let tp = part.tp;
-        // Read before the append lock: a metadata lookup need not serialise the partition's appends.
-        let leader_epoch = self.leader_epoch(part.tp);
+        // The epoch captured when this broker acquired the partition.
+        let leader_epoch = part.leader_epoch;
         let guard = part.append_lock.lock().await;
         let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type, leader_epoch)?
         {
@@ -525,6 +536,7 @@ impl Inner {
                 tp,
                 offset,
                 now_ms: now_ms(),
+                leader_epoch: part.leader_epoch,
             })
             .await?;
         match response {
@@ -691,7 +703,11 @@ impl LogStore {
             tokio::task::spawn_blocking(move || recovery::recover(&inner))
         };
         let recovered = match replay.await {
-            Ok(result) => result.map(|_| ()),
+            Ok(Ok(stats)) => {
+                recovery::record_epoch_starts(&inner, &stats).await;
+                Ok(())
+            }
+            Ok(Err(err)) => Err(err),
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             Err(_) => Err(Error::ShuttingDown),
         };
