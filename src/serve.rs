@@ -105,6 +105,23 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         port,
     })
     .await?;
+    // Single-node Sluice: this broker owns every partition. Started under another node id on the
+    // same data dir or bucket, it takes over the partitions the old id still owns (their epochs
+    // bump, so whatever the old id would still write is fenced) before storage opens.
+    match meta
+        .propose(Command::AcquirePartitions {
+            node_id: config.node_id,
+            partitions: Vec::new(),
+        })
+        .await?
+    {
+        CommandResponse::Acquired(acquired) if acquired.is_empty() => {}
+        CommandResponse::Acquired(acquired) => tracing::info!(
+            partitions = acquired.len(),
+            "took over the partitions owned by other node ids"
+        ),
+        other => bail!("unexpected answer to AcquirePartitions: {other:?}"),
+    }
 
     let mut storage_options = StorageOptions::new(&data_dir, config.node_id, cluster_id.clone());
     storage_options.wal.fsync = config.wal_fsync;
