@@ -118,9 +118,8 @@ async fn a_restart_under_another_node_id_takes_every_partition_over() -> Result<
     }
     ensure!(leaders(&broker.bootstrap(), topic)? == vec![(1, 0), (1, 0)]);
 
-    // Same bucket, new machine and new node id.
+    // Same bucket and data dir, new node id.
     broker.terminate()?;
-    broker.wipe_data_dir()?;
     broker.set_arg("--node-id", 2);
     broker.restart()?;
     let bootstrap = broker.bootstrap();
