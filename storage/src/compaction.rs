@@ -343,7 +343,7 @@ pub(crate) async fn recover_producers(inner: &Inner) -> Result<usize> {
             }
             inner.install_partition(
                 tp,
-                pm.leader_epoch,
+                inner.acquired_epoch(tp, pm),
                 crate::partition::PartitionState::new(pm.log_start_offset, pm.segmented_end())
                     .with_producers(table),
             );

@@ -252,6 +252,12 @@ pub(crate) struct Inner {
     pub(crate) partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Topics forgotten by `drop_topic`: never lazily re-created from a stale metadata view.
     dropped_topics: Mutex<HashSet<uuid::Uuid>>,
+    /// The leader epoch each partition was acquired at by this store: every partition this node
+    /// owned when the store opened (after registration and acquire), and each one that became
+    /// this node's later (created, or taken over) at the epoch it had then. A later bump while
+    /// the node still owns it (another process registering under the same id) does not change
+    /// it, so that process's writes fence this one's.
+    acquired: Mutex<HashMap<TopicPartition, i32>>,
     pub(crate) retention: Mutex<HashMap<uuid::Uuid, Retention>>,
     pub(crate) tail: TailCache,
     pub(crate) segments: Arc<SegmentReader>,
@@ -283,6 +289,8 @@ impl Inner {
         let state = self.meta.state();
         let pm = state.partition(tp).ok_or(Error::UnknownTopicOrPartition)?;
         if pm.owner != self.opts.node_id {
+            // Released: if it comes back, it is acquired again at the epoch it has then.
+            lock(&self.acquired).remove(&tp);
             return Err(Error::NotLeader {
                 owner: pm.owner,
                 leader_epoch: pm.leader_epoch,
@@ -313,13 +321,40 @@ impl Inner {
                     .unwrap_or_default();
                 Arc::new(Partition::new(
                     tp,
-                    pm.leader_epoch,
+                    self.acquired_epoch(tp, pm),
                     PartitionState::new(pm.log_start_offset, pm.segmented_end())
                         .with_producers(producers),
                 ))
             })
             .clone();
         Ok(part)
+    }
+
+    /// Captures the epoch of every partition this node owns now (at open: after registration
+    /// and acquire bumped them).
+    fn capture_owned_epochs(&self) {
+        let state = self.meta.state();
+        let mut acquired = lock(&self.acquired);
+        for topic in state.topics.values() {
+            for (index, pm) in topic.partitions.iter().enumerate() {
+                if pm.owner != self.opts.node_id {
+                    continue;
+                }
+                if let Ok(partition) = i32::try_from(index) {
+                    let tp = TopicPartition {
+                        topic_id: topic.id,
+                        partition,
+                    };
+                    acquired.insert(tp, pm.leader_epoch);
+                }
+            }
+        }
+    }
+
+    /// The epoch `tp` was acquired at (see `Inner::acquired`); first seen owned now: its
+    /// current epoch, captured from here on.
+    pub(crate) fn acquired_epoch(&self, tp: TopicPartition, pm: &metadata::PartitionMeta) -> i32 {
+        *lock(&self.acquired).entry(tp).or_insert(pm.leader_epoch)
     }
 
     /// Installs a partition's state built by recovery (before anything else can load it).
@@ -691,12 +726,14 @@ impl LogStore {
             object_wal,
             partitions: RwLock::new(HashMap::new()),
             dropped_topics: Mutex::new(HashSet::new()),
+            acquired: Mutex::new(HashMap::new()),
             retention: Mutex::new(HashMap::new()),
             writer_wake: Notify::new(),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
+        inner.capture_owned_epochs();
         // Replay reads the whole WAL with blocking file I/O: keep it off the async workers.
         let replay = {
             let inner = inner.clone();

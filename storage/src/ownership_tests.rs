@@ -174,3 +174,62 @@ async fn a_recovered_wal_tail_moves_the_new_epochs_start_after_it() {
     );
     h.stop().await;
 }
+
+/// The epoch is captured when the store acquires its partitions (at open), not when a partition
+/// is first used: a bump while this store runs (another process registering under the same node
+/// id) fences even partitions this store loads only afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_first_used_after_a_bump_still_writes_under_the_acquired_epoch() {
+    let memory = Arc::new(MemoryMetadata::new(
+        "test-cluster",
+        Duration::from_secs(3600),
+    ));
+    let meta = MetadataClient::new(memory);
+    let objects: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    register(&meta, NODE).await;
+    let topic = uuid::Uuid::new_v4();
+    let created = meta
+        .propose(Command::CreateTopic {
+            name: "t".into(),
+            topic_id: topic,
+            partitions: 1,
+            configs: Default::default(),
+            owner: NODE,
+            now_ms: crate::now_ms(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(created, CommandResponse::Ok);
+    let p0 = tp(topic, 0);
+    let h = Harness::start_shared(meta.clone(), objects, |opts| {
+        opts.segment_max_age = Duration::from_secs(3600);
+    })
+    .await;
+    // Another process registers as the same node: epoch 1. This store acquired p0 at 0.
+    register(&meta, NODE).await;
+    assert_eq!(meta.state().partition(p0).unwrap().leader_epoch, 1);
+    h.store
+        .append(p0, simple_batch(2, 10, 1_000), TimestampType::CreateTime)
+        .await
+        .expect("local append");
+    let read = h.store.read(p0, 0, 1 << 20).await.expect("read");
+    let header = BatchHeader::parse(&read.batches[0]).expect("header");
+    assert_eq!(
+        header.partition_leader_epoch, 0,
+        "stamped with the acquired epoch"
+    );
+    let deleted = h.store.delete_records(p0, 1).await;
+    assert!(
+        matches!(
+            deleted,
+            Err(Error::Rejected(metadata::Rejection::StaleLeaderEpoch {
+                got: 0,
+                current: 1
+            }))
+        ),
+        "{deleted:?}"
+    );
+    assert_eq!(meta.state().partition(p0).unwrap().log_start_offset, 0);
+    h.stop().await;
+}

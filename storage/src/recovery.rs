@@ -184,7 +184,9 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
                 .map(ProducerTable::from_snapshot)
                 .unwrap_or_default()
         });
-        let epoch = state.partition(tp).map_or(0, |pm| pm.leader_epoch);
+        let epoch = state
+            .partition(tp)
+            .map_or(0, |pm| inner.acquired_epoch(tp, pm));
         loaded.insert(
             tp,
             Arc::new(Partition::new(tp, epoch, st.with_producers(table))),
@@ -195,7 +197,8 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
         if let Some(pm) = state.partition(tp) {
             let st =
                 PartitionState::new(pm.log_start_offset, pm.segmented_end()).with_producers(table);
-            loaded.insert(tp, Arc::new(Partition::new(tp, pm.leader_epoch, st)));
+            let epoch = inner.acquired_epoch(tp, pm);
+            loaded.insert(tp, Arc::new(Partition::new(tp, epoch, st)));
         }
     }
     tracing::info!(?stats, "data WAL replayed");
