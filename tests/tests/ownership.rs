@@ -186,3 +186,21 @@ async fn a_restart_under_another_node_id_takes_every_partition_over() -> Result<
     }
     Ok(())
 }
+
+/// The file WAL keeps metadata in a local Raft log that belongs to its node id: a start under
+/// another id on the same data dir is refused (takeover by node id is a bucket-mode feature).
+#[test]
+fn the_file_wal_refuses_another_node_id_on_its_data_dir() -> Result<()> {
+    let mut broker = SluiceProcess::start(SluiceOptions::default())?;
+    broker.terminate()?;
+    broker.set_arg("--node-id", 2);
+    let restarted = broker.restart();
+    ensure!(restarted.is_err(), "a start under node id 2 was accepted");
+    let log = std::fs::read_to_string(broker.log_path())?;
+    ensure!(
+        log.contains("belongs to voters [1], not to node 2"),
+        "{}",
+        broker.log_tail(40)
+    );
+    Ok(())
+}
