@@ -84,11 +84,12 @@ pub(crate) fn apply_command(state: &mut MetadataState, command: &Command) -> Com
             node_id,
             partitions,
         } => acquire_partitions(state, *node_id, partitions),
-        Command::SetEpochStart {
-            tp,
-            leader_epoch,
-            start_offset,
-        } => set_epoch_start(state, *tp, *leader_epoch, *start_offset),
+        Command::SetEpochStarts { entries } => Ok(CommandResponse::Entries(
+            entries
+                .iter()
+                .map(|e| set_epoch_start(state, e.tp, e.leader_epoch, e.start_offset).err())
+                .collect(),
+        )),
     };
     result.unwrap_or_else(CommandResponse::Rejected)
 }
@@ -182,7 +183,7 @@ fn new_partition(owner: NodeId) -> PartitionMeta {
 /// Entries whose successor starts at the same offset saw no record and are dropped (as Kafka's
 /// leader-epoch cache does), except the newest one before the bump: its records may live only in
 /// a WAL tail metadata does not know yet, and recovery moves the new epoch's start past them
-/// ([`Command::SetEpochStart`]). So the history grows only with epochs that wrote something.
+/// ([`Command::SetEpochStarts`]). So the history grows only with epochs that wrote something.
 fn bump_epoch(partition: &mut PartitionMeta) {
     partition.leader_epoch += 1;
     let history = &partition.epoch_starts;
@@ -290,7 +291,7 @@ fn set_epoch_start(
     tp: TopicPartition,
     leader_epoch: i32,
     start_offset: i64,
-) -> Outcome {
+) -> Result<(), Rejection> {
     let partition = partition_mut(state, tp)?;
     check_epoch(partition, leader_epoch)?;
     let recorded = partition
@@ -304,7 +305,7 @@ fn set_epoch_start(
         )));
     }
     record_epoch_start(partition, leader_epoch, start_offset);
-    Ok(CommandResponse::Ok)
+    Ok(())
 }
 
 fn create_topic(

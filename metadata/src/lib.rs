@@ -379,14 +379,23 @@ pub enum Command {
         node_id: NodeId,
         partitions: Vec<TopicPartition>,
     },
-    /// Moves the recorded start of the partition's current epoch forward to `start_offset`, fenced
-    /// by `leader_epoch`: the file WAL's recovery learns the true end of the previous epochs (data
-    /// only in the local WAL) after the epoch was bumped at the index end.
-    SetEpochStart {
-        tp: TopicPartition,
-        leader_epoch: i32,
-        start_offset: i64,
+    /// Moves the recorded start of each partition's current epoch forward (see
+    /// [`EpochStartEntry`]): the file WAL's recovery learns the true end of the previous epochs
+    /// (data only in the local WAL) after the epoch was bumped at the index end. Each entry is
+    /// applied or rejected on its own; answered with [`CommandResponse::Entries`].
+    SetEpochStarts {
+        entries: Vec<EpochStartEntry>,
     },
+}
+
+/// One partition of [`Command::SetEpochStarts`]: its current epoch starts at `start_offset`.
+/// Rejected on a stale `leader_epoch`, or when it would move the recorded start backwards or
+/// below the log start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochStartEntry {
+    pub tp: TopicPartition,
+    pub leader_epoch: i32,
+    pub start_offset: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

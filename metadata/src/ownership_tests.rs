@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::apply::apply_command;
 use crate::{
-    Command, CommandResponse, EpochStart, MetadataState, PartitionProducers, Rejection,
-    SegmentEntry, SegmentRef, TopicPartition, UNCHECKED_EPOCH,
+    Command, CommandResponse, EpochStart, EpochStartEntry, MetadataState, PartitionProducers,
+    Rejection, SegmentEntry, SegmentRef, TopicPartition, UNCHECKED_EPOCH,
 };
 
 const NOW: i64 = 1_700_000_000_000;
@@ -193,14 +193,25 @@ fn every_partition_write_under_an_older_epoch_is_rejected() {
             },
         },
     );
-    assert_stale(
+    let before = state.clone();
+    let starts = apply_command(
         &mut state,
-        Command::SetEpochStart {
-            tp: p0,
-            leader_epoch: 0,
-            start_offset: 25,
+        &Command::SetEpochStarts {
+            entries: vec![EpochStartEntry {
+                tp: p0,
+                leader_epoch: 0,
+                start_offset: 25,
+            }],
         },
     );
+    assert_eq!(
+        starts,
+        CommandResponse::Entries(vec![Some(Rejection::StaleLeaderEpoch {
+            got: 0,
+            current: 1
+        })])
+    );
+    assert_eq!(state, before);
     // The new owner's epoch passes the fence.
     let advanced = apply_command(
         &mut state,
@@ -325,17 +336,22 @@ fn each_epoch_bump_records_where_the_epoch_starts() {
     register(&mut state, 2);
     assert_eq!(history(&state, p0), vec![(0, 0), (1, 10), (3, 25), (4, 25)]);
     // Recovery of a local WAL tail moves the current epoch's start forward (never back).
-    let set = |start| Command::SetEpochStart {
-        tp: p0,
-        leader_epoch: 4,
-        start_offset: start,
+    let set = |start| Command::SetEpochStarts {
+        entries: vec![EpochStartEntry {
+            tp: p0,
+            leader_epoch: 4,
+            start_offset: start,
+        }],
     };
-    assert_eq!(apply_command(&mut state, &set(31)), CommandResponse::Ok);
+    assert_eq!(
+        apply_command(&mut state, &set(31)),
+        CommandResponse::Entries(vec![None])
+    );
     assert_eq!(history(&state, p0), vec![(0, 0), (1, 10), (3, 25), (4, 31)]);
     let before = state.clone();
     assert!(matches!(
         apply_command(&mut state, &set(30)),
-        CommandResponse::Rejected(Rejection::Invalid(_))
+        CommandResponse::Entries(ref e) if matches!(e[..], [Some(Rejection::Invalid(_))])
     ));
     assert_eq!(state, before);
     // Entries wholly below the log start are dropped; the one in force there stays.

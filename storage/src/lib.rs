@@ -282,9 +282,9 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    /// The partition's state, created from metadata on first use at the epoch in force then (the
-    /// epoch it was acquired at: every write it causes carries that epoch). Only for partitions
-    /// this broker owns: another broker's answer [`Error::NotLeader`].
+    /// The partition's state, created from metadata on first use, with the epoch this store
+    /// acquired it at (`Inner::acquired`): every write it causes carries that epoch. Only for
+    /// partitions this broker owns: another broker's answer [`Error::NotLeader`].
     pub(crate) fn partition(&self, tp: TopicPartition) -> Result<Arc<Partition>> {
         let state = self.meta.state();
         let pm = state.partition(tp).ok_or(Error::UnknownTopicOrPartition)?;
@@ -886,6 +886,7 @@ impl LogStore {
             .retain(|tp, _| tp.topic_id != topic_id);
         self.inner.tail.remove_topic(topic_id);
         lock(&self.inner.retention).remove(&topic_id);
+        lock(&self.inner.acquired).retain(|tp, _| tp.topic_id != topic_id);
     }
 
     /// Stops background tasks and closes the WAL (everything acknowledged is already durable).

@@ -35,6 +35,7 @@ pub(crate) struct RecoveryStats {
 /// current epoch really starts after it. Recorded in metadata (fenced by the captured epoch) so
 /// OffsetForLeaderEpoch answers the true end of the older epochs.
 pub(crate) async fn record_epoch_starts(inner: &Inner, stats: &RecoveryStats) {
+    let mut entries = Vec::new();
     for &(tp, max_batch_epoch, next_offset) in &stats.tails {
         let Some(part) = inner.loaded_partition(tp) else {
             continue;
@@ -50,20 +51,33 @@ pub(crate) async fn record_epoch_starts(inner: &Inner, stats: &RecoveryStats) {
         if recorded.is_some_and(|last| last.start_offset >= next_offset) {
             continue;
         }
-        let proposal = metadata::Command::SetEpochStart {
+        entries.push(metadata::EpochStartEntry {
             tp,
             leader_epoch: part.leader_epoch,
             start_offset: next_offset,
+        });
+    }
+    // Well below the command size limit per proposal.
+    for chunk in entries.chunks(EPOCH_STARTS_PER_COMMAND) {
+        let proposal = metadata::Command::SetEpochStarts {
+            entries: chunk.to_vec(),
         };
         match inner.meta.propose(proposal).await {
-            Ok(metadata::CommandResponse::Rejected(rejection)) => {
-                tracing::warn!(?tp, %rejection, "epoch start not recorded");
+            Ok(metadata::CommandResponse::Entries(outcomes)) => {
+                for (entry, outcome) in chunk.iter().zip(outcomes) {
+                    if let Some(rejection) = outcome {
+                        tracing::warn!(tp = ?entry.tp, %rejection, "epoch start not recorded");
+                    }
+                }
             }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(?tp, error = %err, "epoch start not recorded"),
+            Ok(other) => tracing::warn!(?other, "epoch starts not recorded"),
+            Err(err) => tracing::warn!(error = %err, "epoch starts not recorded"),
         }
     }
 }
+
+/// Entries of one `SetEpochStarts` proposal (about 150 bytes each encoded).
+const EPOCH_STARTS_PER_COMMAND: usize = 2_000;
 
 pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
     // The S3 WAL keeps nothing locally: its data is in indexed objects (see `object_recovery`).
