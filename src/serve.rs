@@ -105,6 +105,23 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         port,
     })
     .await?;
+    // Single-node Sluice: this broker owns every partition. Started under another node id on the
+    // same data dir or bucket, it takes over the partitions the old id still owns (their epochs
+    // bump, so whatever the old id would still write is fenced) before storage opens.
+    match meta
+        .propose(Command::AcquirePartitions {
+            node_id: config.node_id,
+            partitions: Vec::new(),
+        })
+        .await?
+    {
+        CommandResponse::Acquired(acquired) if acquired.is_empty() => {}
+        CommandResponse::Acquired(acquired) => tracing::info!(
+            partitions = acquired.len(),
+            "took over the partitions owned by other node ids"
+        ),
+        other => bail!("unexpected answer to AcquirePartitions: {other:?}"),
+    }
 
     let mut storage_options = StorageOptions::new(&data_dir, config.node_id, cluster_id.clone());
     storage_options.wal.fsync = config.wal_fsync;
@@ -165,14 +182,18 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
 
     let fenced = tokio::select! {
         () = wait_for_signal() => None,
-        reason = meta.fenced() => Some(reason),
+        reason = meta.fenced() => Some(format!(
+            "this process was fenced off the cluster's metadata log and serves no more writes \
+             ({reason})"
+        )),
+        reason = store.wait_wal_sealed() => Some(format!(
+            "another process sealed this process's S3 WAL lanes (it took the partitions over); \
+             this one serves no more writes ({reason})"
+        )),
     };
     match &fenced {
         None => tracing::info!("shutting down"),
-        Some(reason) => tracing::error!(
-            "stopping: this process was fenced off the cluster's metadata log and serves no \
-             more writes ({reason})"
-        ),
+        Some(reason) => tracing::error!("stopping: {reason}"),
     }
     ingest.set_ready(false);
     shutdown.cancel();

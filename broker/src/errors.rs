@@ -66,6 +66,7 @@ impl ErrorCode {
 pub fn storage_error_code(error: &storage::Error) -> ErrorCode {
     match error {
         storage::Error::UnknownTopicOrPartition => ErrorCode::UnknownTopicOrPartition,
+        storage::Error::NotLeader { .. } => ErrorCode::NotLeaderOrFollower,
         storage::Error::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         storage::Error::InvalidBatch(batch) => batch_error_code(batch),
         // Durability could not be established: retriable for the client, never a false ack.

@@ -217,6 +217,17 @@ pub(crate) fn from_storage(error: &storage::Error) -> ApiError {
         storage::Error::ShuttingDown => {
             ApiError::new(ErrorKind::Unavailable, "the broker is shutting down")
         }
+        // Another broker owns the partition: retriable (ownership may come back, or the client
+        // sends to the owner).
+        storage::Error::NotLeader {
+            owner,
+            leader_epoch,
+        } => ApiError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "this broker does not own the partition: broker {owner} does (leader epoch {leader_epoch})"
+            ),
+        ),
         storage::Error::InvalidBatch(error) => {
             ApiError::new(ErrorKind::Internal, format!("batch refused: {error}"))
         }

@@ -1052,3 +1052,41 @@ async fn log_append_time_topics_report_the_broker_time() {
     assert_ne!(body["timestamp"], "2001-01-01T00:00:00.000Z");
     assert!(body["timestamp"].as_str().unwrap().starts_with("20"));
 }
+
+/// A partition another broker owns is not written here: 503 naming the owner, nothing appended.
+#[tokio::test]
+async fn a_partition_owned_by_another_broker_answers_503_with_the_owner() {
+    let fx = Fixture::new(|_| {}).await;
+    fx.create_topic("t", 1, &[]).await;
+    fx.meta
+        .propose(Command::RegisterBroker {
+            node_id: 2,
+            host: "127.0.0.2".into(),
+            port: 9092,
+        })
+        .await
+        .unwrap();
+    let acquired = fx
+        .meta
+        .propose(Command::AcquirePartitions {
+            node_id: 2,
+            partitions: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(acquired, metadata::CommandResponse::Acquired(ref a) if a.len() == 1));
+    let (status, body) = fx.post("/ingest/v1/t", "application/json", "{}").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let text = body.to_string();
+    assert!(text.contains("broker 2 does"), "{text}");
+    // Taken back: served again.
+    fx.meta
+        .propose(Command::AcquirePartitions {
+            node_id: 1,
+            partitions: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let (status, body) = fx.post("/ingest/v1/t", "application/json", "{}").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::{
-    Command, CommandResponse, IncarnationMeta, LaneMark, MetadataState, NodeId, PartitionMeta,
-    Rejection, SealLanes, SegmentEntry, SegmentRef, TopicMeta, TopicPartition,
+    Command, CommandResponse, EpochStart, IncarnationMeta, LaneMark, MetadataState, NodeId,
+    PartitionMeta, Rejection, SealLanes, SegmentEntry, SegmentRef, TopicMeta, TopicPartition,
     MAX_PARTITIONS_PER_TOPIC,
 };
 
@@ -56,9 +56,12 @@ pub(crate) fn apply_command(state: &mut MetadataState, command: &Command) -> Com
             leader_epoch,
             segment,
         } => add_segment(state, *tp, *leader_epoch, segment),
-        Command::AdvanceLogStart { tp, offset, now_ms } => {
-            advance_log_start(state, *tp, *offset, *now_ms)
-        }
+        Command::AdvanceLogStart {
+            tp,
+            offset,
+            now_ms,
+            leader_epoch,
+        } => advance_log_start(state, *tp, *offset, *now_ms, *leader_epoch),
         Command::ForgetDeletedObjects { keys } => forget_deleted_objects(state, keys),
         Command::AddSegments {
             entries,
@@ -89,6 +92,16 @@ pub(crate) fn apply_command(state: &mut MetadataState, command: &Command) -> Com
             leader_epoch,
             state: producers,
         } => crate::apply_groups::set_producer_state(state, *tp, *leader_epoch, producers),
+        Command::AcquirePartitions {
+            node_id,
+            partitions,
+        } => acquire_partitions(state, *node_id, partitions),
+        Command::SetEpochStarts { entries } => Ok(CommandResponse::Entries(
+            entries
+                .iter()
+                .map(|e| set_epoch_start(state, e.tp, e.leader_epoch, e.start_offset).err())
+                .collect(),
+        )),
     };
     result.unwrap_or_else(CommandResponse::Rejected)
 }
@@ -153,7 +166,142 @@ fn new_partition(owner: NodeId) -> PartitionMeta {
         leader_epoch: 0,
         log_start_offset: 0,
         segments: Vec::new(),
+        epoch_starts: vec![EpochStart {
+            epoch: 0,
+            start_offset: 0,
+        }],
     }
+}
+
+/// Bumps the partition's leader epoch (the caller checked it is below `i32::MAX`) and records
+/// that the new epoch starts at the index end (never before the previous epoch's start).
+///
+/// Entries whose successor starts at the same offset saw no record and are dropped (as Kafka's
+/// leader-epoch cache does), except the newest one before the bump: its records may live only in
+/// a WAL tail metadata does not know yet, and recovery moves the new epoch's start past them
+/// ([`Command::SetEpochStarts`]). So the history grows only with epochs that wrote something.
+fn bump_epoch(partition: &mut PartitionMeta) {
+    partition.leader_epoch += 1;
+    let history = &partition.epoch_starts;
+    let mut kept: Vec<EpochStart> = history
+        .iter()
+        .enumerate()
+        .filter(|(i, entry)| {
+            history
+                .get(i + 1)
+                .is_none_or(|next| next.start_offset > entry.start_offset)
+        })
+        .map(|(_, entry)| *entry)
+        .collect();
+    let start = partition
+        .segmented_end()
+        .max(kept.last().map_or(i64::MIN, |last| last.start_offset));
+    kept.push(EpochStart {
+        epoch: partition.leader_epoch,
+        start_offset: start,
+    });
+    partition.epoch_starts = kept;
+}
+
+/// Records that `epoch` starts at `start`: like Kafka's leader-epoch cache, entries of this or a
+/// later epoch, or starting at or after `start` (epochs that saw no record), are replaced.
+fn record_epoch_start(partition: &mut PartitionMeta, epoch: i32, start: i64) {
+    let history = &mut partition.epoch_starts;
+    while history
+        .last()
+        .is_some_and(|last| last.epoch >= epoch || last.start_offset >= start)
+    {
+        history.pop();
+    }
+    history.push(EpochStart {
+        epoch,
+        start_offset: start,
+    });
+}
+
+/// Drops the history entries that lie wholly below the log start (the next entry starts at or
+/// before it); the entry in force at the log start stays.
+fn trim_epoch_history(partition: &mut PartitionMeta) {
+    let log_start = partition.log_start_offset;
+    let below = partition
+        .epoch_starts
+        .windows(2)
+        .take_while(|pair| pair[1].start_offset <= log_start)
+        .count();
+    partition.epoch_starts.drain(..below);
+}
+
+fn acquire_partitions(
+    state: &mut MetadataState,
+    node_id: NodeId,
+    partitions: &[TopicPartition],
+) -> Outcome {
+    if !state.brokers.contains_key(&node_id) {
+        return Err(invalid(format!(
+            "broker {node_id} is not registered and cannot acquire partitions"
+        )));
+    }
+    // Validate everything before mutating: the whole command applies or nothing does.
+    let targets: Vec<TopicPartition> = if partitions.is_empty() {
+        state
+            .topics
+            .values()
+            .flat_map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, pm)| pm.owner != node_id)
+                    .filter_map(|(index, _)| {
+                        Some(TopicPartition {
+                            topic_id: topic.id,
+                            partition: i32::try_from(index).ok()?,
+                        })
+                    })
+            })
+            .collect()
+    } else {
+        let unique: BTreeSet<TopicPartition> = partitions.iter().copied().collect();
+        unique.into_iter().collect()
+    };
+    for tp in &targets {
+        let pm = state
+            .partition(*tp)
+            .ok_or(Rejection::UnknownTopicOrPartition)?;
+        if pm.leader_epoch == i32::MAX {
+            return Err(invalid(format!("leader epoch overflow on {tp:?}")));
+        }
+    }
+    let mut acquired = Vec::with_capacity(targets.len());
+    for tp in targets {
+        let partition = partition_mut(state, tp)?;
+        partition.owner = node_id;
+        bump_epoch(partition);
+        acquired.push((tp, partition.leader_epoch));
+    }
+    Ok(CommandResponse::Acquired(acquired))
+}
+
+fn set_epoch_start(
+    state: &mut MetadataState,
+    tp: TopicPartition,
+    leader_epoch: i32,
+    start_offset: i64,
+) -> Result<(), Rejection> {
+    let partition = partition_mut(state, tp)?;
+    check_epoch(partition, leader_epoch)?;
+    let recorded = partition
+        .epoch_starts
+        .last()
+        .filter(|last| last.epoch == leader_epoch)
+        .map(|last| last.start_offset);
+    if start_offset < partition.log_start_offset || recorded.is_some_and(|r| start_offset < r) {
+        return Err(invalid(format!(
+            "epoch {leader_epoch} cannot start at {start_offset}: below its recorded start or the log start"
+        )));
+    }
+    record_epoch_start(partition, leader_epoch, start_offset);
+    Ok(())
 }
 
 fn create_topic(
@@ -432,6 +580,12 @@ fn add_segments(
             }
             check_append(partition, entry.leader_epoch, &entry.segment)?;
             partition.segments.push(entry.segment.clone());
+            if seal.is_some() {
+                // A takeover's tail was written under the older epochs: the current one starts
+                // after it.
+                let (epoch, end) = (partition.leader_epoch, partition.segmented_end());
+                record_epoch_start(partition, epoch, end);
+            }
             Ok(true)
         });
         match outcome {
@@ -572,7 +726,7 @@ fn bump_owned_epochs(state: &mut MetadataState, node_id: NodeId) -> Result<(), R
         if topic.partitions.iter().any(|p| p.owner == node_id) {
             for partition in Arc::make_mut(topic).partitions.iter_mut() {
                 if partition.owner == node_id {
-                    partition.leader_epoch += 1;
+                    bump_epoch(partition);
                 }
             }
         }
@@ -686,8 +840,12 @@ fn advance_log_start(
     tp: TopicPartition,
     offset: i64,
     now_ms: i64,
+    leader_epoch: i32,
 ) -> Outcome {
     let partition = partition_mut(state, tp)?;
+    if leader_epoch != crate::UNCHECKED_EPOCH {
+        check_epoch(partition, leader_epoch)?;
+    }
     if offset < 0 {
         return Err(invalid(format!("log start offset {offset} is negative")));
     }
@@ -703,6 +861,7 @@ fn advance_log_start(
         .take_while(|s| s.end_offset <= offset)
         .count();
     let removed: Vec<SegmentRef> = partition.segments.drain(..covered).collect();
+    trim_epoch_history(partition);
     for segment in removed {
         release_object(state, segment.key, now_ms);
     }
@@ -1173,6 +1332,7 @@ mod tests {
         let id = topic_id(1);
         create(&mut state, "t", id, 1);
         let advance = Command::AdvanceLogStart {
+            leader_epoch: crate::UNCHECKED_EPOCH,
             tp: tp(id, 0),
             offset: 15,
             now_ms: NOW,
@@ -1217,6 +1377,7 @@ mod tests {
             );
         }
         let advance = |offset, now_ms| Command::AdvanceLogStart {
+            leader_epoch: crate::UNCHECKED_EPOCH,
             tp: tp(id, 0),
             offset,
             now_ms,
@@ -1270,6 +1431,7 @@ mod tests {
         let rejection = assert_rejected_unchanged(
             &mut state,
             Command::AdvanceLogStart {
+                leader_epoch: crate::UNCHECKED_EPOCH,
                 tp: tp(id, 0),
                 offset: -1,
                 now_ms: NOW,
@@ -1279,6 +1441,7 @@ mod tests {
         let rejection = assert_rejected_unchanged(
             &mut state,
             Command::AdvanceLogStart {
+                leader_epoch: crate::UNCHECKED_EPOCH,
                 tp: tp(id, 5),
                 offset: 1,
                 now_ms: NOW,
@@ -1351,6 +1514,7 @@ mod tests {
                 segment: segment("k", 0, 4),
             },
             Command::AdvanceLogStart {
+                leader_epoch: crate::UNCHECKED_EPOCH,
                 tp: tp(id, 1),
                 offset: 4,
                 now_ms: NOW,
@@ -1600,6 +1764,7 @@ mod tests {
 
         // Retention removes a-0's chunk.
         let advance = Command::AdvanceLogStart {
+            leader_epoch: crate::UNCHECKED_EPOCH,
             tp: tp(a, 0),
             offset: 10,
             now_ms: NOW + 1,
@@ -1752,6 +1917,7 @@ mod tests {
 
         // Retention removed the head of the run meanwhile: the compacted object is refused.
         let advance = Command::AdvanceLogStart {
+            leader_epoch: crate::UNCHECKED_EPOCH,
             tp: t0,
             offset: 12,
             now_ms: NOW,
@@ -1896,6 +2062,7 @@ mod tests {
                             .map(PartitionMeta::segmented_end)
                             .unwrap_or(0);
                         Command::AdvanceLogStart {
+                            leader_epoch: crate::UNCHECKED_EPOCH,
                             tp,
                             offset: rng.below(end.max(0) as u64 + 2) as i64,
                             now_ms: now,
@@ -2044,6 +2211,7 @@ mod tests {
                 tp: tp(t, 0),
                 offset: 20,
                 now_ms: NOW,
+                leader_epoch: 1,
             },
         );
         let passed = apply_command(

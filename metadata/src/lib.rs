@@ -25,6 +25,8 @@ mod journal;
 mod journal_tests;
 #[cfg(test)]
 mod node_tests;
+#[cfg(test)]
+mod ownership_tests;
 mod raft;
 mod restore;
 mod snapshot;
@@ -105,6 +107,30 @@ pub struct PartitionMeta {
     pub log_start_offset: i64,
     /// Sorted by `base_offset`, contiguous, non-overlapping.
     pub segments: Vec<SegmentRef>,
+    /// Where each leader epoch started (OffsetForLeaderEpoch answers from it): one entry per epoch
+    /// bump, sorted by epoch, start offsets non-decreasing; an epoch that saw no record (the next
+    /// one starts at the same offset) is dropped at a later bump and ignored by
+    /// [`PartitionMeta::end_offset_for_epoch`] (as Kafka's leader-epoch cache drops it), and
+    /// entries wholly below the log start are dropped. Empty for partitions created before the
+    /// history existed (until their next bump).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epoch_starts: Vec<EpochStart>,
+}
+
+/// The first offset written under a leader epoch (see [`PartitionMeta::epoch_starts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochStart {
+    pub epoch: i32,
+    pub start_offset: i64,
+}
+
+/// `AdvanceLogStart::leader_epoch` of a journal entry written before the field existed: applied
+/// without the epoch check (old logs must replay as they did). New writers always send the epoch
+/// they captured at acquire.
+pub const UNCHECKED_EPOCH: i32 = -1;
+
+fn unchecked_epoch() -> i32 {
+    UNCHECKED_EPOCH
 }
 
 impl PartitionMeta {
@@ -114,6 +140,44 @@ impl PartitionMeta {
             .last()
             .map(|s| s.end_offset)
             .unwrap_or(self.log_start_offset)
+    }
+
+    /// OffsetForLeaderEpoch for the leader of this partition: `(epoch, end offset)` of the largest
+    /// epoch `<= requested` (the requested one itself when it is older than the whole history),
+    /// where an epoch ends where the next higher one starts, and the current epoch at `log_end`.
+    /// `None` = undefined (Kafka answers epoch -1, offset -1): a negative or future epoch.
+    ///
+    /// Without a history (a partition created before it existed) every epoch up to the current
+    /// one ends at `log_end`: no client is told of a truncation that cannot have happened.
+    pub fn end_offset_for_epoch(&self, requested: i32, log_end: i64) -> Option<(i32, i64)> {
+        if requested < 0 || requested > self.leader_epoch {
+            return None;
+        }
+        if requested == self.leader_epoch || self.epoch_starts.is_empty() {
+            return Some((requested, log_end));
+        }
+        // Epochs that saw no record (the next one starts at the same offset) do not count.
+        let history: Vec<EpochStart> = self
+            .epoch_starts
+            .iter()
+            .enumerate()
+            .filter(|(i, entry)| {
+                self.epoch_starts
+                    .get(i + 1)
+                    .is_none_or(|next| next.start_offset > entry.start_offset)
+            })
+            .map(|(_, entry)| *entry)
+            .collect();
+        let Some(higher) = history.iter().find(|e| e.epoch > requested) else {
+            // Requested is below the current epoch but above everything recorded: the current
+            // epoch's entry is missing (legacy), so it ends at the log end.
+            return Some((requested, log_end));
+        };
+        let end = higher.start_offset.min(log_end);
+        match history.iter().rev().find(|e| e.epoch <= requested) {
+            Some(floor) => Some((floor.epoch, end)),
+            None => Some((requested, end)),
+        }
     }
 }
 
@@ -329,10 +393,15 @@ pub enum Command {
     },
     /// Moves the log start offset forward (retention, DeleteRecords); segments wholly below it are
     /// removed from the index and queued in `deleted_objects`.
+    ///
+    /// Rejected on a stale `leader_epoch`, like every other partition write; an entry written
+    /// before the field existed decodes as [`UNCHECKED_EPOCH`] and is applied unchecked.
     AdvanceLogStart {
         tp: TopicPartition,
         offset: i64,
         now_ms: i64,
+        #[serde(default = "unchecked_epoch")]
+        leader_epoch: i32,
     },
     /// Forgets objects that the GC has deleted from the object store.
     ForgetDeletedObjects {
@@ -367,6 +436,32 @@ pub enum Command {
         leader_epoch: i32,
         state: PartitionProducers,
     },
+    /// Makes `node_id` (a registered broker) the owner of `partitions` — empty = every partition
+    /// not owned by it — and bumps their leader epoch, recording where the new epoch starts (the
+    /// partition's index end). Writes captured under an older epoch are rejected from then on.
+    /// Answered with [`CommandResponse::Acquired`]: every acquired partition with its new epoch
+    /// (the caller captures it). An unknown partition in the list rejects the whole command.
+    AcquirePartitions {
+        node_id: NodeId,
+        partitions: Vec<TopicPartition>,
+    },
+    /// Moves the recorded start of each partition's current epoch forward (see
+    /// [`EpochStartEntry`]): the file WAL's recovery learns the true end of the previous epochs
+    /// (data only in the local WAL) after the epoch was bumped at the index end. Each entry is
+    /// applied or rejected on its own; answered with [`CommandResponse::Entries`].
+    SetEpochStarts {
+        entries: Vec<EpochStartEntry>,
+    },
+}
+
+/// One partition of [`Command::SetEpochStarts`]: its current epoch starts at `start_offset`.
+/// Rejected on a stale `leader_epoch`, or when it would move the recorded start backwards or
+/// below the log start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochStartEntry {
+    pub tp: TopicPartition,
+    pub leader_epoch: i32,
+    pub start_offset: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,6 +478,8 @@ pub enum CommandResponse {
     /// Per-entry outcome of `AddSegments` (`None` = applied), in entry order.
     Entries(Vec<Option<Rejection>>),
     Rejected(Rejection),
+    /// `AcquirePartitions`: each acquired partition with its new leader epoch.
+    Acquired(Vec<(TopicPartition, i32)>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

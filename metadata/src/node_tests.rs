@@ -115,6 +115,7 @@ pub(crate) async fn workload(client: &MetadataClient) -> TestResult {
         CommandResponse::Rejected(Rejection::NonContiguousSegment(_))
     ));
     let advance = Command::AdvanceLogStart {
+        leader_epoch: crate::UNCHECKED_EPOCH,
         tp,
         offset: 15,
         now_ms: NOW,

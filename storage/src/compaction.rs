@@ -129,9 +129,13 @@ async fn round(inner: &Inner, backoff: &mut PartitionBackoff) {
                 max_age_ms,
                 wall,
             ) {
+                // Proposed under the epoch this broker acquired the partition at.
+                let Ok(part) = inner.partition(tp) else {
+                    continue;
+                };
                 runs.push(Run {
                     tp,
-                    leader_epoch: pm.leader_epoch,
+                    leader_epoch: part.leader_epoch,
                     segments,
                 });
             }
@@ -339,6 +343,7 @@ pub(crate) async fn recover_producers(inner: &Inner) -> Result<usize> {
             }
             inner.install_partition(
                 tp,
+                inner.acquired_epoch(tp, pm),
                 crate::partition::PartitionState::new(pm.log_start_offset, pm.segmented_end())
                     .with_producers(table),
             );

@@ -161,6 +161,12 @@ pub(crate) fn retention_cut(
     cut.filter(|&c| c > pm.log_start_offset)
 }
 
+fn wal_bytes_of(inner: &Inner, tp: TopicPartition) -> u64 {
+    inner
+        .loaded_partition(tp)
+        .map_or(0, |part| part.state().wal_bytes)
+}
+
 async fn apply_retention(inner: &Inner) -> Result<()> {
     let policies: Vec<(uuid::Uuid, Retention)> = lock(&inner.retention)
         .iter()
@@ -186,10 +192,17 @@ async fn apply_retention(inner: &Inner) -> Result<()> {
                 topic_id,
                 partition,
             };
-            let loaded = inner.loaded_partition(tp);
-            let wal_bytes = loaded.as_ref().map(|p| p.state().wal_bytes).unwrap_or(0);
-            let Some(cut) = retention_cut(pm, retention, now, wal_bytes) else {
+            let Some(cut) = retention_cut(pm, retention, now, wal_bytes_of(inner, tp)) else {
                 continue;
+            };
+            // The partition's state (created now if it was never used) holds the epoch it was
+            // acquired at; the cut is proposed under it.
+            let part = match inner.partition(tp) {
+                Ok(part) => part,
+                Err(err) => {
+                    tracing::debug!(?tp, error = %err, "retention: partition not served here");
+                    continue;
+                }
             };
             let response = inner
                 .meta
@@ -197,14 +210,13 @@ async fn apply_retention(inner: &Inner) -> Result<()> {
                     tp,
                     offset: cut,
                     now_ms: now,
+                    leader_epoch: part.leader_epoch,
                 })
                 .await?;
             match response {
                 CommandResponse::LogStart(new_start) => {
                     tracing::info!(?tp, new_start, "retention advanced the log start");
-                    if let Some(part) = loaded {
-                        part.advance_log_start(new_start);
-                    }
+                    part.advance_log_start(new_start);
                 }
                 CommandResponse::Rejected(rejection) => {
                     tracing::warn!(?tp, %rejection, "retention: log start not advanced");
@@ -285,6 +297,7 @@ mod tests {
             leader_epoch: 0,
             log_start_offset: 0,
             segments,
+            epoch_starts: Vec::new(),
         }
     }
 

@@ -28,6 +28,8 @@ mod object_wal;
 mod housekeeping;
 #[cfg(test)]
 mod object_wal_tests;
+#[cfg(test)]
+mod ownership_tests;
 mod partition;
 #[cfg(test)]
 mod power_loss_tests;
@@ -73,6 +75,9 @@ pub use crate::object_wal::{ObjectWalOptions, ObjectWalStats};
 pub enum Error {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
+    /// The partition is owned by another broker (`owner`, at `leader_epoch`): not served here.
+    #[error("partition owned by broker {owner} at epoch {leader_epoch}")]
+    NotLeader { owner: NodeId, leader_epoch: i32 },
     #[error("offset {offset} out of range [{log_start}, {high_watermark}]")]
     OffsetOutOfRange {
         offset: i64,
@@ -259,6 +264,12 @@ pub(crate) struct Inner {
     pub(crate) partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Topics forgotten by `drop_topic`: never lazily re-created from a stale metadata view.
     dropped_topics: Mutex<HashSet<uuid::Uuid>>,
+    /// The leader epoch each partition was acquired at by this store: every partition this node
+    /// owned when the store opened (after registration and acquire), and each one that became
+    /// this node's later (created, or taken over) at the epoch it had then. A later bump while
+    /// the node still owns it (another process registering under the same id) does not change
+    /// it, so that process's writes fence this one's.
+    acquired: Mutex<HashMap<TopicPartition, i32>>,
     pub(crate) retention: Mutex<HashMap<uuid::Uuid, Retention>>,
     pub(crate) tail: TailCache,
     pub(crate) segments: Arc<SegmentReader>,
@@ -283,16 +294,20 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    /// The partition's current leader epoch, stamped into every appended batch (as Kafka does).
-    fn leader_epoch(&self, tp: TopicPartition) -> i32 {
-        self.meta
-            .state()
-            .partition(tp)
-            .map_or(0, |pm| pm.leader_epoch)
-    }
-
-    /// The partition's state, created from metadata on first use.
+    /// The partition's state, created from metadata on first use, with the epoch this store
+    /// acquired it at (`Inner::acquired`): every write it causes carries that epoch. Only for
+    /// partitions this broker owns: another broker's answer [`Error::NotLeader`].
     pub(crate) fn partition(&self, tp: TopicPartition) -> Result<Arc<Partition>> {
+        let state = self.meta.state();
+        let pm = state.partition(tp).ok_or(Error::UnknownTopicOrPartition)?;
+        if pm.owner != self.opts.node_id {
+            // Released: if it comes back, it is acquired again at the epoch it has then.
+            lock(&self.acquired).remove(&tp);
+            return Err(Error::NotLeader {
+                owner: pm.owner,
+                leader_epoch: pm.leader_epoch,
+            });
+        }
         if let Some(part) = self
             .partitions
             .read()
@@ -301,8 +316,6 @@ impl Inner {
         {
             return Ok(part.clone());
         }
-        let state = self.meta.state();
-        let pm = state.partition(tp).ok_or(Error::UnknownTopicOrPartition)?;
         let mut partitions = self.partitions.write().unwrap_or_else(|e| e.into_inner());
         // Checked under the write lock: `drop_topic` marks the topic before it takes this lock to
         // remove its partitions, so a partition is never re-created behind its back.
@@ -320,6 +333,7 @@ impl Inner {
                     .unwrap_or_default();
                 Arc::new(Partition::new(
                     tp,
+                    self.acquired_epoch(tp, pm),
                     PartitionState::new(pm.log_start_offset, pm.segmented_end())
                         .with_producers(producers),
                 ))
@@ -328,12 +342,44 @@ impl Inner {
         Ok(part)
     }
 
+    /// Captures the epoch of every partition this node owns now (at open: after registration
+    /// and acquire bumped them).
+    fn capture_owned_epochs(&self) {
+        let state = self.meta.state();
+        let mut acquired = lock(&self.acquired);
+        for topic in state.topics.values() {
+            for (index, pm) in topic.partitions.iter().enumerate() {
+                if pm.owner != self.opts.node_id {
+                    continue;
+                }
+                if let Ok(partition) = i32::try_from(index) {
+                    let tp = TopicPartition {
+                        topic_id: topic.id,
+                        partition,
+                    };
+                    acquired.insert(tp, pm.leader_epoch);
+                }
+            }
+        }
+    }
+
+    /// The epoch `tp` was acquired at (see `Inner::acquired`); first seen owned now: its
+    /// current epoch, captured from here on.
+    pub(crate) fn acquired_epoch(&self, tp: TopicPartition, pm: &metadata::PartitionMeta) -> i32 {
+        *lock(&self.acquired).entry(tp).or_insert(pm.leader_epoch)
+    }
+
     /// Installs a partition's state built by recovery (before anything else can load it).
-    pub(crate) fn install_partition(&self, tp: TopicPartition, state: PartitionState) {
+    pub(crate) fn install_partition(
+        &self,
+        tp: TopicPartition,
+        leader_epoch: i32,
+        state: PartitionState,
+    ) {
         self.partitions
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(tp, Arc::new(Partition::new(tp, state)));
+            .insert(tp, Arc::new(Partition::new(tp, leader_epoch, state)));
     }
 
     /// The partition's state if it is loaded (background tasks use this to avoid creating state).
@@ -397,8 +443,8 @@ impl Inner {
         let Some(wal) = &self.wal else {
             return Err(Error::ShuttingDown);
         };
-        // Read before the append lock: a metadata lookup need not serialise the partition's appends.
-        let leader_epoch = self.leader_epoch(part.tp);
+        // The epoch captured when this broker acquired the partition.
+        let leader_epoch = part.leader_epoch;
         let guard = part.append_lock.lock().await;
         let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type, leader_epoch)?
         {
@@ -465,8 +511,8 @@ impl Inner {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<AppendResult> {
         let tp = part.tp;
-        // Read before the append lock: a metadata lookup need not serialise the partition's appends.
-        let leader_epoch = self.leader_epoch(part.tp);
+        // The epoch captured when this broker acquired the partition.
+        let leader_epoch = part.leader_epoch;
         let guard = part.append_lock.lock().await;
         let placed = match assign_offsets(&part, &header, &mut batch, timestamp_type, leader_epoch)?
         {
@@ -538,6 +584,7 @@ impl Inner {
                 tp,
                 offset,
                 now_ms: now_ms(),
+                leader_epoch: part.leader_epoch,
             })
             .await?;
         match response {
@@ -705,19 +752,25 @@ impl LogStore {
             object_wal,
             partitions: RwLock::new(HashMap::new()),
             dropped_topics: Mutex::new(HashSet::new()),
+            acquired: Mutex::new(HashMap::new()),
             retention: Mutex::new(HashMap::new()),
             writer_wake: Notify::new(),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
+        inner.capture_owned_epochs();
         // Replay reads the whole WAL with blocking file I/O: keep it off the async workers.
         let replay = {
             let inner = inner.clone();
             tokio::task::spawn_blocking(move || recovery::recover(&inner))
         };
         let recovered = match replay.await {
-            Ok(result) => result.map(|_| ()),
+            Ok(Ok(stats)) => {
+                recovery::record_epoch_starts(&inner, &stats).await;
+                Ok(())
+            }
+            Ok(Err(err)) => Err(err),
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             Err(_) => Err(Error::ShuttingDown),
         };
@@ -846,6 +899,14 @@ impl LogStore {
         self.inner.object_wal.as_ref().and_then(ObjectWal::sealed)
     }
 
+    /// Resolves once [`LogStore::wal_sealed`] has a reason; never with the file WAL.
+    pub async fn wait_wal_sealed(&self) -> String {
+        match &self.inner.object_wal {
+            Some(wal) => wal.wait_sealed().await,
+            None => std::future::pending().await,
+        }
+    }
+
     pub fn object_wal_stats(&self) -> Option<ObjectWalStats> {
         self.inner.object_wal.as_ref().map(ObjectWal::stats)
     }
@@ -865,6 +926,7 @@ impl LogStore {
             .retain(|tp, _| tp.topic_id != topic_id);
         self.inner.tail.remove_topic(topic_id);
         lock(&self.inner.retention).remove(&topic_id);
+        lock(&self.inner.acquired).retain(|tp, _| tp.topic_id != topic_id);
     }
 
     /// Stops background tasks and closes the WAL (everything acknowledged is already durable).

@@ -181,7 +181,7 @@ struct Shared {
     /// Gives up on whatever is left (PUT retries, index waits).
     abort: CancellationToken,
     /// Set once a lane was found sealed by another incarnation: nothing more is accepted.
-    sealed: Mutex<Option<String>>,
+    sealed: tokio::sync::watch::Sender<Option<String>>,
     objects_written: AtomicU64,
     bytes_written: AtomicU64,
     put_retries: AtomicU64,
@@ -233,7 +233,7 @@ impl ObjectWal {
             lanes,
             draining: CancellationToken::new(),
             abort: CancellationToken::new(),
-            sealed: Mutex::new(None),
+            sealed: tokio::sync::watch::Sender::new(None),
             objects_written: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             put_retries: AtomicU64::new(0),
@@ -277,7 +277,7 @@ impl ObjectWal {
     /// Queues a batch whose offsets are assigned (`part.state().begin_append` was called). Its
     /// partition learns the outcome through `Partition::completed_at`.
     pub(crate) fn push(&self, pending: Pending) -> Result<()> {
-        if self.shared.draining.is_cancelled() || lock(&self.shared.sealed).is_some() {
+        if self.shared.draining.is_cancelled() || self.shared.sealed.borrow().is_some() {
             return Err(Error::ShuttingDown);
         }
         let lane = &self.shared.lanes[lane_of(pending.part.tp, self.shared.opts.lanes) as usize];
@@ -308,7 +308,21 @@ impl ObjectWal {
 
     /// Why this incarnation stopped accepting writes, if a taker sealed one of its lanes.
     pub(crate) fn sealed(&self) -> Option<String> {
-        lock(&self.shared.sealed).clone()
+        self.shared.sealed.borrow().clone()
+    }
+
+    /// Resolves with the reason once a taker sealed one of this incarnation's lanes.
+    pub(crate) async fn wait_sealed(&self) -> String {
+        let mut sealed = self.shared.sealed.subscribe();
+        let reason = match sealed.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            // The sender lives as long as `self`.
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
     }
 
     /// Flushes, acknowledges and indexes what is queued (bounded by `grace`), then stops. Batches
@@ -633,7 +647,13 @@ async fn acker(
                         "FENCED: a taker sealed this broker's S3 WAL lane; nothing more is \
                          acknowledged"
                     );
-                    lock(&shared.sealed).get_or_insert_with(|| reason.clone());
+                    shared.sealed.send_if_modified(|sealed| {
+                        let first = sealed.is_none();
+                        if first {
+                            *sealed = Some(reason.clone());
+                        }
+                        first
+                    });
                     broken = true;
                     fail_object(object, || wal::Error::Closed);
                 }

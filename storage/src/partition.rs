@@ -251,6 +251,9 @@ impl PartitionState {
 /// One partition of this broker.
 pub(crate) struct Partition {
     pub(crate) tp: TopicPartition,
+    /// The leader epoch this broker acquired the partition at: stamped into appended batches and
+    /// carried by every metadata write for it (a newer owner's epoch fences them).
+    pub(crate) leader_epoch: i32,
     /// Serializes offset assignment + WAL submission, so offsets follow WAL order.
     pub(crate) append_lock: tokio::sync::Mutex<()>,
     state: Mutex<PartitionState>,
@@ -258,10 +261,11 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
-    pub(crate) fn new(tp: TopicPartition, state: PartitionState) -> Self {
+    pub(crate) fn new(tp: TopicPartition, leader_epoch: i32, state: PartitionState) -> Self {
         let (hw_tx, _) = watch::channel(state.high_watermark);
         Partition {
             tp,
+            leader_epoch,
             append_lock: tokio::sync::Mutex::new(()),
             state: Mutex::new(state),
             hw_tx,
@@ -410,7 +414,7 @@ mod tests {
             topic_id: uuid::Uuid::nil(),
             partition: 0,
         };
-        let part = Partition::new(tp, PartitionState::new(0, 0));
+        let part = Partition::new(tp, 0, PartitionState::new(0, 0));
         let mut watch = part.hw_watch();
         let (a, _ra) = waiter();
         part.state().begin_append(0, 9, 1, 10, 0, a);

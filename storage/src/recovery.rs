@@ -22,9 +22,62 @@ pub(crate) struct RecoveryStats {
     pub(crate) records: u64,
     pub(crate) recovered_batches: u64,
     pub(crate) skipped_unknown_topic: u64,
+    pub(crate) skipped_not_owned: u64,
     pub(crate) skipped_segmented: u64,
     pub(crate) skipped_unreadable: u64,
+    /// Per partition with recovered WAL data: the highest leader epoch stamped in its batches
+    /// and the offset after them.
+    pub(crate) tails: Vec<(TopicPartition, i32, i64)>,
 }
+
+/// The leader epoch in force was bumped at the index end (registration or acquire), before this
+/// store opened; the recovered WAL tail of a partition was written under older epochs, so the
+/// current epoch really starts after it. Recorded in metadata (fenced by the captured epoch) so
+/// OffsetForLeaderEpoch answers the true end of the older epochs.
+pub(crate) async fn record_epoch_starts(inner: &Inner, stats: &RecoveryStats) {
+    let mut entries = Vec::new();
+    for &(tp, max_batch_epoch, next_offset) in &stats.tails {
+        let Some(part) = inner.loaded_partition(tp) else {
+            continue;
+        };
+        if max_batch_epoch >= part.leader_epoch {
+            continue;
+        }
+        let state = inner.meta.state();
+        let recorded = state
+            .partition(tp)
+            .and_then(|pm| pm.epoch_starts.last().copied())
+            .filter(|last| last.epoch == part.leader_epoch);
+        if recorded.is_some_and(|last| last.start_offset >= next_offset) {
+            continue;
+        }
+        entries.push(metadata::EpochStartEntry {
+            tp,
+            leader_epoch: part.leader_epoch,
+            start_offset: next_offset,
+        });
+    }
+    // Well below the command size limit per proposal.
+    for chunk in entries.chunks(EPOCH_STARTS_PER_COMMAND) {
+        let proposal = metadata::Command::SetEpochStarts {
+            entries: chunk.to_vec(),
+        };
+        match inner.meta.propose(proposal).await {
+            Ok(metadata::CommandResponse::Entries(outcomes)) => {
+                for (entry, outcome) in chunk.iter().zip(outcomes) {
+                    if let Some(rejection) = outcome {
+                        tracing::warn!(tp = ?entry.tp, %rejection, "epoch start not recorded");
+                    }
+                }
+            }
+            Ok(other) => tracing::warn!(?other, "epoch starts not recorded"),
+            Err(err) => tracing::warn!(error = %err, "epoch starts not recorded"),
+        }
+    }
+}
+
+/// Entries of one `SetEpochStarts` proposal (about 150 bytes each encoded).
+const EPOCH_STARTS_PER_COMMAND: usize = 2_000;
 
 pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
     // The S3 WAL keeps nothing locally: its data is in indexed objects (see `object_recovery`).
@@ -38,6 +91,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
     // Producer sequences: the metadata snapshot plus every WAL batch at or after its offset (the
     // WAL may still hold batches that are already in segments; those count too).
     let mut producers: HashMap<TopicPartition, ProducerTable> = HashMap::new();
+    let mut max_epochs: HashMap<TopicPartition, i32> = HashMap::new();
     for item in wal.replay(wal.start_lsn())? {
         let (lsn, record) = item?;
         stats.records += 1;
@@ -55,6 +109,11 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
             stats.skipped_unknown_topic += 1;
             continue;
         };
+        if pm.owner != inner.opts.node_id {
+            // Another broker owns it now and continues from its index: this tail is not ours.
+            stats.skipped_not_owned += 1;
+            continue;
+        }
         let header = match BatchHeader::parse(&batch) {
             Ok(header) if header.total_len() == batch.len() && header.last_offset_delta >= 0 => {
                 header
@@ -87,6 +146,8 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
             stats.skipped_segmented += 1;
             continue;
         }
+        let max_epoch = max_epochs.entry(tp).or_insert(i32::MIN);
+        *max_epoch = (*max_epoch).max(header.partition_leader_epoch);
         let st = partitions
             .entry(tp)
             .or_insert_with(|| PartitionState::new(pm.log_start_offset, segmented_end));
@@ -128,20 +189,30 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
     }
     let mut loaded = inner.partitions.write().unwrap_or_else(|e| e.into_inner());
     for (tp, st) in partitions {
+        if let Some(&max_epoch) = max_epochs.get(&tp) {
+            stats.tails.push((tp, max_epoch, st.next_offset));
+        }
         let table = producers.remove(&tp).unwrap_or_else(|| {
             state
                 .producer_state(tp)
                 .map(ProducerTable::from_snapshot)
                 .unwrap_or_default()
         });
-        loaded.insert(tp, Arc::new(Partition::new(tp, st.with_producers(table))));
+        let epoch = state
+            .partition(tp)
+            .map_or(0, |pm| inner.acquired_epoch(tp, pm));
+        loaded.insert(
+            tp,
+            Arc::new(Partition::new(tp, epoch, st.with_producers(table))),
+        );
     }
     // Partitions whose WAL batches are all in segments already: their sequences still count.
     for (tp, table) in producers {
         if let Some(pm) = state.partition(tp) {
             let st =
                 PartitionState::new(pm.log_start_offset, pm.segmented_end()).with_producers(table);
-            loaded.insert(tp, Arc::new(Partition::new(tp, st)));
+            let epoch = inner.acquired_epoch(tp, pm);
+            loaded.insert(tp, Arc::new(Partition::new(tp, epoch, st)));
         }
     }
     tracing::info!(?stats, "data WAL replayed");

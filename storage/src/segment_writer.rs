@@ -153,7 +153,9 @@ async fn flush_partition(inner: &Inner, part: &Partition) -> Result<()> {
             return Ok(());
         };
         let segmented_end = pm.segmented_end();
-        let leader_epoch = pm.leader_epoch;
+        // The epoch this broker acquired the partition at: if another owner took it over since,
+        // metadata rejects the segment (and the producer snapshot) as stale.
+        let leader_epoch = part.leader_epoch;
         let entries: Vec<(i64, WalEntry)> = {
             let mut st = part.state();
             st.drop_wal_below(segmented_end);

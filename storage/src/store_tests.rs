@@ -1022,6 +1022,7 @@ async fn gc_deletes_only_objects_whose_removal_is_in_the_bucket_log() {
             tp: p0,
             offset: 10,
             now_ms: crate::now_ms(),
+            leader_epoch: 0,
         })
         .await
     });

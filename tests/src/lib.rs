@@ -276,6 +276,19 @@ impl SluiceProcess {
         self.spawn_and_wait()
     }
 
+    /// Sets `--flag value` for the next `restart` (replacing an earlier value of the flag), e.g.
+    /// a different `--node-id` on the same data dir and bucket.
+    pub fn set_arg(&mut self, flag: &str, value: impl ToString) {
+        let args = &mut self.options.extra_args;
+        match args.iter().position(|a| a == flag) {
+            Some(at) if at + 1 < args.len() => args[at + 1] = value.to_string(),
+            _ => {
+                args.push(flag.to_string());
+                args.push(value.to_string());
+            }
+        }
+    }
+
     /// Last `lines` lines of the process log (all runs), for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = fs::read_to_string(self.log_path()).unwrap_or_default();

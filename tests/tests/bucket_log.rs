@@ -217,7 +217,9 @@ async fn exactly_one_serves(
     );
     let log = log_of(loser);
     ensure!(
-        log.contains("FENCED") && log.contains("fenced off the cluster's metadata log"),
+        log.contains("FENCED")
+            && (log.contains("fenced off the cluster's metadata log")
+                || log.contains("sealed this process's S3 WAL lanes")),
         "the fenced process does not say why\n{}",
         loser.log_tail(40)
     );

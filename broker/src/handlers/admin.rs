@@ -309,6 +309,10 @@ pub(super) async fn delete_records(
                 partitions.push(result.with_error_code(ErrorCode::UnknownTopicOrPartition.code()));
                 continue;
             };
+            if super::ownership::check_owned(broker, &state, tp).is_err() {
+                partitions.push(result.with_error_code(ErrorCode::NotLeaderOrFollower.code()));
+                continue;
+            }
             let offsets = match broker.store.offsets(tp) {
                 Ok(offsets) => offsets,
                 Err(e) => {

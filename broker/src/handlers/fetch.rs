@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::future::select_all;
 use kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use metadata::{MetadataState, TopicPartition};
@@ -34,13 +34,15 @@ struct Target {
     resolved: Result<(TopicPartition, i32), ErrorCode>,
     /// The partition's leader epoch, when it exists.
     leader_epoch: Option<i32>,
+    /// Its leader (owner), when it exists.
+    leader_id: Option<i32>,
     fetch_offset: i64,
     max_bytes: usize,
 }
 
 pub(super) async fn handle(broker: &Broker, version: i16, request: FetchRequest) -> FetchResponse {
     let state = broker.meta.state();
-    let (topics, targets) = resolve_targets(&state, version, &request);
+    let (topics, targets) = resolve_targets(broker, &state, version, &request);
     let read_committed = request.isolation_level == 1;
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     // Fetch v3+ carries a response limit; older versions have none (the default is i32::MAX).
@@ -67,7 +69,7 @@ pub(super) async fn handle(broker: &Broker, version: i16, request: FetchRequest)
             || watches.is_empty()
             || tokio::time::Instant::now() >= deadline;
         if done {
-            return build_response(broker, topics, partitions);
+            return build_response(broker, version, topics, partitions);
         }
         let partition_gone = {
             let changed = select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
@@ -84,6 +86,7 @@ pub(super) async fn handle(broker: &Broker, version: i16, request: FetchRequest)
 }
 
 fn resolve_targets(
+    broker: &Broker,
     state: &MetadataState,
     version: i16,
     request: &FetchRequest,
@@ -103,6 +106,7 @@ fn resolve_targets(
         topics.push((fetch_topic.topic.clone(), fetch_topic.topic_id));
         for p in &fetch_topic.partitions {
             let mut leader_epoch = None;
+            let mut leader_id = None;
             let resolved = match topic.and_then(|t| partition_of(t, p.partition).map(|tp| (t, tp)))
             {
                 None if by_id && topic.is_none() => Err(ErrorCode::UnknownTopicId),
@@ -113,7 +117,12 @@ fn resolve_targets(
                         .get(tp.partition as usize)
                         .map_or(0, |m| m.leader_epoch);
                     leader_epoch = Some(epoch);
+                    leader_id = super::ownership::leader_of(state, tp).map(|l| l.id);
+                    // A partition this broker does not own is refused before its epoch is
+                    // looked at (as Kafka does on a broker that holds no replica of it).
+                    let owned = super::ownership::check_owned(broker, state, tp).is_ok();
                     match p.current_leader_epoch {
+                        _ if !owned => Err(ErrorCode::NotLeaderOrFollower),
                         e if e >= 0 && e < epoch => Err(ErrorCode::FencedLeaderEpoch),
                         e if e > epoch => Err(ErrorCode::UnknownLeaderEpoch),
                         _ => Ok((tp, epoch)),
@@ -125,6 +134,7 @@ fn resolve_targets(
                 partition: p.partition,
                 resolved,
                 leader_epoch,
+                leader_id,
                 fetch_offset: p.fetch_offset,
                 max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
             });
@@ -153,7 +163,7 @@ async fn read_all(
         // Error partitions look like Kafka's: offsets -1; a partition Kafka refuses before
         // reading (unknown topic or partition) has an empty aborted-transactions list, one
         // refused while reading (leader epoch, offset out of range) a null one; the current
-        // leader only with NOT_LEADER_OR_FOLLOWER / FENCED_LEADER_EPOCH (KIP-951).
+        // leader only with NOT_LEADER_OR_FOLLOWER / FENCED_LEADER_EPOCH (KIP-951, v16+).
         match target.resolved {
             Err(code) => {
                 any_error = true;
@@ -173,9 +183,10 @@ async fn read_all(
                     Some(epoch),
                 ) = (code, target.leader_epoch)
                 {
-                    if version >= 12 {
+                    // Kafka fills it from v16 (KIP-951), though the field exists from v12.
+                    if version >= 16 {
                         data.current_leader = LeaderIdAndEpoch::default()
-                            .with_leader_id(BrokerId(node_id))
+                            .with_leader_id(BrokerId(target.leader_id.unwrap_or(node_id)))
                             .with_leader_epoch(epoch);
                     }
                 }
@@ -216,6 +227,19 @@ async fn read_all(
                             .with_high_watermark(-1)
                             .with_last_stable_offset(-1)
                             .with_log_start_offset(-1);
+                        // The partition moved to another broker since the request was resolved.
+                        if let (
+                            storage::Error::NotLeader {
+                                owner,
+                                leader_epoch,
+                            },
+                            true,
+                        ) = (&error, version >= 16)
+                        {
+                            data.current_leader = LeaderIdAndEpoch::default()
+                                .with_leader_id(BrokerId(super::ownership::broker_id(*owner)))
+                                .with_leader_epoch(*leader_epoch);
+                        }
                     }
                 }
             }
@@ -241,7 +265,8 @@ fn concat(batches: Vec<Bytes>) -> Bytes {
 }
 
 fn build_response(
-    _broker: &Broker,
+    broker: &Broker,
+    version: i16,
     topics: Vec<(kafka_protocol::messages::TopicName, uuid::Uuid)>,
     partitions: Vec<(usize, PartitionData)>,
 ) -> FetchResponse {
@@ -258,7 +283,31 @@ fn build_response(
             topic.partitions.push(data);
         }
     }
+    // KIP-951 (v16+): the endpoints of the leaders named in the partitions' CurrentLeader.
+    let node_endpoints = if version >= 16 {
+        let leaders = responses
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|p| {
+                p.error_code == ErrorCode::NotLeaderOrFollower.code()
+                    || p.error_code == ErrorCode::FencedLeaderEpoch.code()
+            })
+            .map(|p| p.current_leader.leader_id.0)
+            .filter(|id| *id >= 0);
+        super::ownership::endpoints(&broker.meta.state(), leaders)
+            .into_iter()
+            .map(|(id, host, port)| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(kafka_protocol::protocol::StrBytes::from_string(host))
+                    .with_port(port)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     FetchResponse::default()
         .with_session_id(0)
         .with_responses(responses)
+        .with_node_endpoints(node_endpoints)
 }

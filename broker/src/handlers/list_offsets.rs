@@ -44,6 +44,10 @@ pub(super) async fn handle(
                     .push(response.with_error_code(ErrorCode::UnknownTopicOrPartition.code()));
                 continue;
             };
+            if super::ownership::check_owned(broker, &state, tp).is_err() {
+                partitions.push(response.with_error_code(ErrorCode::NotLeaderOrFollower.code()));
+                continue;
+            }
             let epoch = meta
                 .partitions
                 .get(tp.partition as usize)
@@ -104,8 +108,9 @@ async fn lookup(
     }
 }
 
-/// Sluice keeps no per-epoch offset history yet: the current epoch (and any earlier one) ends at the
-/// log end, so clients never detect a truncation that cannot happen (data is never rewritten).
+/// The end of the requested epoch from the partition's per-epoch start-offset history (see
+/// [`metadata::PartitionMeta::end_offset_for_epoch`]): where the next higher epoch starts, or the
+/// high watermark for the current epoch.
 pub(super) async fn offset_for_leader_epoch(
     broker: &Broker,
     _version: i16,
@@ -130,23 +135,28 @@ pub(super) async fn offset_for_leader_epoch(
                     else {
                         return response.with_error_code(ErrorCode::UnknownTopicOrPartition.code());
                     };
-                    let epoch = meta
-                        .partitions
-                        .get(tp.partition as usize)
-                        .map_or(0, |m| m.leader_epoch);
+                    if super::ownership::check_owned(broker, &state, tp).is_err() {
+                        return response.with_error_code(ErrorCode::NotLeaderOrFollower.code());
+                    }
+                    let Some(pm) = meta.partitions.get(tp.partition as usize) else {
+                        return response.with_error_code(ErrorCode::UnknownTopicOrPartition.code());
+                    };
+                    let epoch = pm.leader_epoch;
                     if p.current_leader_epoch >= 0 && p.current_leader_epoch < epoch {
                         return response.with_error_code(ErrorCode::FencedLeaderEpoch.code());
                     }
                     if p.current_leader_epoch > epoch {
                         return response.with_error_code(ErrorCode::UnknownLeaderEpoch.code());
                     }
-                    if p.leader_epoch > epoch {
-                        return response;
-                    }
                     match broker.store.offsets(tp) {
-                        Ok(offsets) => response
-                            .with_leader_epoch(p.leader_epoch)
-                            .with_end_offset(offsets.high_watermark),
+                        Ok(offsets) => {
+                            match pm.end_offset_for_epoch(p.leader_epoch, offsets.high_watermark) {
+                                Some((leader_epoch, end_offset)) => response
+                                    .with_leader_epoch(leader_epoch)
+                                    .with_end_offset(end_offset),
+                                None => response,
+                            }
+                        }
                         Err(e) => response.with_error_code(storage_error_code(&e).code()),
                     }
                 })

@@ -9,6 +9,7 @@ mod groups;
 mod list_offsets;
 mod metadata;
 mod offsets;
+mod ownership;
 mod produce;
 mod producer_id;
 mod topics;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{
-    LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
@@ -66,7 +66,12 @@ pub(super) async fn handle(
                         ErrorCode::UnknownTopicOrPartition,
                         "unknown topic or partition".into(),
                     )),
-                    (None, Some((topic, tp))) => place_partition(broker, topic, tp, data).await,
+                    (None, Some((topic, tp))) => {
+                        match super::ownership::check_owned(broker, &state, tp) {
+                            Err(leader) => Pending::Done(not_leader_response(index, leader)),
+                            Ok(()) => place_partition(broker, topic, tp, data).await,
+                        }
+                    }
                 };
             partitions.push(pending);
         }
@@ -93,13 +98,35 @@ pub(super) async fn handle(
         },
     ))
     .await;
+    // KIP-951 (v10+): the endpoints of the leaders named in NOT_LEADER_OR_FOLLOWER answers.
+    let node_endpoints = if version >= 10 {
+        let leaders = responses
+            .iter()
+            .flat_map(|t| t.partition_responses.iter())
+            .filter(|p| p.error_code == ErrorCode::NotLeaderOrFollower.code())
+            .map(|p| p.current_leader.leader_id.0)
+            .filter(|id| *id >= 0);
+        super::ownership::endpoints(&broker.meta.state(), leaders)
+            .into_iter()
+            .map(|(id, host, port)| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(StrBytes::from_string(host))
+                    .with_port(port)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     for partition in responses
         .iter_mut()
         .flat_map(|t| t.partition_responses.iter_mut())
     {
         for_version(partition, version);
     }
-    ProduceResponse::default().with_responses(responses)
+    ProduceResponse::default()
+        .with_responses(responses)
+        .with_node_endpoints(node_endpoints)
 }
 
 /// Upper bound of the time a produce waits for durability, whatever the client asks for.
@@ -112,7 +139,7 @@ enum Pending {
     /// Batches placed in the partition, waiting to be durable.
     Placed {
         index: i32,
-        leader_epoch: i32,
+        tp: metadata::TopicPartition,
         topic: String,
         partition: i32,
         tickets: Vec<storage::AppendTicket>,
@@ -125,15 +152,15 @@ impl Pending {
         broker: &Broker,
         deadline: Option<tokio::time::Instant>,
     ) -> PartitionProduceResponse {
-        let (index, leader_epoch, topic, partition, tickets) = match self {
+        let (index, tp, topic, partition, tickets) = match self {
             Pending::Done(response) => return response,
             Pending::Placed {
                 index,
-                leader_epoch,
+                tp,
                 topic,
                 partition,
                 tickets,
-            } => (index, leader_epoch, topic, partition, tickets),
+            } => (index, tp, topic, partition, tickets),
         };
         let mut first: Option<storage::AppendResult> = None;
         for ticket in tickets {
@@ -151,12 +178,16 @@ impl Pending {
                     tracing::debug!(%topic, partition, %error, "append failed");
                     let code = storage_error_code(&error);
                     let mut response = error_response(index, code, error.to_string());
-                    // KIP-951: the current leader goes with NOT_LEADER_OR_FOLLOWER only; Kafka
-                    // leaves it -1/-1 everywhere else.
+                    // KIP-951: the current leader (from metadata now: the partition may have
+                    // moved meanwhile) goes with NOT_LEADER_OR_FOLLOWER only; Kafka leaves it
+                    // -1/-1 everywhere else.
                     if code == ErrorCode::NotLeaderOrFollower {
-                        response.current_leader = LeaderIdAndEpoch::default()
-                            .with_leader_id(BrokerId(node_id_i32(broker)))
-                            .with_leader_epoch(leader_epoch);
+                        if let Some(leader) = super::ownership::leader_of(&broker.meta.state(), tp)
+                        {
+                            response.current_leader = LeaderIdAndEpoch::default()
+                                .with_leader_id(BrokerId(leader.id))
+                                .with_leader_epoch(leader.epoch);
+                        }
                     }
                     return response;
                 }
@@ -188,8 +219,17 @@ fn for_version(response: &mut PartitionProduceResponse, version: i16) {
     }
 }
 
-fn node_id_i32(broker: &Broker) -> i32 {
-    i32::try_from(broker.config.node_id).unwrap_or(i32::MAX)
+/// A partition another broker owns: NOT_LEADER_OR_FOLLOWER with its leader (KIP-951).
+fn not_leader_response(index: i32, leader: super::ownership::Leader) -> PartitionProduceResponse {
+    let mut response = error_response(
+        index,
+        ErrorCode::NotLeaderOrFollower,
+        format!("this broker is not the leader; broker {} is", leader.id),
+    );
+    response.current_leader = LeaderIdAndEpoch::default()
+        .with_leader_id(BrokerId(leader.id))
+        .with_leader_epoch(leader.epoch);
+    response
 }
 
 fn error_response(index: i32, code: ErrorCode, message: String) -> PartitionProduceResponse {
@@ -257,10 +297,7 @@ async fn place_partition(
     }
     Pending::Placed {
         index,
-        leader_epoch: topic
-            .partitions
-            .get(tp.partition as usize)
-            .map_or(-1, |p| p.leader_epoch),
+        tp,
         topic: topic.name.clone(),
         partition: tp.partition,
         tickets,
