@@ -2277,6 +2277,12 @@ mod tests {
             &lanes_command(tail, Vec::new(), seal(vec![3, 1])),
         );
         assert_eq!(response, CommandResponse::Entries(vec![None]));
+        // The tail was written under older epochs: the current one starts after it.
+        let pm = state.partition(tp(t, 0)).unwrap();
+        assert_eq!(
+            pm.epoch_starts.last().map(|e| (e.epoch, e.start_offset)),
+            Some((2, 4))
+        );
         assert_eq!(state.incarnations[&dead].indexed_through, vec![2, 0]);
         assert_eq!(state.incarnations[&dead].sealed, Some(vec![3, 1]));
         assert_eq!(keys_of(&state, tp(t, 0)), vec!["tail".to_owned()]);
