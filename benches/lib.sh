@@ -103,6 +103,7 @@ start_sluice() {
         exit 1
     fi
     HTTP=$(jq -r .http "$data.ready.json")
-    READY_SECONDS=$(echo "$(date +%s.%N) - $t0" | bc)
+    # awk, not bc: bc prints ".99" for a start under a second, which is not valid JSON.
+    READY_SECONDS=$(awk -v start="$t0" -v end="$(date +%s.%N)" 'BEGIN { printf "%.3f", end - start }')
     echo "broker pid $BROKER_PID ($binary): Kafka $BOOTSTRAP, HTTP $HTTP" >&2
 }
