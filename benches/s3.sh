@@ -60,13 +60,11 @@ fi
 for tool in curl jq bc; do
     command -v "$tool" > /dev/null || { echo "s3.sh: $tool is required" >&2; exit 1; }
 done
-S3S_FS=${S3S_FS_BIN:-$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")}
-if [[ ! -x $S3S_FS ]]; then
-    echo "s3.sh: s3s-fs not found (cargo install s3s-fs --version 0.14.1 --features binary --locked)" >&2
-    exit 1
-fi
-
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+BENCH_NAME=s3.sh
+# shellcheck source=benches/lib.sh
+source "$REPO/benches/lib.sh"
+find_s3s_fs
 cd "$REPO"
 OUT_DIR=${OUT_DIR:-$REPO/target/bench-results/s3-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT_DIR"
@@ -84,29 +82,7 @@ for binary in "$LOADGEN" "$SLUICE"; do
 done
 
 SCRATCH=$(mktemp -d "$REPO/target/bench-s3-scratch.XXXXXX")
-BROKER_PID=""
-S3_PID=""
 FAILURES=0
-
-# Stops process $1 (started by this script) by PID: SIGTERM, then SIGKILL after 30 s.
-stop_pid() {
-    local pid=$1 what=$2
-    [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 300); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "s3.sh: $what $pid ignored SIGTERM for 30 s; killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-stop_broker() { stop_pid "$BROKER_PID" broker; BROKER_PID=""; }
-stop_s3() { stop_pid "$S3_PID" s3s-fs; S3_PID=""; }
 
 cleanup() {
     stop_broker
@@ -125,64 +101,17 @@ scenario() {
     fi
 }
 
-# Starts s3s-fs on a free loopback port with root $1 and bucket "bench"; sets S3_PID, S3_ENDPOINT and
-# the AWS_* credentials the broker reads. A port taken between the probe and the bind is retried.
-start_s3() {
-    local root=$1 log=$2
-    mkdir -p "$root/bench"
-    AWS_ACCESS_KEY_ID=AKBENCH$RANDOM$RANDOM
-    AWS_SECRET_ACCESS_KEY=$(head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 40)
-    for attempt in 1 2 3 4 5; do
-        local port=$((20000 + RANDOM % 40000))
-        echo "+ RUST_LOG=warn $S3S_FS --host 127.0.0.1 --port $port --access-key .. --secret-key .. $root &" >> "$COMMANDS"
-        RUST_LOG=warn NO_COLOR=1 "$S3S_FS" --host 127.0.0.1 --port "$port" \
-            --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$root" >> "$log" 2>&1 &
-        S3_PID=$!
-        for _ in $(seq 1 100); do
-            kill -0 "$S3_PID" 2>/dev/null || break
-            if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
-                S3_ENDPOINT=http://127.0.0.1:$port
-                export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
-                echo "s3s-fs pid $S3_PID on $S3_ENDPOINT" >&2
-                return 0
-            fi
-            sleep 0.1
-        done
-        echo "s3.sh: s3s-fs attempt $attempt on port $port failed" >&2
-        stop_s3
-    done
-    echo "s3.sh: s3s-fs did not start; its log ($log) ends with:" >&2
-    tail -n 20 "$log" >&2
-    exit 1
-}
-
-# Starts a broker of kind $1 on data dir $2 (log $3); sets BROKER_PID, BOOTSTRAP and HTTP.
+# Starts a broker of kind $1 on data dir $2 (log $3); sets BROKER_PID, BOOTSTRAP, HTTP and
+# READY_SECONDS (start_sluice in lib.sh). A broker on an empty data dir first rebuilds its state from
+# the bucket: allow for it.
 start_broker() {
     local kind=$1 data=$2 log=$3
-    mkdir -p "$data"
-    rm -f "$data.ready.json"
-    local command=("$SLUICE" serve --data-dir "$data" --kafka-listener 127.0.0.1:0
-        --http-listener 127.0.0.1:0 --ready-file "$data.ready.json" --default-partitions 6
-        --auto-create-topics true)
+    local flags=()
     if [[ $kind == s3 ]]; then
-        command+=(--wal object --object-store s3://bench/sluice --s3-endpoint "$S3_ENDPOINT"
+        flags+=(--wal object --object-store s3://bench/sluice --s3-endpoint "$S3_ENDPOINT"
             --s3-region us-east-1 --wal-linger-ms "$LINGER_MS" "${EXTRA_S3_FLAGS[@]}")
     fi
-    echo "+ ${command[*]} &" >> "$COMMANDS"
-    local t0
-    t0=$(date +%s.%N)
-    "${command[@]}" >> "$log" 2>&1 &
-    BROKER_PID=$!
-    # A broker on an empty data dir first rebuilds its state from the bucket: allow for it.
-    if ! BOOTSTRAP=$("$LOADGEN" wait-ready --file "$data.ready.json" --pid "$BROKER_PID" --timeout-secs 900); then
-        echo "s3.sh: broker did not become ready; its log ($log) ends with:" >&2
-        tail -n 20 "$log" >&2
-        exit 1
-    fi
-    HTTP=$(jq -r .http "$data.ready.json")
-    # Start-to-ready time (the S3 WAL restart on an empty data dir includes recovery from the bucket).
-    READY_SECONDS=$(echo "$(date +%s.%N) - $t0" | bc)
-    echo "$kind broker pid $BROKER_PID: Kafka $BOOTSTRAP, HTTP $HTTP" >&2
+    start_sluice "$SLUICE" "$data" "$log" 900 "${flags[@]}"
 }
 
 # One kind's scenarios in round $2.

@@ -119,8 +119,9 @@ impl MetricsMeter {
 }
 
 /// Adds what the broker did between two scrapes `seconds` apart:
-/// - `wal_puts`, `wal_puts_per_s`, `wal_bytes_per_put_mib`, `wal_put_mib_per_s`,
-///   `wal_put_retries`, `wal_commits_per_s` (S3 WAL only: the counters exist only there);
+/// - `wal_puts`, `wal_puts_per_s`, `wal_bytes_per_put_mib` (and `_kib`), `wal_put_mib_per_s`,
+///   `wal_put_retries`, `wal_commits_per_s` (S3 WAL only: the counters exist only there), and
+///   `wal_linger_ms` (the broker's linger as given, for the ack-latency target);
 /// - `wal_put_rate_bound_per_s` = max(WAL bytes/s ÷ 4 MiB, 1000 ÷ linger_ms) — the issue's "at most
 ///   one PUT per 4 MiB or per linger window" — and `wal_put_rate_vs_bound` (≤ 1 means met);
 /// - `object_gets`, `object_get_mib`, `object_get_mib_per_s`, `block_cache_hits`,
@@ -144,10 +145,13 @@ pub(crate) fn add_deltas(
         delta("wal_object_bytes_total"),
     ) {
         outcome.metric("wal_puts", puts);
+        outcome.metric("wal_linger_ms", linger_ms);
         outcome.metric("wal_puts_per_s", puts / seconds);
         outcome.metric("wal_put_mib_per_s", bytes / MIB / seconds);
         if puts > 0.0 {
             outcome.metric("wal_bytes_per_put_mib", bytes / MIB / puts);
+            // Small objects (a low rate and a short linger) read better in KiB.
+            outcome.metric("wal_bytes_per_put_kib", bytes / 1024.0 / puts);
         }
         let by_size = bytes / FLUSH_BYTES / seconds;
         let by_linger = if linger_ms > 0.0 {
@@ -219,6 +223,7 @@ mod tests {
         assert_eq!(outcome.get("wal_put_rate_bound_per_s"), Some(200.0));
         assert_eq!(outcome.get("wal_put_rate_vs_bound"), Some(0.2));
         assert_eq!(outcome.get("wal_bytes_per_put_mib"), Some(0.5));
+        assert_eq!(outcome.get("wal_bytes_per_put_kib"), Some(512.0));
         // A file-WAL broker has no S3 WAL counters: nothing is made up.
         let mut file = Outcome::new("latency", "file");
         add_deltas(&mut file, &Counters::new(), &Counters::new(), 10.0, 5.0);

@@ -37,6 +37,10 @@ pub(crate) struct LatencyArgs {
     /// Offered load in MiB/s of payload.
     #[arg(long, default_value_t = 20.0)]
     pub(crate) rate_mibps: f64,
+    /// Offered load in records per second instead (overrides `--rate-mibps`): e.g. the issue's
+    /// "2,000 records/s of 1 KiB", which is 1.953 MiB/s.
+    #[arg(long)]
+    pub(crate) rate_records: Option<f64>,
     /// Measured period (after the warm-up).
     #[arg(long, default_value_t = 20.0)]
     pub(crate) seconds: f64,
@@ -56,6 +60,15 @@ pub(crate) struct LatencyArgs {
     /// when slow acknowledgements happen (stalls, periodic work in the broker).
     #[arg(long)]
     pub(crate) samples_out: Option<std::path::PathBuf>,
+}
+
+impl LatencyArgs {
+    /// The offered rate in records per second: `--rate-records`, else `--rate-mibps` of
+    /// `--record-size` records.
+    pub(crate) fn records_per_second(&self) -> f64 {
+        self.rate_records
+            .unwrap_or(self.rate_mibps * MIB / self.record_size as f64)
+    }
 }
 
 /// Upper bound of records in one run (8 bytes of bookkeeping each).
@@ -155,10 +168,13 @@ pub(crate) fn run_with(
     if args.record_size == 0 || !valid(args.rate_mibps) || !valid(args.seconds) {
         bail!("--record-size, --rate-mibps and --seconds must be positive");
     }
+    if args.rate_records.is_some_and(|rate| !valid(rate)) {
+        bail!("--rate-records must be positive");
+    }
     if !(args.warmup_seconds.is_finite() && args.warmup_seconds >= 0.0) {
         bail!("--warmup-seconds must be zero or positive");
     }
-    let records_per_second = args.rate_mibps * MIB / args.record_size as f64;
+    let records_per_second = args.records_per_second();
     let first_measured = (args.warmup_seconds * records_per_second).ceil() as u64;
     let total_records = first_measured + (args.seconds * records_per_second).ceil() as u64;
     if total_records > MAX_RECORDS {
@@ -293,7 +309,7 @@ pub(crate) fn run_with(
     let mut outcome = Outcome::new("latency", &args.kafka.label);
     from_send.add_to("ack", outcome.metrics_mut());
     from_due.add_to("sched_ack", outcome.metrics_mut());
-    let offered = args.rate_mibps;
+    let offered = records_per_second * args.record_size as f64 / MIB;
     let send_window_s = first_measured_send_ns
         .map(|first| last_send_ns.saturating_sub(first) as f64 / 1e9)
         .unwrap_or(0.0);
@@ -303,6 +319,7 @@ pub(crate) fn run_with(
         send_window_s,
     );
     outcome.metric("offered_mib_per_s", offered);
+    outcome.metric("offered_records_per_s", records_per_second);
     outcome.metric("achieved_mib_per_s", achieved);
     outcome.metric("offered_rate_ratio", achieved / offered);
     outcome.metric("measured_records", measured as f64);

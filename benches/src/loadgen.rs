@@ -6,7 +6,8 @@
 //! `benches/run.sh` drives the whole suite against a `sluice serve` it starts itself.
 //!
 //! Kafka scenarios (`produce`, `latency`, `consume`, `tail-during-catchup`) use librdkafka through the `rdkafka` crate, as a
-//! real client would. Baselines (`disk-baseline`, `wal`) need no broker.
+//! real client would. Baselines (`disk-baseline`, `wal`) need no broker; `s3-put` needs only an S3
+//! endpoint.
 
 mod brokermetrics;
 mod consume;
@@ -18,6 +19,7 @@ mod payload;
 mod procstat;
 mod produce;
 mod report;
+mod s3put;
 #[cfg(test)]
 mod scenario_tests;
 mod stats;
@@ -50,6 +52,8 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Tail-produce latency alone, then while a catch-up read of another topic runs.
     TailDuringCatchup(tailcatchup::TailCatchupArgs),
+    /// Time of one create-if-absent PUT to an S3 endpoint, one at a time (the S3 WAL's "one PUT").
+    S3Put(s3put::S3PutArgs),
     /// Raw disk baseline: append+fdatasync per size, sequential write and read.
     DiskBaseline(disk::DiskArgs),
     /// Group-commit throughput of the `wal` crate with N concurrent submitters.
@@ -97,6 +101,7 @@ fn run(command: Command) -> Result<()> {
                 outcome.emit();
             }
         }
+        Command::S3Put(args) => s3put::run(&args)?.emit(),
         Command::DiskBaseline(args) => disk::run(&args)?.emit(),
         Command::Wal(args) => {
             for outcome in walbench::run(&args)? {

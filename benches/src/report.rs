@@ -383,6 +383,7 @@ fn render(samples: &Samples, machine: &str) -> String {
     }
 
     render_wal_comparison(samples, &mut out);
+    render_ack_comparison(samples, &mut out);
 
     let _ = writeln!(out, "\n## All figures\n");
     let _ = writeln!(out, "| scenario | metric | median | min | max | runs |");
@@ -690,6 +691,123 @@ fn render_wal_comparison(samples: &Samples, out: &mut String) {
     }
 }
 
+/// Labels of `benches/ack-latency.sh`'s three arms: S3 WAL with the binary before the change, S3
+/// WAL after it, and the file WAL after it (the reference).
+const ACK_BEFORE: &str = "s3-before";
+const ACK_AFTER: &str = "s3-after";
+const ACK_FILE: &str = "file-after";
+
+/// One row of the S3-WAL ack table: `(what, scenario, metric, unit)`.
+const ACK_ROWS: [(&str, &str, &str, &str); 13] = [
+    ("produce p50 send→ack", "latency", "ack_p50_ms", "ms"),
+    ("produce p99 send→ack", "latency", "ack_p99_ms", "ms"),
+    ("produce p999 send→ack", "latency", "ack_p999_ms", "ms"),
+    ("produce max send→ack", "latency", "ack_max_ms", "ms"),
+    (
+        "p99 from the due time (no coordinated omission)",
+        "latency",
+        "sched_ack_p99_ms",
+        "ms",
+    ),
+    ("S3 WAL PUTs/s", "latency", "wal_puts_per_s", "/s"),
+    ("KiB per PUT", "latency", "wal_bytes_per_put_kib", "KiB"),
+    ("metadata commits/s", "latency", "wal_commits_per_s", "/s"),
+    ("broker CPU", "latency", "broker_cpu_pct", "%"),
+    (
+        "machine CPU pressure (other load)",
+        "latency",
+        "machine_cpu_pressure_pct",
+        "%",
+    ),
+    (
+        "validity: achieved / offered rate",
+        "latency",
+        "offered_rate_ratio",
+        "",
+    ),
+    (
+        "one create-if-absent PUT on the same s3s-fs, p50",
+        "s3-put",
+        "put_p50_ms",
+        "ms",
+    ),
+    ("  … its size", "s3-put", "size_kib", "KiB"),
+];
+
+/// The S3-WAL ack targets: p99 at most this.
+const ACK_P99_TARGET_MS: f64 = 10.0;
+/// … and p50 at most linger + one PUT + this.
+const ACK_P50_SLACK_MS: f64 = 2.0;
+
+/// The "S3-WAL ack: before / after" table, when the results hold both S3 arms.
+fn render_ack_comparison(samples: &Samples, out: &mut String) {
+    let has = |label: &str| samples.keys().any(|(_, l)| l == label);
+    if !has(ACK_BEFORE) || !has(ACK_AFTER) {
+        return;
+    }
+    let _ = writeln!(out, "\n## S3-WAL ack: before / after (medians)\n");
+    let _ = writeln!(
+        out,
+        "| measure | S3 WAL before | S3 WAL after | after / before | file WAL (after) |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for (what, scenario, metric, unit) in ACK_ROWS {
+        let value = |label: &str| sample_median(samples, scenario, label, metric);
+        let (before, after, file) = (value(ACK_BEFORE), value(ACK_AFTER), value(ACK_FILE));
+        let ratio = match (before, after) {
+            (Some(before), Some(after)) if before != 0.0 => Some(after / before),
+            _ => None,
+        };
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {} | {} | {} |",
+            with_unit(before, unit),
+            with_unit(after, unit),
+            format_value(ratio),
+            with_unit(file, unit),
+        );
+    }
+    let _ = writeln!(out, "\n### Targets (S3 WAL)\n");
+    let _ = writeln!(out, "| target | before | after | verdict (after) |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    let verdict = |value: Option<f64>, goal: Option<f64>| match (value, goal) {
+        (Some(value), Some(goal)) if value <= goal => "met",
+        (Some(_), Some(_)) => "MISSED",
+        _ => "not measured",
+    };
+    let p99 = |label: &str| sample_median(samples, "latency", label, "ack_p99_ms");
+    let _ = writeln!(
+        out,
+        "| p99 ≤ {} | {} | {} | {} |",
+        with_unit(Some(ACK_P99_TARGET_MS), "ms"),
+        with_unit(p99(ACK_BEFORE), "ms"),
+        with_unit(p99(ACK_AFTER), "ms"),
+        verdict(p99(ACK_AFTER), Some(ACK_P99_TARGET_MS)),
+    );
+    // The p50 bound uses each arm's own linger and its own median PUT time on its s3s-fs.
+    let bound = |label: &str| {
+        let linger = sample_median(samples, "latency", label, "wal_linger_ms")?;
+        let put = sample_median(samples, "s3-put", label, "put_p50_ms")?;
+        Some(linger + put + ACK_P50_SLACK_MS)
+    };
+    let p50 = |label: &str| sample_median(samples, "latency", label, "ack_p50_ms");
+    let show = |label: &str| {
+        format!(
+            "{} (bound {})",
+            with_unit(p50(label), "ms"),
+            with_unit(bound(label), "ms")
+        )
+    };
+    let _ = writeln!(
+        out,
+        "| p50 ≤ linger + one PUT (p50) + {} | {} | {} | {} |",
+        with_unit(Some(ACK_P50_SLACK_MS), "ms"),
+        show(ACK_BEFORE),
+        show(ACK_AFTER),
+        verdict(p50(ACK_AFTER), bound(ACK_AFTER)),
+    );
+}
+
 /// One line naming the machine: cores, CPU model, memory, kernel.
 pub(crate) fn machine_description() -> String {
     let cores = std::thread::available_parallelism()
@@ -813,6 +931,60 @@ mod tests {
             "m",
         );
         assert!(!single.contains("S3 WAL vs file WAL"), "{single}");
+    }
+
+    #[test]
+    fn ack_arms_before_after_and_targets() {
+        let text = [
+            line(
+                "latency",
+                "s3-before",
+                &[
+                    ("ack_p50_ms", 8.0),
+                    ("ack_p99_ms", 20.0),
+                    ("wal_linger_ms", 5.0),
+                ],
+            ),
+            line(
+                "latency",
+                "s3-after",
+                &[
+                    ("ack_p50_ms", 4.0),
+                    ("ack_p99_ms", 12.0),
+                    ("wal_linger_ms", 5.0),
+                    ("wal_bytes_per_put_kib", 9.5),
+                ],
+            ),
+            line("latency", "file-after", &[("ack_p50_ms", 1.0)]),
+            line("s3-put", "s3-before", &[("put_p50_ms", 2.0)]),
+            line("s3-put", "s3-after", &[("put_p50_ms", 1.5)]),
+        ]
+        .join("\n");
+        let report = render(&parse_results(&text).expect("parses"), "test machine");
+        assert!(report.contains("## S3-WAL ack: before / after"), "{report}");
+        assert!(
+            report.contains("| produce p50 send→ack | 8.00 ms | 4.00 ms | 0.500 | 1.00 ms |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| KiB per PUT | n/a | 9.50 KiB | n/a | n/a |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| p99 ≤ 10.00 ms | 20.00 ms | 12.00 ms | MISSED |"),
+            "{report}"
+        );
+        // Bound: 5 ms linger + 1.5 ms PUT + 2 ms = 8.5 ms ≥ 4 ms.
+        assert!(
+            report.contains("| 8.00 ms (bound 9.00 ms) | 4.00 ms (bound 8.50 ms) | met |"),
+            "{report}"
+        );
+        // Without both S3 arms there is no such table.
+        let single = render(
+            &parse_results(&line("latency", "s3-after", &[])).expect("parses"),
+            "m",
+        );
+        assert!(!single.contains("S3-WAL ack"), "{single}");
     }
 
     #[test]

@@ -72,6 +72,37 @@ fn consume_of_a_missing_or_empty_topic_fails() {
 }
 
 #[test]
+fn latency_rate_can_be_given_in_records_per_second() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster
+        .create_topic("latency-records", 2, 1)
+        .expect("topic");
+    let outcome = latency::run(&LatencyArgs {
+        kafka: kafka_args(&cluster.bootstrap_servers(), "latency-records"),
+        record_size: 1024,
+        // Ignored: --rate-records wins.
+        rate_mibps: 20.0,
+        rate_records: Some(1500.0),
+        seconds: 1.0,
+        warmup_seconds: 0.2,
+        acks: "all".to_string(),
+        linger_ms: 0,
+        drain_timeout_secs: 20,
+        samples_out: None,
+    })
+    .expect("latency runs");
+    assert_eq!(outcome.get("measured_records"), Some(1500.0));
+    assert_eq!(outcome.get("offered_records_per_s"), Some(1500.0));
+    let offered = outcome.get("offered_mib_per_s").expect("offered");
+    assert!(
+        (offered - 1500.0 / 1024.0).abs() < 1e-9,
+        "offered {offered}"
+    );
+    let ratio = outcome.get("offered_rate_ratio").expect("ratio");
+    assert!((0.9..1.1).contains(&ratio), "offered rate ratio {ratio}");
+}
+
+#[test]
 fn latency_holds_the_offered_rate_and_measures_acks() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic("latency", 3, 1).expect("topic");
@@ -79,6 +110,7 @@ fn latency_holds_the_offered_rate_and_measures_acks() {
         kafka: kafka_args(&cluster.bootstrap_servers(), "latency"),
         record_size: 1024,
         rate_mibps: 2.0,
+        rate_records: None,
         seconds: 1.0,
         warmup_seconds: 0.25,
         acks: "all".to_string(),
