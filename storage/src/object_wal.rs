@@ -85,7 +85,10 @@ impl Default for ObjectWalOptions {
             max_object_bytes: 16 * 1024 * 1024,
             max_inflight_puts: 4,
             max_unflushed_bytes: 64 * 1024 * 1024,
-            lanes: 4,
+            // One lane measured best at 2,000 records/s on 2 cores (benches/RESULTS.md: p99 0.61×
+            // and 0.39× the PUTs of four lanes); more lanes keep one slow PUT from stalling
+            // every partition's acks.
+            lanes: 1,
             max_unindexed_objects: 64,
             sweep_interval: Duration::from_secs(600),
         }
