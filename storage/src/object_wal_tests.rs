@@ -331,8 +331,10 @@ async fn gc_deletes_nothing_the_index_has_not_made_durable() {
     let (memory, meta, objects) = shared_parts();
     let h = Harness::start_shared(meta, objects, |opts| {
         object_mode(opts);
-        opts.segment_bytes = 16 * 1024;
-        opts.segment_max_age = Duration::from_millis(200);
+        // Compaction by age only, well after the load (even on a loaded machine), so it runs
+        // under the hold.
+        opts.segment_bytes = 1 << 20;
+        opts.segment_max_age = Duration::from_secs(3);
         opts.gc_grace = Duration::from_millis(100);
     })
     .await;
@@ -343,7 +345,7 @@ async fn gc_deletes_nothing_the_index_has_not_made_durable() {
     let before = wal_objects(&h.objects).await;
     assert!(before > 0);
     // Compaction waits for each answer, so under the hold it gets one command applied.
-    wait_until(Duration::from_secs(20), "a WAL object retired", || async {
+    wait_until(Duration::from_secs(60), "a WAL object retired", || async {
         !h.meta.state().deleted_objects.is_empty()
     })
     .await;
