@@ -614,12 +614,9 @@ fn add_segments(
     }
     // A mark says "every object up to here is indexed": it must not pass a chunk that was
     // refused for any reason other than its partition being gone or no longer this writer's.
-    let all_settled = outcomes.iter().all(|outcome| {
-        matches!(
-            outcome,
-            None | Some(Rejection::UnknownTopicOrPartition | Rejection::StaleLeaderEpoch { .. })
-        )
-    });
+    let all_settled = outcomes
+        .iter()
+        .all(|outcome| Rejection::settles_chunk(outcome.as_ref()));
     if all_settled {
         apply_lane_marks(state, marks, seal);
     }

@@ -496,6 +496,32 @@ pub enum Rejection {
     Invalid(String),
 }
 
+impl Rejection {
+    /// An `AddSegments` entry's outcome that settles its chunk (S3 WAL): accepted (`None`), or
+    /// refused because the partition is gone or the writer's epoch is stale — nothing is left out
+    /// of the index that a lane's mark could pass.
+    pub fn settles_chunk(outcome: Option<&Rejection>) -> bool {
+        matches!(
+            outcome,
+            None | Some(Rejection::UnknownTopicOrPartition | Rejection::StaleLeaderEpoch { .. })
+        )
+    }
+}
+
+/// Most entries per `AddSegments` command: keeps every command well under `MAX_COMMAND_BYTES`
+/// (an entry encodes to a few hundred bytes) when thousands of partitions share a flush.
+pub const ENTRIES_PER_COMMAND: usize = 1000;
+
+/// `entries` cut into `AddSegments`-sized runs, in order; at least one (empty) run, so a command
+/// carrying only marks or a seal is still sent.
+pub fn add_segments_runs(entries: &[SegmentEntry]) -> Vec<&[SegmentEntry]> {
+    if entries.is_empty() {
+        vec![&[]]
+    } else {
+        entries.chunks(ENTRIES_PER_COMMAND).collect()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("raft: {0}")]

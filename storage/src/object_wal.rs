@@ -705,7 +705,7 @@ fn acknowledge(lane: u32, object: Uploaded, acked: &mpsc::UnboundedSender<Acked>
     });
 }
 
-/// Indexes acknowledged objects in batches: one `AddSegments` (per [`ENTRIES_PER_COMMAND`]) for
+/// Indexes acknowledged objects in batches: one `AddSegments` (per `metadata::ENTRIES_PER_COMMAND`) for
 /// every object acknowledged by then, carrying the lanes' marks.
 async fn indexer(shared: Arc<Shared>, mut acked: mpsc::UnboundedReceiver<Acked>) {
     // Lanes with an object left out of the index: their marks never move again in this process
@@ -798,11 +798,7 @@ async fn index(shared: &Shared, group: Vec<Acked>, frozen: &mut HashSet<u32>) {
     }
 }
 
-/// Entries per `AddSegments` command: keeps every command well under `MAX_COMMAND_BYTES` (an
-/// entry encodes to a few hundred bytes) when thousands of partitions share a flush.
-const ENTRIES_PER_COMMAND: usize = 1000;
-
-/// Proposes `AddSegments` (in commands of at most [`ENTRIES_PER_COMMAND`] entries, in order; the
+/// Proposes `AddSegments` (in commands of at most `metadata::ENTRIES_PER_COMMAND` entries, in order; the
 /// marks ride on the last) and waits until metadata has them in the bucket. `Ok(results)` = the
 /// per-entry answers (all `None` when an answer was lost to a journal retry: metadata holds what
 /// it accepted either way); `Err` = unknown after an abort, or metadata refused the command.
@@ -812,22 +808,13 @@ async fn propose_until_persisted(
     marks: Vec<LaneMark>,
 ) -> std::result::Result<Vec<Option<Rejection>>, String> {
     let mut all: Vec<Option<Rejection>> = Vec::with_capacity(entries.len());
-    let parts: Vec<&[SegmentEntry]> = if entries.is_empty() {
-        vec![&[]]
-    } else {
-        entries.chunks(ENTRIES_PER_COMMAND).collect()
-    };
+    let parts = metadata::add_segments_runs(entries);
     let last = parts.len() - 1;
     for (i, part) in parts.into_iter().enumerate() {
         // The marks ride on the last command, and only if nothing before it was left out.
-        let settled = all.iter().all(|result| {
-            matches!(
-                result,
-                None | Some(
-                    Rejection::UnknownTopicOrPartition | Rejection::StaleLeaderEpoch { .. }
-                )
-            )
-        });
+        let settled = all
+            .iter()
+            .all(|result| Rejection::settles_chunk(result.as_ref()));
         let command = Command::AddSegments {
             entries: part.to_vec(),
             now_ms: now_ms(),

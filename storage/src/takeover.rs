@@ -35,8 +35,6 @@ use crate::{now_ms, Error, Result};
 /// Attempts of one object-store call before the start fails.
 const ATTEMPTS: u32 = 8;
 const BACKOFF_START: Duration = Duration::from_millis(100);
-/// Entries per command (well under the metadata command size limit).
-const ENTRIES_PER_COMMAND: usize = 1000;
 
 /// What a start took over (logs, tests).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -196,11 +194,7 @@ async fn index_tail(
     let state = meta.state();
     let entries = tail_entries(&state, &tail)?;
     let count = entries.len();
-    let parts: Vec<&[SegmentEntry]> = if entries.is_empty() {
-        vec![&[]]
-    } else {
-        entries.chunks(ENTRIES_PER_COMMAND).collect()
-    };
+    let parts = metadata::add_segments_runs(&entries);
     let last = parts.len() - 1;
     for (i, part) in parts.into_iter().enumerate() {
         let seal = (i == last).then(|| SealLanes {
