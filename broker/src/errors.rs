@@ -52,6 +52,8 @@ pub enum ErrorCode {
     GroupSubscribedToTopic = 86,
     UnknownTopicId = 100,
     InconsistentTopicId = 110,
+    MismatchedEndpointType = 114,
+    UnsupportedEndpointType = 115,
     UnknownServerError = -1,
     InvalidRecord = 87,
 }

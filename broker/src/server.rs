@@ -86,7 +86,7 @@ async fn handle_connection(
         result
     });
 
-    let read_result = read_requests(&mut reader, &broker, &queue_tx, &closing).await;
+    let read_result = read_requests(&mut reader, peer, &broker, &queue_tx, &closing).await;
     drop(queue_tx);
     let write_result = match writer_task.await {
         Ok(result) => result,
@@ -98,6 +98,7 @@ async fn handle_connection(
 
 async fn read_requests(
     reader: &mut tokio::net::tcp::OwnedReadHalf,
+    peer: SocketAddr,
     broker: &Arc<Broker>,
     queue: &mpsc::Sender<Pending>,
     closing: &CancellationToken,
@@ -142,7 +143,7 @@ async fn read_requests(
         let (placed_tx, placed_rx) = oneshot::channel();
         let broker = Arc::clone(broker);
         tokio::spawn(async move {
-            let outcome = handle_frame_ordered(&broker, payload, placed_tx).await;
+            let outcome = handle_frame_ordered(&broker, payload, Some(peer.ip()), placed_tx).await;
             drop(permit);
             let _ = answer_tx.send(outcome);
         });

@@ -165,6 +165,7 @@ impl Producer {
         let partitions = topic.partitions();
         let max_batch = broker::configs::max_message_bytes(&meta.configs);
         let timestamp_type = broker::configs::timestamp_type(&meta.configs);
+        let codec = broker::configs::compression_type(&meta.configs);
         let sticky = self.rotation.next_partition(partitions);
         let receive_time = now_ms();
 
@@ -214,7 +215,7 @@ impl Producer {
                 topic_id: topic.id,
                 partition,
             };
-            self.append_partition(tp, events, max_batch, timestamp_type, receive_time)
+            self.append_partition(tp, events, max_batch, timestamp_type, codec, receive_time)
         });
         for results in join_all(appends).await {
             for (index, outcome) in results {
@@ -250,6 +251,7 @@ impl Producer {
         events: Vec<(usize, Event)>,
         max_batch: usize,
         timestamp_type: TimestampType,
+        codec: Option<storage::batch::Compression>,
         receive_time: i64,
     ) -> Vec<(usize, Outcome)> {
         let mut results = Vec::with_capacity(events.len());
@@ -263,7 +265,7 @@ impl Producer {
                 .iter()
                 .map(|(_, e)| e.timestamp.unwrap_or(receive_time))
                 .collect();
-            let batch = match encode_batch(&chunk, receive_time) {
+            let batch = match encode_in_codec(&chunk, receive_time, codec).await {
                 Ok(batch) => batch,
                 Err(error) => {
                     results.extend(chunk.into_iter().map(|(i, _)| (i, Err(error.clone()))));
@@ -335,6 +337,38 @@ fn cut_batches(events: Vec<(usize, Event)>, max_batch: usize) -> Vec<Vec<(usize,
 }
 
 /// One uncompressed record batch v2 (base offset 0; storage assigns the real one).
+/// [`encode_batch`], compressed with the topic's codec (`compression.type`; `None`: producer,
+/// stored uncompressed as before) through the same [`storage::batch::recompress`] the Kafka
+/// produce path uses, on a blocking thread.
+async fn encode_in_codec(
+    events: &[(usize, Event)],
+    receive_time: i64,
+    codec: Option<storage::batch::Compression>,
+) -> Result<BytesMut, ApiError> {
+    let batch = encode_batch(events, receive_time)?;
+    let Some(codec) = codec else {
+        return Ok(batch);
+    };
+    let compressed = tokio::task::spawn_blocking(move || {
+        storage::batch::recompress(&batch, codec).map(|rewritten| match rewritten {
+            Some(rewritten) => BytesMut::from(bytes::Bytes::from(rewritten)),
+            None => batch,
+        })
+    })
+    .await;
+    match compressed {
+        Ok(Ok(batch)) => Ok(batch),
+        Ok(Err(e)) => Err(ApiError::new(
+            ErrorKind::Internal,
+            format!("cannot compress batch: {e}"),
+        )),
+        Err(e) => Err(ApiError::new(
+            ErrorKind::Internal,
+            format!("compression task failed: {e}"),
+        )),
+    }
+}
+
 pub(crate) fn encode_batch(
     events: &[(usize, Event)],
     receive_time: i64,
