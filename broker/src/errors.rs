@@ -46,6 +46,7 @@ pub enum ErrorCode {
     KafkaStorageError = 56,
     FencedLeaderEpoch = 74,
     UnknownLeaderEpoch = 75,
+    UnsupportedCompressionType = 76,
     MemberIdRequired = 79,
     GroupMaxSizeReached = 81,
     FencedInstanceId = 82,

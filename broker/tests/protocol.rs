@@ -1583,3 +1583,31 @@ async fn group_requests_with_bad_input_get_the_kafka_errors() {
     };
     assert_eq!(r.error_code, 26, "INVALID_SESSION_TIMEOUT");
 }
+
+/// zstd batches need Produce v7+ (KIP-110): older requests get UNSUPPORTED_COMPRESSION_TYPE (76)
+/// in the partition, as Kafka 4.4 answers, also on a zstd topic; uncompressed batches to a zstd
+/// topic are fine at any version (recompressed by the broker).
+#[tokio::test]
+async fn zstd_batches_need_produce_v7() {
+    let h = harness().await;
+    let id = create_topic(&h, "zstd-old", 1).await;
+    for (version, codec, want) in [
+        (3, Compression::Zstd, 76),
+        (6, Compression::Zstd, 76),
+        (7, Compression::Zstd, 0),
+        (3, Compression::None, 0),
+    ] {
+        let ResponseKind::Produce(r) = h
+            .call(
+                ApiKey::Produce,
+                version,
+                &produce_request(version, "zstd-old", id, codec_batch(&["z"], codec, -1, 0)),
+            )
+            .await
+        else {
+            panic!()
+        };
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, want, "Produce v{version} {codec:?}");
+    }
+}

@@ -559,6 +559,13 @@ fn produce(d: &mut Differ) -> Result<()> {
                 )
             },
         )?;
+        // A zstd batch: UNSUPPORTED_COMPRESSION_TYPE below v7 (KIP-110), stored from v7.
+        let values = [format!("v{version}-zstd")];
+        let values: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+        let zstd = encode_batch(&values, timestamp, Compression::Zstd)?;
+        d.diff("produce: zstd batch", version, |broker| {
+            produce_request(broker, version, "pr-two", &[(1, zstd.clone())])
+        })?;
         if version < 13 {
             // By name; an unknown topic (Produce never auto-creates in Kafka 4).
             let topic = format!("pr-unknown-{version}");

@@ -73,7 +73,7 @@ pub(super) async fn handle(
                     (None, Some((topic, tp))) => {
                         match super::ownership::check_owned(broker, &state, tp) {
                             Err(leader) => Pending::Done(not_leader_response(index, leader)),
-                            Ok(()) => place_partition(broker, topic, tp, data).await,
+                            Ok(()) => place_partition(broker, version, topic, tp, data).await,
                         }
                     }
                 };
@@ -283,6 +283,7 @@ async fn recompress_all(
 /// in order.
 async fn place_partition(
     broker: &Broker,
+    version: i16,
     topic: &metadata::TopicMeta,
     tp: metadata::TopicPartition,
     data: PartitionProduceData,
@@ -308,6 +309,12 @@ async fn place_partition(
                     "batch of {} bytes exceeds max.message.bytes={max_bytes}",
                     bytes.len()
                 ),
+            ))
+        } else if version < 7 && header.compression() == Ok(batch::Compression::Zstd) {
+            // As Kafka: zstd batches need Produce v7+ (KIP-110), whatever the topic's codec.
+            Some((
+                ErrorCode::UnsupportedCompressionType,
+                "zstd-compressed batches need Produce v7 or later".into(),
             ))
         } else if header.is_control() {
             Some((
