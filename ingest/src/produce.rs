@@ -336,7 +336,6 @@ fn cut_batches(events: Vec<(usize, Event)>, max_batch: usize) -> Vec<Vec<(usize,
     batches
 }
 
-/// One uncompressed record batch v2 (base offset 0; storage assigns the real one).
 /// [`encode_batch`], compressed with the topic's codec (`compression.type`; `None`: producer,
 /// stored uncompressed as before) through the same [`storage::batch::recompress`] the Kafka
 /// produce path uses, on a blocking thread.
@@ -369,6 +368,7 @@ async fn encode_in_codec(
     }
 }
 
+/// One uncompressed record batch v2 (base offset 0; storage assigns the real one).
 pub(crate) fn encode_batch(
     events: &[(usize, Event)],
     receive_time: i64,
