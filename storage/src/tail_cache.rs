@@ -171,6 +171,12 @@ impl TailCache {
         }
     }
 
+    /// Forgets everything (a new incarnation assigns the offsets of batches that failed again).
+    pub(crate) fn clear(&self) {
+        let mut inner = self.lock();
+        *inner = Inner::default();
+    }
+
     #[cfg(test)]
     pub(crate) fn used_bytes(&self) -> usize {
         self.lock().used
