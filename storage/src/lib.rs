@@ -24,6 +24,7 @@ pub mod segment_reader;
 
 mod compaction;
 mod object_wal;
+mod ownership;
 
 mod housekeeping;
 #[cfg(test)]
@@ -252,7 +253,7 @@ impl std::future::IntoFuture for AppendTicket {
 /// All partition logs of this broker. Cheap to clone.
 #[derive(Clone)]
 pub struct LogStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// Shared state of a [`LogStore`] and its background tasks.
@@ -266,7 +267,7 @@ pub(crate) struct Inner {
     pub(crate) object_wal: Option<reincarnation::ObjectWalSlot>,
     pub(crate) partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Topics forgotten by `drop_topic`: never lazily re-created from a stale metadata view.
-    dropped_topics: Mutex<HashSet<uuid::Uuid>>,
+    pub(crate) dropped_topics: Mutex<HashSet<uuid::Uuid>>,
     /// The leader epoch each partition was acquired at by this store: every partition this node
     /// owned when the store opened (after registration and acquire), and each one that became
     /// this node's later (created, or taken over) at the epoch it had then. A later bump while
@@ -334,8 +335,12 @@ impl Inner {
         {
             return Err(Error::ShuttingDown);
         }
-        // Everything this broker has in its WAL was loaded by recovery, so a partition seen for the
-        // first time continues right after its segments.
+        // Not acquired yet by the ownership watcher (a topic just created). Everything this broker
+        // has in its file WAL was loaded by recovery, so the state continues right after the
+        // index; a partition whose producer state needs WAL chunks read waits for the watcher.
+        if !compaction::producer_chunks(&state, tp, pm).is_empty() {
+            return Err(Error::ShuttingDown);
+        }
         let part = partitions
             .entry(tp)
             .or_insert_with(|| {
@@ -352,6 +357,47 @@ impl Inner {
             })
             .clone();
         Ok(part)
+    }
+
+    /// Installs the state of a partition acquired by the ownership watcher, unless one exists
+    /// already (or its topic was dropped, or the incarnation is changing). `true` if installed.
+    pub(crate) fn install_acquired(
+        &self,
+        tp: TopicPartition,
+        leader_epoch: i32,
+        state: PartitionState,
+    ) -> bool {
+        let mut partitions = self.partitions.write().unwrap_or_else(|e| e.into_inner());
+        let switching = self
+            .object_wal
+            .as_ref()
+            .is_some_and(|slot| slot.switching.load(Ordering::Acquire));
+        if switching
+            || partitions.contains_key(&tp)
+            || lock(&self.dropped_topics).contains(&tp.topic_id)
+        {
+            return false;
+        }
+        partitions.insert(tp, Arc::new(Partition::new(tp, leader_epoch, state)));
+        true
+    }
+
+    /// Releases a partition this broker no longer owns: its state is dropped (appends still
+    /// holding it fail, retriable) and if it comes back it is acquired again at the epoch it has
+    /// then. `true` if it was loaded.
+    pub(crate) fn release(&self, tp: TopicPartition) -> bool {
+        let removed = self
+            .partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&tp);
+        lock(&self.acquired).remove(&tp);
+        let Some(part) = removed else {
+            return false;
+        };
+        part.state().poisoned = true;
+        self.tail.remove_partition(tp);
+        true
     }
 
     /// Retires every partition's state (a new S3-WAL incarnation acquires them again): appends
@@ -397,19 +443,6 @@ impl Inner {
     /// current epoch, captured from here on.
     pub(crate) fn acquired_epoch(&self, tp: TopicPartition, pm: &metadata::PartitionMeta) -> i32 {
         *lock(&self.acquired).entry(tp).or_insert(pm.leader_epoch)
-    }
-
-    /// Installs a partition's state built by recovery (before anything else can load it).
-    pub(crate) fn install_partition(
-        &self,
-        tp: TopicPartition,
-        leader_epoch: i32,
-        state: PartitionState,
-    ) {
-        self.partitions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(tp, Arc::new(Partition::new(tp, leader_epoch, state)));
     }
 
     /// The partition's state if it is loaded (background tasks use this to avoid creating state).
@@ -816,14 +849,9 @@ impl LogStore {
             Err(_) => Err(Error::ShuttingDown),
         };
         let recovered = match recovered {
-            Ok(()) if inner.object_wal.is_some() => {
-                compaction::recover_producers(&inner).await.map(|count| {
-                    tracing::info!(
-                        partitions = count,
-                        "producer state rebuilt from WAL objects"
-                    );
-                })
-            }
+            Ok(()) => ownership::acquire_owned(&inner).await.map(|count| {
+                tracing::info!(partitions = count, "partitions acquired");
+            }),
             other => other,
         };
         if let Err(err) = recovered {
@@ -838,7 +866,8 @@ impl LogStore {
         };
         let housekeeping = tokio::spawn(housekeeping::run(inner.clone(), inner.cancel.clone()));
         let reincarnations = tokio::spawn(reincarnation::run(inner.clone(), inner.cancel.clone()));
-        lock(&inner.tasks).extend([writer, housekeeping, reincarnations]);
+        let acquire_release = tokio::spawn(ownership::run(inner.clone(), inner.cancel.clone()));
+        lock(&inner.tasks).extend([writer, housekeeping, reincarnations, acquire_release]);
         Ok(LogStore { inner })
     }
 

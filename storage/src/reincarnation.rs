@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::object_wal::{Common, ObjectWal, ObjectWalOptions};
-use crate::{compaction, lock, takeover, Inner, Result};
+use crate::{lock, ownership, takeover, Inner, Result};
 
 /// The store's current S3-WAL incarnation, swapped by [`run`].
 pub(crate) struct ObjectWalSlot {
@@ -168,6 +168,6 @@ async fn start_incarnation(
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .clear();
-    compaction::recover_producers(inner).await?;
+    ownership::acquire_owned(inner).await?;
     Ok(())
 }
