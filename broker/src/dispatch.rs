@@ -17,6 +17,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use crate::errors::ErrorCode;
 use crate::frame::{request_prefix, FrameError};
 use crate::handlers;
+use crate::legacy;
 use crate::versions::{is_supported, SUPPORTED};
 use crate::Broker;
 
@@ -109,6 +110,8 @@ pub async fn handle_frame_ordered(
 pub enum Decoded {
     Request {
         api: ApiKey,
+        /// The version the request is handled and answered at: the request's own, except for a
+        /// version without a kafka-protocol schema that [`crate::legacy`] maps to a newer one.
         version: i16,
         header: RequestHeader,
         /// `None` only for an ApiVersions body that did not decode: Kafka still answers it.
@@ -146,11 +149,25 @@ pub fn decode_request(mut payload: Bytes) -> Result<Decoded, DispatchError> {
                 reason: format!("header: {e}"),
             }
         })?;
-    let body = RequestKind::decode(api, &mut payload, version).map_err(|e| DispatchError::Decode {
-        api,
-        version,
-        reason: e.to_string(),
-    });
+    let (body, version) = if api == ApiKey::OffsetCommit && version == legacy::OFFSET_COMMIT_V1 {
+        // No schema in kafka-protocol; handled and answered as v2 (same response bytes).
+        let body = legacy::decode_offset_commit_v1(&mut payload)
+            .map(RequestKind::OffsetCommit)
+            .map_err(|reason| DispatchError::Decode {
+                api,
+                version,
+                reason,
+            });
+        (body, legacy::OFFSET_COMMIT_V1_ANSWERED_AS)
+    } else {
+        let body =
+            RequestKind::decode(api, &mut payload, version).map_err(|e| DispatchError::Decode {
+                api,
+                version,
+                reason: e.to_string(),
+            });
+        (body, version)
+    };
     if payload.has_remaining() {
         // Kafka ignores bytes after the body, and librdkafka relies on it (its "all topics" Metadata
         // v12 request carries a 3-byte leftover of a placeholder), so do we.

@@ -21,13 +21,14 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 2),
     // Classic consumer groups and committed offsets (broker/src/groups, handlers/groups.rs,
-    // handlers/offsets.rs). OffsetCommit starts at v2: kafka-protocol 0.18 has no v0/v1 schema.
+    // handlers/offsets.rs). OffsetCommit v1, which Kafka 4 no longer serves but Sarama 1.22 sends,
+    // is decoded by crate::legacy; v0 (offsets in ZooKeeper) is not served.
     (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetCommit, 1, 9),
     (ApiKey::OffsetFetch, 1, 9),
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
