@@ -149,24 +149,34 @@ pub fn decode_request(mut payload: Bytes) -> Result<Decoded, DispatchError> {
                 reason: format!("header: {e}"),
             }
         })?;
-    let (body, version) = if api == ApiKey::OffsetCommit && version == legacy::OFFSET_COMMIT_V1 {
-        // No schema in kafka-protocol; handled and answered as v2 (same response bytes).
-        let body = legacy::decode_offset_commit_v1(&mut payload)
-            .map(RequestKind::OffsetCommit)
-            .map_err(|reason| DispatchError::Decode {
-                api,
-                version,
-                reason,
-            });
-        (body, legacy::OFFSET_COMMIT_V1_ANSWERED_AS)
-    } else {
-        let body =
+    let legacy_error = |reason| DispatchError::Decode {
+        api,
+        version,
+        reason,
+    };
+    let (body, version) = match (api, version) {
+        (ApiKey::OffsetCommit, legacy::OFFSET_COMMIT_V1) => (
+            // No schema in kafka-protocol; handled and answered as v2 (same response bytes).
+            legacy::decode_offset_commit_v1(&mut payload)
+                .map(RequestKind::OffsetCommit)
+                .map_err(legacy_error),
+            legacy::OFFSET_COMMIT_V1_ANSWERED_AS,
+        ),
+        (ApiKey::DescribeConfigs, legacy::DESCRIBE_CONFIGS_V0) => (
+            // No schema in kafka-protocol; the handler answers in the v0 layout.
+            legacy::decode_describe_configs_v0(&mut payload)
+                .map(RequestKind::DescribeConfigs)
+                .map_err(legacy_error),
+            version,
+        ),
+        _ => (
             RequestKind::decode(api, &mut payload, version).map_err(|e| DispatchError::Decode {
                 api,
                 version,
                 reason: e.to_string(),
-            });
-        (body, version)
+            }),
+            version,
+        ),
     };
     if payload.has_remaining() {
         // Kafka ignores bytes after the body, and librdkafka relies on it (its "all topics" Metadata

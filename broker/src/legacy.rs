@@ -1,22 +1,32 @@
 //! Request versions that Sluice serves but kafka-protocol 0.18 has no schema for (ARCHITECTURE.md,
 //! D1: a version only Sluice serves is checked on Sluice alone).
 //!
-//! OffsetCommit v1. Kafka 4.0 removed OffsetCommit v0 and v1 (KIP-896), but Sarama up to at least
-//! 1.22 (the version Debian ships) commits with v1 whatever `Config.Version` says, unless
-//! `Consumer.Offsets.Retention` is set, and never looks at ApiVersions. Without v1 its consumer
-//! group cannot commit, and every failed commit closes the connection its partition consumers share.
-//! The v1 body is read here into the v2 message the offsets handler serves; the v1 response has the
-//! v2 layout (the throttle time only comes in v3, flexible versions in v8), so the request is handled
-//! and answered at v2, which gives a v1 client exactly the bytes it expects.
+//! Kafka 4.0 removed old versions of several APIs (KIP-896), but Sarama up to at least 1.22 (the
+//! version Debian ships) picks its request versions from `Config.Version` alone, never from
+//! ApiVersions, and two of the versions it sends at any `Config.Version` are among the removed:
+//!
+//! - OffsetCommit v1, from its offset manager (v2 only when `Consumer.Offsets.Retention` is set).
+//!   Without it a consumer group cannot commit, and every failed commit makes Sarama close the
+//!   connection its partition consumers share. The v1 body is read here into the v2 message the
+//!   offsets handler serves; the v1 response has the v2 layout (the throttle time only comes in v3,
+//!   flexible versions in v8), so the request is handled and answered at v2, which gives a v1 client
+//!   exactly the bytes it expects.
+//! - DescribeConfigs v0, from `ClusterAdmin.DescribeConfig` and `ListTopics`. The request is v1's
+//!   without `include_synonyms`; it is handled as v1 (no synonyms), and the answer written here in
+//!   the v0 layout: `is_default` (true where the source is DEFAULT_CONFIG) where v1 has
+//!   `config_source`, and no synonyms.
 //!
 //! Decoding is bounded like kafka-protocol's: every length is checked against the bytes left before
 //! anything is allocated, and a body that does not decode closes the connection (as any other).
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
-use kafka_protocol::messages::{GroupId, OffsetCommitRequest, TopicName};
+use kafka_protocol::messages::{
+    DescribeConfigsRequest, DescribeConfigsResponse, GroupId, OffsetCommitRequest, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 
 /// The OffsetCommit version decoded by [`decode_offset_commit_v1`].
@@ -24,10 +34,21 @@ pub(crate) const OFFSET_COMMIT_V1: i16 = 1;
 /// The version a v1 OffsetCommit is handled and answered at (same response bytes).
 pub(crate) const OFFSET_COMMIT_V1_ANSWERED_AS: i16 = 2;
 
+/// The DescribeConfigs version decoded by [`decode_describe_configs_v0`] and answered by
+/// [`describe_configs_v0_response`].
+pub(crate) const DESCRIBE_CONFIGS_V0: i16 = 0;
+/// The version a v0 DescribeConfigs is handled at (v1 without synonyms has the same content).
+pub(crate) const DESCRIBE_CONFIGS_V0_HANDLED_AS: i16 = 1;
+/// Kafka's DEFAULT_CONFIG config source, which v0 reports as `is_default`.
+const SOURCE_DEFAULT_CONFIG: i8 = 5;
+
 /// Smallest encoding of a v1 topic (name length + partition count) and partition (index, offset,
 /// timestamp, metadata length): bounds array lengths by the bytes left.
 const MIN_TOPIC_BYTES: usize = 2 + 4;
 const MIN_PARTITION_BYTES: usize = 4 + 8 + 8 + 2;
+/// Smallest DescribeConfigs v0 resource (type, name length, key count) and key (length).
+const MIN_RESOURCE_BYTES: usize = 1 + 2 + 4;
+const MIN_KEY_BYTES: usize = 2;
 
 /// Decodes an OffsetCommit v1 body (after the request header) as the equivalent v2 request.
 ///
@@ -70,6 +91,79 @@ pub(crate) fn decode_offset_commit_v1(body: &mut Bytes) -> Result<OffsetCommitRe
         .with_member_id(member_id)
         .with_retention_time_ms(-1)
         .with_topics(topics))
+}
+
+/// Decodes a DescribeConfigs v0 body: per resource `resource_type`, `resource_name` and
+/// `configuration_keys` (nullable: all keys). The v1 request it becomes asks for no synonyms.
+pub(crate) fn decode_describe_configs_v0(
+    body: &mut Bytes,
+) -> Result<DescribeConfigsRequest, String> {
+    let count = array_len(body, MIN_RESOURCE_BYTES, "resources")?;
+    let mut resources = Vec::with_capacity(count);
+    for _ in 0..count {
+        need(body, 1, "resource_type")?;
+        let resource_type = body.get_i8();
+        let resource_name = string(body, "resource_name")?;
+        let keys = match nullable_array_len(body, MIN_KEY_BYTES, "configuration_keys")? {
+            None => None,
+            Some(count) => Some(
+                (0..count)
+                    .map(|_| string(body, "configuration key"))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        resources.push(
+            DescribeConfigsResource::default()
+                .with_resource_type(resource_type)
+                .with_resource_name(resource_name)
+                .with_configuration_keys(keys),
+        );
+    }
+    Ok(DescribeConfigsRequest::default()
+        .with_resources(resources)
+        .with_include_synonyms(false))
+}
+
+/// The whole v0 answer (response header v0 + body) to a DescribeConfigs handled as v1.
+pub(crate) fn describe_configs_v0_response(
+    correlation_id: i32,
+    response: &DescribeConfigsResponse,
+) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_i32(correlation_id);
+    out.put_i32(response.throttle_time_ms);
+    put_array_len(&mut out, response.results.len());
+    for result in &response.results {
+        out.put_i16(result.error_code);
+        put_nullable_string(&mut out, result.error_message.as_deref());
+        out.put_i8(result.resource_type);
+        put_nullable_string(&mut out, Some(&result.resource_name));
+        put_array_len(&mut out, result.configs.len());
+        for config in &result.configs {
+            put_nullable_string(&mut out, Some(&config.name));
+            put_nullable_string(&mut out, config.value.as_deref());
+            out.put_u8(u8::from(config.read_only));
+            out.put_u8(u8::from(config.config_source == SOURCE_DEFAULT_CONFIG));
+            out.put_u8(u8::from(config.is_sensitive));
+        }
+    }
+    out.freeze()
+}
+
+fn put_array_len(out: &mut BytesMut, len: usize) {
+    // Lengths come from our own answers (config names and values, a bounded resource list).
+    out.put_i32(i32::try_from(len).unwrap_or(i32::MAX));
+}
+
+fn put_nullable_string(out: &mut BytesMut, value: Option<&str>) {
+    match value {
+        None => out.put_i16(-1),
+        Some(value) => {
+            let len = value.len().min(i16::MAX as usize);
+            out.put_i16(len as i16);
+            out.put_slice(&value.as_bytes()[..len]);
+        }
+    }
 }
 
 fn need(body: &Bytes, bytes: usize, field: &str) -> Result<(), String> {
@@ -115,7 +209,19 @@ fn string(body: &mut Bytes, field: &str) -> Result<StrBytes, String> {
 
 /// A non-nullable array length, at most what the bytes left can hold.
 fn array_len(body: &mut Bytes, min_element_bytes: usize, field: &str) -> Result<usize, String> {
+    nullable_array_len(body, min_element_bytes, field)?.ok_or_else(|| format!("{field}: null"))
+}
+
+/// A nullable array length (-1: null), at most what the bytes left can hold.
+fn nullable_array_len(
+    body: &mut Bytes,
+    min_element_bytes: usize,
+    field: &str,
+) -> Result<Option<usize>, String> {
     let len = int32(body, field)?;
+    if len == -1 {
+        return Ok(None);
+    }
     let len = usize::try_from(len).map_err(|_| format!("{field}: length {len}"))?;
     if len > body.remaining() / min_element_bytes {
         return Err(format!(
@@ -123,13 +229,15 @@ fn array_len(body: &mut Bytes, min_element_bytes: usize, field: &str) -> Result<
             body.remaining()
         ));
     }
-    Ok(len)
+    Ok(Some(len))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::messages::describe_configs_response::{
+        DescribeConfigsResourceResult, DescribeConfigsResult,
+    };
 
     fn put_str(out: &mut BytesMut, s: &str) {
         out.put_i16(s.len() as i16);
@@ -213,5 +321,94 @@ mod tests {
         put_str(&mut null_group, "m");
         null_group.put_i32(0);
         assert!(decode_offset_commit_v1(&mut null_group.freeze()).is_err());
+    }
+
+    #[test]
+    fn a_describe_configs_v0_body_becomes_the_v1_request() {
+        // Two resources: a topic with two keys, a broker with all keys (null).
+        let mut body = BytesMut::new();
+        body.put_i32(2);
+        body.put_i8(2);
+        put_str(&mut body, "topic");
+        body.put_i32(2);
+        put_str(&mut body, "retention.ms");
+        put_str(&mut body, "cleanup.policy");
+        body.put_i8(4);
+        put_str(&mut body, "1");
+        body.put_i32(-1);
+        let body = body.freeze();
+        let request = decode_describe_configs_v0(&mut body.clone()).unwrap();
+        assert!(!request.include_synonyms);
+        let got: Vec<_> = request
+            .resources
+            .iter()
+            .map(|r| {
+                (
+                    r.resource_type,
+                    r.resource_name.to_string(),
+                    r.configuration_keys
+                        .as_ref()
+                        .map(|keys| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    2,
+                    "topic".to_string(),
+                    Some(vec![
+                        "retention.ms".to_string(),
+                        "cleanup.policy".to_string()
+                    ])
+                ),
+                (4, "1".to_string(), None),
+            ]
+        );
+        for len in 0..body.len() {
+            assert!(decode_describe_configs_v0(&mut body.slice(..len)).is_err());
+        }
+        let mut hostile = BytesMut::new();
+        hostile.put_i32(1);
+        hostile.put_i8(2);
+        put_str(&mut hostile, "t");
+        hostile.put_i32(i32::MAX);
+        assert!(decode_describe_configs_v0(&mut hostile.freeze()).is_err());
+    }
+
+    #[test]
+    fn the_describe_configs_v0_answer_has_is_default_and_no_synonyms() {
+        let response = DescribeConfigsResponse::default()
+            .with_throttle_time_ms(0)
+            .with_results(vec![DescribeConfigsResult::default()
+                .with_error_code(0)
+                .with_error_message(None)
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("t"))
+                .with_configs(vec![
+                    DescribeConfigsResourceResult::default()
+                        .with_name(StrBytes::from_static_str("a"))
+                        .with_value(Some(StrBytes::from_static_str("1")))
+                        .with_config_source(1),
+                    DescribeConfigsResourceResult::default()
+                        .with_name(StrBytes::from_static_str("b"))
+                        .with_value(None)
+                        .with_read_only(true)
+                        .with_is_sensitive(true)
+                        .with_config_source(SOURCE_DEFAULT_CONFIG),
+                ])]);
+        let bytes = describe_configs_v0_response(7, &response);
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            0, 0, 0, 7, // correlation id
+            0, 0, 0, 0, // throttle time
+            0, 0, 0, 1, // one resource
+            0, 0, 0xff, 0xff, 2, 0, 1, b't', // no error, null message, topic "t"
+            0, 0, 0, 2, // two configs
+            0, 1, b'a', 0, 1, b'1', 0, 0, 0, // "a" = "1", not read-only, not default, not sensitive
+            0, 1, b'b', 0xff, 0xff, 1, 1, 1, // "b" = null, read-only, default, sensitive
+        ];
+        assert_eq!(&bytes[..], want);
     }
 }

@@ -327,6 +327,51 @@ fn offset_commit_v1_response(topics: &[(&str, &[(i32, i16)])]) -> Bytes {
     out.freeze()
 }
 
+/// A DescribeConfigs v0 body as Sarama 1.22 encodes it: one topic resource and its keys (none: a
+/// null key list, all configs).
+fn describe_configs_v0(topic: &str, keys: &[&str]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_i32(1);
+    out.put_i8(2); // topic
+    out.put_i16(topic.len() as i16);
+    out.put_slice(topic.as_bytes());
+    if keys.is_empty() {
+        out.put_i32(-1);
+    } else {
+        out.put_i32(keys.len() as i32);
+        for key in keys {
+            out.put_i16(key.len() as i16);
+            out.put_slice(key.as_bytes());
+        }
+    }
+    out.freeze()
+}
+
+/// A DescribeConfigs v0 response body (Kafka's v0 schema) for one topic without error: throttle
+/// time, then per config (name, value, is_default) with read_only and is_sensitive false, no
+/// synonyms and no config source.
+fn describe_configs_v0_response(topic: &str, configs: &[(&str, &str, bool)]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_i32(0); // throttle time
+    out.put_i32(1);
+    out.put_i16(0); // error code
+    out.put_i16(0); // error message: "", as Sluice and Kafka 4.4 answer at v1+
+    out.put_i8(2);
+    out.put_i16(topic.len() as i16);
+    out.put_slice(topic.as_bytes());
+    out.put_i32(configs.len() as i32);
+    for (name, value, is_default) in configs {
+        out.put_i16(name.len() as i16);
+        out.put_slice(name.as_bytes());
+        out.put_i16(value.len() as i16);
+        out.put_slice(value.as_bytes());
+        out.put_u8(0); // read_only
+        out.put_u8(u8::from(*is_default));
+        out.put_u8(0); // is_sensitive
+    }
+    out.freeze()
+}
+
 /// Sends `body` under a request header v1 (client id "sarama") and returns the answer's body after
 /// checking its correlation id; panics unless the broker answers.
 async fn raw_call(h: &Harness, api: ApiKey, version: i16, correlation: i32, body: &[u8]) -> Bytes {
@@ -801,6 +846,18 @@ async fn every_advertised_version_is_answered_in_that_version() {
                     let p = &r.topics[0].partitions[0];
                     assert_eq!(p.error_code, 0);
                     assert!(p.end_offset >= 2);
+                }
+                ApiKey::DescribeConfigs if v == 0 => {
+                    // No kafka-protocol schema for v0: Sarama 1.22's bytes, built by hand.
+                    let body = describe_configs_v0("versions", &["retention.ms"]);
+                    let answer = raw_call(&h, api, 0, 3, &body).await;
+                    assert_eq!(
+                        answer,
+                        describe_configs_v0_response(
+                            "versions",
+                            &[("retention.ms", "604800000", true)]
+                        )
+                    );
                 }
                 ApiKey::DescribeConfigs => {
                     let request = DescribeConfigsRequest::default().with_resources(vec![
@@ -1470,4 +1527,95 @@ async fn offset_commit_v1_from_a_sarama_consumer_group_is_served() {
         panic!()
     };
     assert_eq!(&bytes[..], &[0, 0, 0, 16, 0, 35]);
+}
+
+/// Sarama 1.22's ClusterAdmin.DescribeConfig and ListTopics send DescribeConfigs v0, which Kafka 4
+/// no longer serves: answered in Kafka's v0 layout (is_default, true for the configs whose source is
+/// DEFAULT_CONFIG, instead of the config source; no synonyms), checked byte for byte.
+#[tokio::test]
+async fn describe_configs_v0_from_sarama_admin_is_answered_in_the_v0_layout() {
+    let h = harness().await;
+    create_topic(&h, "v0-configs", 1).await;
+    let alter = AlterConfigsRequest::default().with_resources(vec![
+        alter_configs_request::AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("v0-configs"))
+            .with_configs(vec![alter_configs_request::AlterableConfig::default()
+                .with_name(StrBytes::from_static_str("retention.ms"))
+                .with_value(Some(StrBytes::from_static_str("7200000")))]),
+    ]);
+    let ResponseKind::AlterConfigs(r) = h.call(ApiKey::AlterConfigs, 0, &alter).await else {
+        panic!()
+    };
+    assert_eq!(r.responses[0].error_code, 0);
+
+    let body = describe_configs_v0("v0-configs", &["retention.ms", "max.message.bytes"]);
+    let answer = raw_call(&h, ApiKey::DescribeConfigs, 0, 21, &body).await;
+    assert_eq!(
+        answer,
+        describe_configs_v0_response(
+            "v0-configs",
+            &[
+                ("max.message.bytes", "1048588", true),
+                ("retention.ms", "7200000", false),
+            ]
+        )
+    );
+
+    // All configs (a null key list): the same entries as v1 lists, with is_default for exactly
+    // the configs whose v1 source is DEFAULT_CONFIG.
+    let answer = raw_call(
+        &h,
+        ApiKey::DescribeConfigs,
+        0,
+        22,
+        &describe_configs_v0("v0-configs", &[]),
+    )
+    .await;
+    let v1 = DescribeConfigsRequest::default().with_resources(vec![
+        describe_configs_request::DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("v0-configs")),
+    ]);
+    let ResponseKind::DescribeConfigs(r) = h.call(ApiKey::DescribeConfigs, 1, &v1).await else {
+        panic!()
+    };
+    let all: Vec<(String, String, bool)> = r.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                c.config_source == 5,
+            )
+        })
+        .collect();
+    assert!(all.len() > 2 && all.iter().filter(|c| !c.2).count() == 1);
+    let all: Vec<(&str, &str, bool)> = all
+        .iter()
+        .map(|(n, v, d)| (n.as_str(), v.as_str(), *d))
+        .collect();
+    assert_eq!(answer, describe_configs_v0_response("v0-configs", &all));
+
+    // An unknown topic: the error in the v0 layout, no configs.
+    let answer = raw_call(
+        &h,
+        ApiKey::DescribeConfigs,
+        0,
+        23,
+        &describe_configs_v0("nope", &[]),
+    )
+    .await;
+    let mut want = BytesMut::new();
+    want.put_i32(0);
+    want.put_i32(1);
+    want.put_i16(3); // UNKNOWN_TOPIC_OR_PARTITION
+    want.put_i16(13);
+    want.put_slice(b"unknown topic");
+    want.put_i8(2);
+    want.put_i16(4);
+    want.put_slice(b"nope");
+    want.put_i32(0);
+    assert_eq!(answer, want.freeze());
 }
