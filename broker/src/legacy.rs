@@ -411,4 +411,32 @@ mod tests {
         ];
         assert_eq!(&bytes[..], want);
     }
+
+    #[test]
+    fn random_bodies_never_panic() {
+        // A fixed xorshift sequence: 20,000 bodies of up to 64 bytes, biased towards small
+        // lengths and -1 so that the nested arrays and nullable fields are reached.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 65) as usize;
+            let mut body = BytesMut::with_capacity(len);
+            while body.len() < len {
+                match next() % 4 {
+                    0 => body.put_u8(0),
+                    1 => body.put_u8(0xff),
+                    2 => body.put_u8(1),
+                    _ => body.put_u8(next() as u8),
+                }
+            }
+            let body = body.freeze();
+            let _ = decode_offset_commit_v1(&mut body.clone());
+            let _ = decode_describe_configs_v0(&mut body.clone());
+        }
+    }
 }
