@@ -6,7 +6,7 @@
 # librdkafka), python3, node/npm, OpenJDK 17 + Maven, Go. Installs when missing: cargo-nextest and
 # s3s-fs (the S3 server of the S3 tests) with `cargo install` into ~/.cargo/bin; kcat (apt), the
 # pinned Python clients (tests/compat/.venv), kafkajs (npm ci) and the Go clients franz-go + Sarama
-# (go build, tests/compat/go) — see tests/compat/setup.sh; the
+# (go build, tests/compat/go) and Sarama 1.22.1 (tests/compat/sarama122) — see tests/compat/setup.sh; the
 # JVM classpath (Apache Kafka 4.4.0, kafka-clients, kafka-tools from Maven Central) — see
 # tests/java/setup.sh.
 set -euo pipefail

@@ -72,6 +72,10 @@ pub(crate) struct ServeArgs {
     /// beyond this. Bounds what a new owner reads after a crash (takeover time).
     #[arg(long, env = "SLUICE_WAL_MAX_UNINDEXED_OBJECTS")]
     pub(crate) wal_max_unindexed_objects: Option<usize>,
+    /// S3 WAL: a WAL object not stored after this long is given up (ms): its seq is tombstoned,
+    /// its batches fail with a retriable error, and the broker continues under a new incarnation.
+    #[arg(long, env = "SLUICE_WAL_PUT_GIVE_UP_MS")]
+    pub(crate) wal_put_give_up_ms: Option<u64>,
     /// Write the bound addresses as JSON to this file once serving.
     #[arg(long, env = "SLUICE_READY_FILE")]
     pub(crate) ready_file: Option<PathBuf>,
@@ -148,6 +152,7 @@ struct FileConfig {
     wal_max_unflushed_bytes: Option<usize>,
     wal_lanes: Option<u32>,
     wal_max_unindexed_objects: Option<usize>,
+    wal_put_give_up_ms: Option<u64>,
     ready_file: Option<PathBuf>,
     default_partitions: Option<u32>,
     auto_create_topics: Option<bool>,
@@ -308,6 +313,11 @@ impl ServeConfig {
                         .or(file.wal_max_unindexed_objects)
                         .unwrap_or(defaults.max_unindexed_objects),
                     sweep_interval: defaults.sweep_interval,
+                    put_give_up: args
+                        .wal_put_give_up_ms
+                        .or(file.wal_put_give_up_ms)
+                        .map(Duration::from_millis)
+                        .unwrap_or(defaults.put_give_up),
                 }
             },
             ready_file: args.ready_file.or(file.ready_file),
@@ -382,6 +392,9 @@ impl ServeConfig {
             }
             if wal.max_unflushed_bytes < 1024 * 1024 {
                 bail!("--wal-max-unflushed-bytes must be at least 1 MiB");
+            }
+            if wal.put_give_up < Duration::from_secs(1) {
+                bail!("--wal-put-give-up-ms must be at least 1000");
             }
             if wal.lanes == 0 || wal.lanes > metadata::MAX_WAL_LANES {
                 bail!(

@@ -19,6 +19,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use crate::errors::ErrorCode;
 use crate::frame::{request_prefix, FrameError};
 use crate::handlers;
+use crate::legacy;
 use crate::versions::{is_supported, SUPPORTED};
 use crate::Broker;
 
@@ -128,6 +129,8 @@ pub fn client_host(peer: IpAddr) -> String {
 pub enum Decoded {
     Request {
         api: ApiKey,
+        /// The version the request is handled and answered at: the request's own, except for a
+        /// version without a kafka-protocol schema that [`crate::legacy`] maps to a newer one.
         version: i16,
         header: RequestHeader,
         /// `None` only for an ApiVersions body that did not decode: Kafka still answers it.
@@ -165,11 +168,35 @@ pub fn decode_request(mut payload: Bytes) -> Result<Decoded, DispatchError> {
                 reason: format!("header: {e}"),
             }
         })?;
-    let body = RequestKind::decode(api, &mut payload, version).map_err(|e| DispatchError::Decode {
+    let legacy_error = |reason| DispatchError::Decode {
         api,
         version,
-        reason: e.to_string(),
-    });
+        reason,
+    };
+    let (body, version) = match (api, version) {
+        (ApiKey::OffsetCommit, legacy::OFFSET_COMMIT_V1) => (
+            // No schema in kafka-protocol; handled and answered as v2 (same response bytes).
+            legacy::decode_offset_commit_v1(&mut payload)
+                .map(RequestKind::OffsetCommit)
+                .map_err(legacy_error),
+            legacy::OFFSET_COMMIT_V1_ANSWERED_AS,
+        ),
+        (ApiKey::DescribeConfigs, legacy::DESCRIBE_CONFIGS_V0) => (
+            // No schema in kafka-protocol; the handler answers in the v0 layout.
+            legacy::decode_describe_configs_v0(&mut payload)
+                .map(RequestKind::DescribeConfigs)
+                .map_err(legacy_error),
+            version,
+        ),
+        _ => (
+            RequestKind::decode(api, &mut payload, version).map_err(|e| DispatchError::Decode {
+                api,
+                version,
+                reason: e.to_string(),
+            }),
+            version,
+        ),
+    };
     if payload.has_remaining() {
         // Kafka ignores bytes after the body, and librdkafka relies on it (its "all topics" Metadata
         // v12 request carries a 3-byte leftover of a placeholder), so do we.

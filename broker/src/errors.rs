@@ -110,5 +110,6 @@ pub fn rejection_code(rejection: &metadata::Rejection) -> ErrorCode {
         metadata::Rejection::StaleLeaderEpoch { .. } => ErrorCode::NotLeaderOrFollower,
         metadata::Rejection::NonContiguousSegment(_) => ErrorCode::UnknownServerError,
         metadata::Rejection::Invalid(_) => ErrorCode::InvalidRequest,
+        metadata::Rejection::Fenced(_) => ErrorCode::NotLeaderOrFollower,
     }
 }

@@ -1,7 +1,8 @@
 //! `broker` — the Kafka wire-protocol server.
 //!
 //! Owns: framing ([`frame`]), request decoding and dispatch ([`dispatch`]), the advertised API versions
-//! ([`versions`]), the Kafka error-code mapping ([`errors`]), topic config definitions ([`configs`]),
+//! ([`versions`]), the old request versions kafka-protocol has no schema for (`legacy`), the Kafka
+//! error-code mapping ([`errors`]), topic config definitions ([`configs`]),
 //! one handler module per API under `handlers/`, the group coordinator ([`groups`]), and the TCP server with per-connection pipelining and
 //! a global in-flight request-bytes budget ([`server`]).
 //!
@@ -17,6 +18,7 @@ pub mod errors;
 pub mod frame;
 pub mod groups;
 mod handlers;
+mod legacy;
 pub mod server;
 pub mod versions;
 

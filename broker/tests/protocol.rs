@@ -265,6 +265,131 @@ async fn simple_commit(h: &Harness, group: &str, version: i16, offset: i64) -> i
     r.topics[0].partitions[0].error_code
 }
 
+/// One partition of an OffsetCommit v1 body: (partition, offset, metadata).
+type V1Partition<'a> = (i32, i64, Option<&'a str>);
+
+/// An OffsetCommit v1 body as Sarama 1.22 encodes it: group, generation, member, then per
+/// (topic, partition, offset, metadata) entry, grouped by consecutive topic, a commit timestamp of -1.
+fn offset_commit_v1(
+    group: &str,
+    generation: i32,
+    member: &str,
+    entries: &[(&str, i32, i64, Option<&str>)],
+) -> Bytes {
+    fn put_str(out: &mut BytesMut, s: &str) {
+        out.put_i16(s.len() as i16);
+        out.put_slice(s.as_bytes());
+    }
+    let mut topics: Vec<(&str, Vec<V1Partition>)> = Vec::new();
+    for &(topic, partition, offset, metadata) in entries {
+        match topics.last_mut() {
+            Some((name, partitions)) if *name == topic => {
+                partitions.push((partition, offset, metadata))
+            }
+            _ => topics.push((topic, vec![(partition, offset, metadata)])),
+        }
+    }
+    let mut out = BytesMut::new();
+    put_str(&mut out, group);
+    out.put_i32(generation);
+    put_str(&mut out, member);
+    out.put_i32(topics.len() as i32);
+    for (topic, partitions) in topics {
+        put_str(&mut out, topic);
+        out.put_i32(partitions.len() as i32);
+        for (partition, offset, metadata) in partitions {
+            out.put_i32(partition);
+            out.put_i64(offset);
+            out.put_i64(-1); // commit timestamp: "now" (Sarama's ReceiveTime)
+            match metadata {
+                Some(m) => put_str(&mut out, m),
+                None => out.put_i16(-1),
+            }
+        }
+    }
+    out.freeze()
+}
+
+/// The OffsetCommit v1 response body Kafka 3.x sends (no throttle time): per topic, per partition
+/// (index, error code).
+fn offset_commit_v1_response(topics: &[(&str, &[(i32, i16)])]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_i32(topics.len() as i32);
+    for (topic, partitions) in topics {
+        out.put_i16(topic.len() as i16);
+        out.put_slice(topic.as_bytes());
+        out.put_i32(partitions.len() as i32);
+        for (partition, error) in partitions.iter() {
+            out.put_i32(*partition);
+            out.put_i16(*error);
+        }
+    }
+    out.freeze()
+}
+
+/// A DescribeConfigs v0 body as Sarama 1.22 encodes it: one topic resource and its keys (none: a
+/// null key list, all configs).
+fn describe_configs_v0(topic: &str, keys: &[&str]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_i32(1);
+    out.put_i8(2); // topic
+    out.put_i16(topic.len() as i16);
+    out.put_slice(topic.as_bytes());
+    if keys.is_empty() {
+        out.put_i32(-1);
+    } else {
+        out.put_i32(keys.len() as i32);
+        for key in keys {
+            out.put_i16(key.len() as i16);
+            out.put_slice(key.as_bytes());
+        }
+    }
+    out.freeze()
+}
+
+/// A DescribeConfigs v0 response body (Kafka's v0 schema) for one topic without error: throttle
+/// time, then per config (name, value, is_default) with read_only and is_sensitive false, no
+/// synonyms and no config source.
+fn describe_configs_v0_response(topic: &str, configs: &[(&str, &str, bool)]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_i32(0); // throttle time
+    out.put_i32(1);
+    out.put_i16(0); // error code
+    out.put_i16(0); // error message: "", as Sluice and Kafka 4.4 answer at v1+
+    out.put_i8(2);
+    out.put_i16(topic.len() as i16);
+    out.put_slice(topic.as_bytes());
+    out.put_i32(configs.len() as i32);
+    for (name, value, is_default) in configs {
+        out.put_i16(name.len() as i16);
+        out.put_slice(name.as_bytes());
+        out.put_i16(value.len() as i16);
+        out.put_slice(value.as_bytes());
+        out.put_u8(0); // read_only
+        out.put_u8(u8::from(*is_default));
+        out.put_u8(0); // is_sensitive
+    }
+    out.freeze()
+}
+
+/// Sends `body` under a request header v1 (client id "sarama") and returns the answer's body after
+/// checking its correlation id; panics unless the broker answers.
+async fn raw_call(h: &Harness, api: ApiKey, version: i16, correlation: i32, body: &[u8]) -> Bytes {
+    let mut frame = BytesMut::new();
+    frame.put_i16(api as i16);
+    frame.put_i16(version);
+    frame.put_i32(correlation);
+    frame.put_i16(6);
+    frame.put_slice(b"sarama");
+    frame.put_slice(body);
+    let Outcome::Respond(mut answer) = handle_frame(&h.broker, frame.freeze()).await else {
+        panic!("{api:?} v{version}: no answer")
+    };
+    let header = ResponseHeader::decode(&mut answer, 0).unwrap();
+    assert_eq!(header.correlation_id, correlation);
+    answer
+}
+
 /// (committed offset, metadata) of partition 0 of "versions" for `group`, at OffsetFetch `version`.
 async fn fetch_committed(h: &Harness, group: &str, version: i16) -> (i64, String) {
     if version >= 8 {
@@ -406,6 +531,17 @@ async fn group_api_at_version(h: &Harness, api: ApiKey, v: i16) {
             if v >= 3 {
                 assert_eq!(r.members[0].error_code, 0);
             }
+        }
+        ApiKey::OffsetCommit if v == 1 => {
+            // No kafka-protocol schema for v1: the bytes Sarama 1.22 sends, built by hand.
+            let group = format!("commit-v{v}");
+            let body = offset_commit_v1(&group, -1, "", &[("versions", 0, 2, Some("meta"))]);
+            let answer = raw_call(h, ApiKey::OffsetCommit, 1, 1, &body).await;
+            assert_eq!(
+                answer,
+                offset_commit_v1_response(&[("versions", &[(0, 0)])])
+            );
+            assert_eq!(fetch_committed(h, &group, 9).await, (2, "meta".to_string()));
         }
         ApiKey::OffsetCommit => {
             let group = format!("commit-v{v}");
@@ -710,6 +846,18 @@ async fn every_advertised_version_is_answered_in_that_version() {
                     let p = &r.topics[0].partitions[0];
                     assert_eq!(p.error_code, 0);
                     assert!(p.end_offset >= 2);
+                }
+                ApiKey::DescribeConfigs if v == 0 => {
+                    // No kafka-protocol schema for v0: Sarama 1.22's bytes, built by hand.
+                    let body = describe_configs_v0("versions", &["retention.ms"]);
+                    let answer = raw_call(&h, api, 0, 3, &body).await;
+                    assert_eq!(
+                        answer,
+                        describe_configs_v0_response(
+                            "versions",
+                            &[("retention.ms", "604800000", true)]
+                        )
+                    );
                 }
                 ApiKey::DescribeConfigs => {
                     let request = DescribeConfigsRequest::default().with_resources(vec![
@@ -1610,4 +1758,186 @@ async fn zstd_batches_need_produce_v7() {
         let p = &r.responses[0].partition_responses[0];
         assert_eq!(p.error_code, want, "Produce v{version} {codec:?}");
     }
+}
+
+/// Sarama 1.22 (`Config.Version` V2_2_0_0, as Debian ships it) commits a consumer group's offsets
+/// with OffsetCommit v1 and ignores ApiVersions. Before Sluice served v1, the answer was the 6-byte
+/// UNSUPPORTED_VERSION stub, which Sarama fails to decode ("insufficient data to decode packet"),
+/// and it then closed the connection its partition consumers fetch on, every commit interval.
+/// Checked here byte for byte: the answers Kafka 3.x (the last to serve v1) gives.
+#[tokio::test]
+async fn offset_commit_v1_from_a_sarama_consumer_group_is_served() {
+    let h = harness().await;
+    create_topic(&h, "versions", 2).await;
+    let group = "sarama-122";
+    let (member, generation) = stable_group(&h, group).await;
+
+    // The member's commit of both partitions (one without metadata), as Sarama's offset manager
+    // sends it; then read back with OffsetFetch v1, which Sarama 1.22 uses.
+    let body = offset_commit_v1(
+        group,
+        generation,
+        &member,
+        &[("versions", 0, 15, Some("")), ("versions", 1, 7, None)],
+    );
+    let answer = raw_call(&h, ApiKey::OffsetCommit, 1, 11, &body).await;
+    assert_eq!(
+        answer,
+        offset_commit_v1_response(&[("versions", &[(0, 0), (1, 0)])]),
+        "OffsetCommit v1 answer"
+    );
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(topic_name("versions"))
+                .with_partition_indexes(vec![0, 1]),
+        ]));
+    let ResponseKind::OffsetFetch(r) = h.call(ApiKey::OffsetFetch, 1, &fetch).await else {
+        panic!()
+    };
+    let committed: Vec<_> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.committed_offset, p.error_code))
+        .collect();
+    assert_eq!(committed, vec![(0, 15, 0), (1, 7, 0)]);
+
+    // The group rules apply as at v2+: a stale generation, an unknown member, an unknown partition.
+    let body = offset_commit_v1(group, generation - 1, &member, &[("versions", 0, 16, None)]);
+    let answer = raw_call(&h, ApiKey::OffsetCommit, 1, 12, &body).await;
+    assert_eq!(
+        answer,
+        offset_commit_v1_response(&[("versions", &[(0, 22)])])
+    );
+    let body = offset_commit_v1(group, generation, "stranger", &[("versions", 0, 16, None)]);
+    let answer = raw_call(&h, ApiKey::OffsetCommit, 1, 13, &body).await;
+    assert_eq!(
+        answer,
+        offset_commit_v1_response(&[("versions", &[(0, 25)])])
+    );
+    let body = offset_commit_v1(
+        group,
+        generation,
+        &member,
+        &[("versions", 5, 16, None), ("nope", 0, 1, None)],
+    );
+    let answer = raw_call(&h, ApiKey::OffsetCommit, 1, 14, &body).await;
+    assert_eq!(
+        answer,
+        offset_commit_v1_response(&[("versions", &[(5, 3)]), ("nope", &[(0, 3)])])
+    );
+
+    // A truncated v1 body closes the connection, as any body that does not decode.
+    let mut frame = BytesMut::new();
+    frame.put_i16(ApiKey::OffsetCommit as i16);
+    frame.put_i16(1);
+    frame.put_i32(15);
+    frame.put_i16(-1);
+    frame.put_slice(&body[..body.len() - 3]);
+    assert!(matches!(
+        handle_frame(&h.broker, frame.freeze()).await,
+        Outcome::Close(_)
+    ));
+
+    // v0 (offsets kept in ZooKeeper) stays unsupported: the UNSUPPORTED_VERSION stub.
+    let mut frame = BytesMut::new();
+    frame.put_i16(ApiKey::OffsetCommit as i16);
+    frame.put_i16(0);
+    frame.put_i32(16);
+    let Outcome::Respond(bytes) = handle_frame(&h.broker, frame.freeze()).await else {
+        panic!()
+    };
+    assert_eq!(&bytes[..], &[0, 0, 0, 16, 0, 35]);
+}
+
+/// Sarama 1.22's ClusterAdmin.DescribeConfig and ListTopics send DescribeConfigs v0, which Kafka 4
+/// no longer serves: answered in Kafka's v0 layout (is_default, true for the configs whose source is
+/// DEFAULT_CONFIG, instead of the config source; no synonyms), checked byte for byte.
+#[tokio::test]
+async fn describe_configs_v0_from_sarama_admin_is_answered_in_the_v0_layout() {
+    let h = harness().await;
+    create_topic(&h, "v0-configs", 1).await;
+    let alter = AlterConfigsRequest::default().with_resources(vec![
+        alter_configs_request::AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("v0-configs"))
+            .with_configs(vec![alter_configs_request::AlterableConfig::default()
+                .with_name(StrBytes::from_static_str("retention.ms"))
+                .with_value(Some(StrBytes::from_static_str("7200000")))]),
+    ]);
+    let ResponseKind::AlterConfigs(r) = h.call(ApiKey::AlterConfigs, 0, &alter).await else {
+        panic!()
+    };
+    assert_eq!(r.responses[0].error_code, 0);
+
+    let body = describe_configs_v0("v0-configs", &["retention.ms", "max.message.bytes"]);
+    let answer = raw_call(&h, ApiKey::DescribeConfigs, 0, 21, &body).await;
+    assert_eq!(
+        answer,
+        describe_configs_v0_response(
+            "v0-configs",
+            &[
+                ("max.message.bytes", "1048588", true),
+                ("retention.ms", "7200000", false),
+            ]
+        )
+    );
+
+    // All configs (a null key list): the same entries as v1 lists, with is_default for exactly
+    // the configs whose v1 source is DEFAULT_CONFIG.
+    let answer = raw_call(
+        &h,
+        ApiKey::DescribeConfigs,
+        0,
+        22,
+        &describe_configs_v0("v0-configs", &[]),
+    )
+    .await;
+    let v1 = DescribeConfigsRequest::default().with_resources(vec![
+        describe_configs_request::DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("v0-configs")),
+    ]);
+    let ResponseKind::DescribeConfigs(r) = h.call(ApiKey::DescribeConfigs, 1, &v1).await else {
+        panic!()
+    };
+    let all: Vec<(String, String, bool)> = r.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                c.config_source == 5,
+            )
+        })
+        .collect();
+    assert!(all.len() > 2 && all.iter().filter(|c| !c.2).count() == 1);
+    let all: Vec<(&str, &str, bool)> = all
+        .iter()
+        .map(|(n, v, d)| (n.as_str(), v.as_str(), *d))
+        .collect();
+    assert_eq!(answer, describe_configs_v0_response("v0-configs", &all));
+
+    // An unknown topic: the error in the v0 layout, no configs.
+    let answer = raw_call(
+        &h,
+        ApiKey::DescribeConfigs,
+        0,
+        23,
+        &describe_configs_v0("nope", &[]),
+    )
+    .await;
+    let mut want = BytesMut::new();
+    want.put_i32(0);
+    want.put_i32(1);
+    want.put_i16(3); // UNKNOWN_TOPIC_OR_PARTITION
+    want.put_i16(13);
+    want.put_slice(b"unknown topic");
+    want.put_i8(2);
+    want.put_i16(4);
+    want.put_slice(b"nope");
+    want.put_i32(0);
+    assert_eq!(answer, want.freeze());
 }

@@ -74,7 +74,15 @@ pub(crate) fn apply_command(state: &mut MetadataState, command: &Command) -> Com
             node_id,
             lanes,
             now_ms,
-        } => register_incarnation(state, *incarnation, *node_id, *lanes, *now_ms),
+            successor_of,
+        } => register_incarnation(
+            state,
+            *incarnation,
+            *node_id,
+            *lanes,
+            *now_ms,
+            *successor_of,
+        ),
         Command::ReplaceSegments {
             tp,
             leader_epoch,
@@ -739,9 +747,21 @@ fn register_incarnation(
     node_id: NodeId,
     lanes: u32,
     now_ms: i64,
+    successor_of: Option<Uuid>,
 ) -> Outcome {
     if state.incarnations.contains_key(&id) {
         return Err(invalid(format!("incarnation {id} is already registered")));
+    }
+    if let Some(previous) = successor_of {
+        if !state
+            .incarnations
+            .get(&previous)
+            .is_some_and(|inc| inc.live)
+        {
+            return Err(Rejection::Fenced(format!(
+                "incarnation {previous} was retired by another start of node {node_id}"
+            )));
+        }
     }
     if lanes == 0 || lanes > crate::MAX_WAL_LANES {
         return Err(invalid(format!(
@@ -2119,8 +2139,45 @@ mod tests {
                 node_id,
                 lanes,
                 now_ms: NOW,
+                successor_of: None,
             },
         )
+    }
+
+    #[test]
+    fn a_successor_registers_only_while_its_predecessor_is_live() {
+        let mut state = MetadataState::default();
+        let t = topic_id(1);
+        create(&mut state, "t", t, 1);
+        let (first, second, taker) = (topic_id(10), topic_id(11), topic_id(12));
+        assert_eq!(register(&mut state, first, 1, 1), CommandResponse::Ok);
+        let successor = |state: &mut MetadataState, id, of| {
+            apply_command(
+                state,
+                &Command::RegisterIncarnation {
+                    incarnation: id,
+                    node_id: 1,
+                    lanes: 1,
+                    now_ms: NOW,
+                    successor_of: Some(of),
+                },
+            )
+        };
+        // The process continues under a new incarnation: the old one is retired as usual.
+        assert_eq!(successor(&mut state, second, first), CommandResponse::Ok);
+        assert!(!state.incarnations[&first].live);
+        // Another start takes the node over; a zombie's conditional registration is refused and
+        // changes nothing.
+        assert_eq!(register(&mut state, taker, 1, 1), CommandResponse::Ok);
+        let epoch = state.partition(tp(t, 0)).unwrap().leader_epoch;
+        let zombie = successor(&mut state, topic_id(13), second);
+        assert!(
+            matches!(zombie, CommandResponse::Rejected(Rejection::Fenced(_))),
+            "{zombie:?}"
+        );
+        assert!(state.incarnations[&taker].live);
+        assert!(!state.incarnations.contains_key(&topic_id(13)));
+        assert_eq!(state.partition(tp(t, 0)).unwrap().leader_epoch, epoch);
     }
 
     fn lanes_command(

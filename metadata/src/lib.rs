@@ -374,11 +374,17 @@ pub enum Command {
     /// A broker process starts writing WAL lanes (S3 WAL): registers `incarnation`, retires the
     /// node's older live incarnations (their marks are ignored from now on) and bumps the leader
     /// epoch of every partition `node_id` owns, so a zombie's index writes are rejected.
+    ///
+    /// With `successor_of`, only if that incarnation is still live: a process that continues under
+    /// a new incarnation (its WAL object could not be stored) must not retire the incarnation of
+    /// another process that took its node over meanwhile — it is a zombie, and stops.
     RegisterIncarnation {
         incarnation: Uuid,
         node_id: NodeId,
         lanes: u32,
         now_ms: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        successor_of: Option<Uuid>,
     },
     /// Compaction: atomically replaces the run of consecutive segments of `tp` that exactly covers
     /// `[segment.base_offset, segment.end_offset)` (first one starting at `base_offset`, last one
@@ -494,6 +500,10 @@ pub enum Rejection {
     NonContiguousSegment(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The writer was replaced by another process (a conditional registration found its
+    /// incarnation retired).
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl Rejection {

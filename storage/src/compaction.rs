@@ -288,69 +288,62 @@ async fn compact(inner: &Inner, run: &Run) -> Result<()> {
     Ok(())
 }
 
-/// Rebuilds, at open, the idempotent-producer state of this broker's partitions from their
-/// chunks not yet compacted (S3 WAL mode has no local WAL to replay): the producer snapshot in
-/// metadata covers compacted data; the chunks after it are read back (bounded by the compaction
-/// age) and their batch headers folded in, before any append can run.
-pub(crate) async fn recover_producers(inner: &Inner) -> Result<usize> {
-    let state = inner.meta.state();
-    let mut recovered = 0;
-    for topic in state.topics.values() {
-        for (index, pm) in topic.partitions.iter().enumerate() {
-            let Ok(partition) = i32::try_from(index) else {
-                continue;
-            };
-            if pm.owner != inner.opts.node_id {
-                continue;
-            }
-            let tp = TopicPartition {
-                topic_id: topic.id,
-                partition,
-            };
-            let snapshot = state.producer_state(tp);
-            let as_of = snapshot.map_or(i64::MIN, |p| p.as_of_offset);
-            // Only chunks that hold idempotent batches matter (flagged when they were written).
-            let chunks: Vec<&SegmentRef> = pm
-                .segments
-                .iter()
-                .filter(|seg| {
-                    seg.producer_batches && is_shared(&state, seg) && seg.end_offset > as_of
-                })
-                .collect();
-            if chunks.is_empty() {
-                continue;
-            }
-            let mut table = snapshot
-                .map(crate::producers::ProducerTable::from_snapshot)
-                .unwrap_or_default();
-            // Chunks are fetched concurrently (an object store's per-GET latency would make a
-            // sequential read of hundreds of chunks take minutes) and folded in offset order.
-            let reads: Vec<_> = chunks
-                .into_iter()
-                .map(|seg| batches_of(inner, tp, seg))
-                .collect();
-            let mut fetched = futures::stream::iter(reads).buffered(READ_CONCURRENCY);
-            while let Some(batches) = fetched.next().await {
-                for bytes in batches? {
-                    let header = BatchHeader::parse(&bytes)?;
-                    if header.has_producer_id()
-                        && header.base_sequence >= 0
-                        && header.last_offset() >= as_of
-                    {
-                        table.record(&header, header.base_offset);
-                    }
+/// The partition state of `tp` as it is acquired: log start and next offset from the index, and
+/// the idempotent-producer state — the snapshot in metadata (it covers compacted data) plus the
+/// batch headers of the shared WAL chunks after it (S3 WAL mode has no local WAL to replay; the
+/// chunks are bounded by the compaction age and include a tail a takeover just indexed).
+pub(crate) async fn acquired_state(
+    inner: &Inner,
+    state: &MetadataState,
+    tp: TopicPartition,
+    pm: &metadata::PartitionMeta,
+) -> Result<crate::partition::PartitionState> {
+    let snapshot = state.producer_state(tp);
+    let mut table = snapshot
+        .map(crate::producers::ProducerTable::from_snapshot)
+        .unwrap_or_default();
+    let chunks = producer_chunks(state, tp, pm);
+    if !chunks.is_empty() {
+        let as_of = snapshot.map_or(i64::MIN, |p| p.as_of_offset);
+        // Chunks are fetched concurrently (an object store's per-GET latency would make a
+        // sequential read of hundreds of chunks take minutes) and folded in offset order.
+        let reads: Vec<_> = chunks
+            .into_iter()
+            .map(|seg| batches_of(inner, tp, seg))
+            .collect();
+        let mut fetched = futures::stream::iter(reads).buffered(READ_CONCURRENCY);
+        while let Some(batches) = fetched.next().await {
+            for bytes in batches? {
+                let header = BatchHeader::parse(&bytes)?;
+                if header.has_producer_id()
+                    && header.base_sequence >= 0
+                    && header.last_offset() >= as_of
+                {
+                    table.record(&header, header.base_offset);
                 }
             }
-            inner.install_partition(
-                tp,
-                inner.acquired_epoch(tp, pm),
-                crate::partition::PartitionState::new(pm.log_start_offset, pm.segmented_end())
-                    .with_producers(table),
-            );
-            recovered += 1;
         }
     }
-    Ok(recovered)
+    Ok(
+        crate::partition::PartitionState::new(pm.log_start_offset, pm.segmented_end())
+            .with_producers(table),
+    )
+}
+
+/// The shared WAL chunks of `tp` whose idempotent batches the producer snapshot does not cover
+/// (flagged when they were written): what acquiring the partition must read.
+pub(crate) fn producer_chunks<'a>(
+    state: &MetadataState,
+    tp: TopicPartition,
+    pm: &'a metadata::PartitionMeta,
+) -> Vec<&'a SegmentRef> {
+    let as_of = state
+        .producer_state(tp)
+        .map_or(i64::MIN, |p| p.as_of_offset);
+    pm.segments
+        .iter()
+        .filter(|seg| seg.producer_batches && is_shared(state, seg) && seg.end_offset > as_of)
+        .collect()
 }
 
 #[cfg(test)]

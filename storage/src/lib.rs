@@ -24,6 +24,7 @@ pub mod segment_reader;
 
 mod compaction;
 mod object_wal;
+mod ownership;
 
 mod housekeeping;
 #[cfg(test)]
@@ -36,6 +37,9 @@ mod power_loss_tests;
 mod producers;
 mod read;
 mod recovery;
+mod reincarnation;
+#[cfg(test)]
+mod reincarnation_tests;
 mod segment_writer;
 #[cfg(test)]
 mod store_tests;
@@ -249,7 +253,7 @@ impl std::future::IntoFuture for AppendTicket {
 /// All partition logs of this broker. Cheap to clone.
 #[derive(Clone)]
 pub struct LogStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// Shared state of a [`LogStore`] and its background tasks.
@@ -259,17 +263,17 @@ pub(crate) struct Inner {
     pub(crate) meta: MetadataClient,
     /// The file WAL; `None` with the S3 WAL.
     pub(crate) wal: Option<Wal>,
-    /// The S3 WAL; `None` with the file WAL.
-    pub(crate) object_wal: Option<ObjectWal>,
+    /// The S3 WAL's current incarnation; `None` with the file WAL.
+    pub(crate) object_wal: Option<reincarnation::ObjectWalSlot>,
     pub(crate) partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Topics forgotten by `drop_topic`: never lazily re-created from a stale metadata view.
-    dropped_topics: Mutex<HashSet<uuid::Uuid>>,
+    pub(crate) dropped_topics: Mutex<HashSet<uuid::Uuid>>,
     /// The leader epoch each partition was acquired at by this store: every partition this node
     /// owned when the store opened (after registration and acquire), and each one that became
     /// this node's later (created, or taken over) at the epoch it had then. A later bump while
     /// the node still owns it (another process registering under the same id) does not change
     /// it, so that process's writes fence this one's.
-    acquired: Mutex<HashMap<TopicPartition, i32>>,
+    pub(crate) acquired: Mutex<HashMap<TopicPartition, i32>>,
     pub(crate) retention: Mutex<HashMap<uuid::Uuid, Retention>>,
     pub(crate) tail: TailCache,
     pub(crate) segments: Arc<SegmentReader>,
@@ -322,8 +326,21 @@ impl Inner {
         if lock(&self.dropped_topics).contains(&tp.topic_id) {
             return Err(Error::UnknownTopicOrPartition);
         }
-        // Everything this broker has in its WAL was loaded by recovery, so a partition seen for the
-        // first time continues right after its segments.
+        // Same for a change of S3-WAL incarnation (`retire_partitions`): the index is not complete
+        // until the new one has taken the old one over.
+        if self
+            .object_wal
+            .as_ref()
+            .is_some_and(|slot| slot.switching.load(Ordering::Acquire))
+        {
+            return Err(Error::ShuttingDown);
+        }
+        // Not acquired yet by the ownership watcher (a topic just created). Everything this broker
+        // has in its file WAL was loaded by recovery, so the state continues right after the
+        // index; a partition whose producer state needs WAL chunks read waits for the watcher.
+        if !compaction::producer_chunks(&state, tp, pm).is_empty() {
+            return Err(Error::ShuttingDown);
+        }
         let part = partitions
             .entry(tp)
             .or_insert_with(|| {
@@ -342,9 +359,68 @@ impl Inner {
         Ok(part)
     }
 
+    /// Installs the state of a partition acquired by the ownership watcher, unless one exists
+    /// already (or its topic was dropped, or the incarnation is changing). `true` if installed.
+    pub(crate) fn install_acquired(
+        &self,
+        tp: TopicPartition,
+        leader_epoch: i32,
+        state: PartitionState,
+    ) -> bool {
+        let mut partitions = self.partitions.write().unwrap_or_else(|e| e.into_inner());
+        let switching = self
+            .object_wal
+            .as_ref()
+            .is_some_and(|slot| slot.switching.load(Ordering::Acquire));
+        if switching
+            || partitions.contains_key(&tp)
+            || lock(&self.dropped_topics).contains(&tp.topic_id)
+        {
+            return false;
+        }
+        partitions.insert(tp, Arc::new(Partition::new(tp, leader_epoch, state)));
+        true
+    }
+
+    /// Releases a partition this broker no longer owns: its state is dropped (appends still
+    /// holding it fail, retriable) and if it comes back it is acquired again at the epoch it has
+    /// then. `true` if it was loaded.
+    pub(crate) fn release(&self, tp: TopicPartition) -> bool {
+        let removed = self
+            .partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&tp);
+        lock(&self.acquired).remove(&tp);
+        let Some(part) = removed else {
+            return false;
+        };
+        part.state().poisoned = true;
+        self.tail.remove_partition(tp);
+        true
+    }
+
+    /// Retires every partition's state (a new S3-WAL incarnation acquires them again): appends
+    /// still holding one fail (retriable), and the tail cache forgets batches whose offsets are
+    /// assigned again. Called with `switching` set, so no state is created meanwhile.
+    pub(crate) fn retire_partitions(&self) {
+        let retired: Vec<Arc<Partition>> = self
+            .partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, part)| part)
+            .collect();
+        for part in retired {
+            part.state().poisoned = true;
+        }
+        self.tail.clear();
+        lock(&self.acquired).clear();
+    }
+
     /// Captures the epoch of every partition this node owns now (at open: after registration
     /// and acquire bumped them).
-    fn capture_owned_epochs(&self) {
+    pub(crate) fn capture_owned_epochs(&self) {
         let state = self.meta.state();
         let mut acquired = lock(&self.acquired);
         for topic in state.topics.values() {
@@ -367,19 +443,6 @@ impl Inner {
     /// current epoch, captured from here on.
     pub(crate) fn acquired_epoch(&self, tp: TopicPartition, pm: &metadata::PartitionMeta) -> i32 {
         *lock(&self.acquired).entry(tp).or_insert(pm.leader_epoch)
-    }
-
-    /// Installs a partition's state built by recovery (before anything else can load it).
-    pub(crate) fn install_partition(
-        &self,
-        tp: TopicPartition,
-        leader_epoch: i32,
-        state: PartitionState,
-    ) {
-        self.partitions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(tp, Arc::new(Partition::new(tp, leader_epoch, state)));
     }
 
     /// The partition's state if it is loaded (background tasks use this to avoid creating state).
@@ -426,11 +489,14 @@ impl Inner {
             return Err(BatchError::InvalidRecord("negative lastOffsetDelta".into()).into());
         }
 
-        if let Some(object_wal) = &self.object_wal {
+        if let Some(slot) = &self.object_wal {
+            // Taken after the partition: if the incarnation changes in between, the partition is
+            // retired (poisoned) before the new one is installed, and the append is refused.
+            let object_wal = slot.current();
             let permit = object_wal.reserve(batch.len()).await?;
             return self
                 .append_object(
-                    object_wal,
+                    &object_wal,
                     part,
                     header,
                     batch,
@@ -726,17 +792,25 @@ impl LogStore {
                     opts.node_id,
                     incarnation,
                     object_opts.lanes.max(1),
+                    None,
                 )
                 .await?;
+                let common = Arc::new(object_wal::Common::default());
+                let wal = ObjectWal::start(
+                    object_opts.clone(),
+                    objects.clone(),
+                    meta.clone(),
+                    segments.clone(),
+                    &opts.cluster_id,
+                    incarnation,
+                    common.clone(),
+                );
                 (
                     None,
-                    Some(ObjectWal::start(
+                    Some(reincarnation::ObjectWalSlot::new(
                         object_opts.clone(),
-                        objects.clone(),
-                        meta.clone(),
-                        segments.clone(),
-                        &opts.cluster_id,
-                        incarnation,
+                        common,
+                        wal,
                     )),
                 )
             }
@@ -775,14 +849,9 @@ impl LogStore {
             Err(_) => Err(Error::ShuttingDown),
         };
         let recovered = match recovered {
-            Ok(()) if inner.object_wal.is_some() => {
-                compaction::recover_producers(&inner).await.map(|count| {
-                    tracing::info!(
-                        partitions = count,
-                        "producer state rebuilt from WAL objects"
-                    );
-                })
-            }
+            Ok(()) => ownership::acquire_owned(&inner).await.map(|count| {
+                tracing::info!(partitions = count, "partitions acquired");
+            }),
             other => other,
         };
         if let Err(err) = recovered {
@@ -796,7 +865,9 @@ impl LogStore {
             tokio::spawn(segment_writer::run(inner.clone(), inner.cancel.clone()))
         };
         let housekeeping = tokio::spawn(housekeeping::run(inner.clone(), inner.cancel.clone()));
-        lock(&inner.tasks).extend([writer, housekeeping]);
+        let reincarnations = tokio::spawn(reincarnation::run(inner.clone(), inner.cancel.clone()));
+        let acquire_release = tokio::spawn(ownership::run(inner.clone(), inner.cancel.clone()));
+        lock(&inner.tasks).extend([writer, housekeeping, reincarnations, acquire_release]);
         Ok(LogStore { inner })
     }
 
@@ -896,19 +967,25 @@ impl LogStore {
     /// S3 WAL: why this incarnation acknowledges nothing more, once a taker sealed one of its
     /// lanes (another process took its partitions over).
     pub fn wal_sealed(&self) -> Option<String> {
-        self.inner.object_wal.as_ref().and_then(ObjectWal::sealed)
+        self.inner
+            .object_wal
+            .as_ref()
+            .and_then(|slot| slot.common.sealed())
     }
 
     /// Resolves once [`LogStore::wal_sealed`] has a reason; never with the file WAL.
     pub async fn wait_wal_sealed(&self) -> String {
         match &self.inner.object_wal {
-            Some(wal) => wal.wait_sealed().await,
+            Some(slot) => slot.common.wait_sealed().await,
             None => std::future::pending().await,
         }
     }
 
     pub fn object_wal_stats(&self) -> Option<ObjectWalStats> {
-        self.inner.object_wal.as_ref().map(ObjectWal::stats)
+        self.inner
+            .object_wal
+            .as_ref()
+            .map(|slot| slot.common.stats())
     }
 
     /// Sets the retention of a topic (called when its configs are created or changed).
@@ -946,8 +1023,8 @@ impl LogStore {
         if let Some(wal) = &self.inner.wal {
             wal.close().await?;
         }
-        if let Some(object_wal) = &self.inner.object_wal {
-            object_wal.close(OBJECT_WAL_DRAIN).await;
+        if let Some(slot) = &self.inner.object_wal {
+            slot.current().close(OBJECT_WAL_DRAIN).await;
         }
         Ok(())
     }
@@ -962,8 +1039,8 @@ impl Inner {
         if let Some(wal) = &self.wal {
             let _ = wal.close().await;
         }
-        if let Some(object_wal) = &self.object_wal {
-            object_wal.close(OBJECT_WAL_DRAIN).await;
+        if let Some(slot) = &self.object_wal {
+            slot.current().close(OBJECT_WAL_DRAIN).await;
         }
     }
 }

@@ -75,6 +75,10 @@ pub struct ObjectWalOptions {
     /// How often housekeeping sweeps the lanes of incarnations for objects that will never be
     /// indexed (above a seal) or left the index without passing through GC.
     pub sweep_interval: Duration,
+    /// A WAL object not stored after this long is given up: its seq is tombstoned, its batches
+    /// and every later one of the lane fail with a retriable error, and the store continues
+    /// under a new incarnation (see `reincarnation`).
+    pub put_give_up: Duration,
 }
 
 impl Default for ObjectWalOptions {
@@ -91,6 +95,9 @@ impl Default for ObjectWalOptions {
             lanes: 1,
             max_unindexed_objects: 64,
             sweep_interval: Duration::from_secs(600),
+            // A producer's request (30 s by default in Kafka clients) has long timed out by then;
+            // a 10 s blackout is ridden out without giving anything up.
+            put_give_up: Duration::from_secs(30),
         }
     }
 }
@@ -106,6 +113,57 @@ pub struct ObjectWalStats {
     pub put_retries: u64,
     /// `AddSegments` commits (each indexes one or more objects).
     pub commits: u64,
+    /// WAL objects given up (not stored within `put_give_up`): each started a new incarnation.
+    pub given_up: u64,
+}
+
+/// What every incarnation of one store shares: the fence and the counters.
+#[derive(Debug, Default)]
+pub(crate) struct Common {
+    /// Set once a lane was found sealed by another incarnation: nothing more is accepted, by
+    /// this incarnation or any later one of this process (it is a zombie).
+    pub(crate) sealed: tokio::sync::watch::Sender<Option<String>>,
+    objects_written: AtomicU64,
+    bytes_written: AtomicU64,
+    put_retries: AtomicU64,
+    commits: AtomicU64,
+    pub(crate) given_up: AtomicU64,
+}
+
+impl Common {
+    pub(crate) fn stats(&self) -> ObjectWalStats {
+        ObjectWalStats {
+            objects: self.objects_written.load(Ordering::Relaxed),
+            bytes: self.bytes_written.load(Ordering::Relaxed),
+            put_retries: self.put_retries.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            given_up: self.given_up.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Why this process acknowledges nothing more, once a taker sealed one of its lanes.
+    pub(crate) fn sealed(&self) -> Option<String> {
+        self.sealed.borrow().clone()
+    }
+
+    /// Resolves with the reason once a taker sealed one of this process's lanes.
+    pub(crate) async fn wait_sealed(&self) -> String {
+        first_reason(&self.sealed).await
+    }
+}
+
+/// Resolves with the reason once `reason` holds one (never while it holds none).
+async fn first_reason(reason: &tokio::sync::watch::Sender<Option<String>>) -> String {
+    let mut watch = reason.subscribe();
+    let found = match watch.wait_for(Option::is_some).await {
+        Ok(found) => found.clone(),
+        // `reason` is borrowed, so its sender outlives this wait.
+        Err(_) => None,
+    };
+    match found {
+        Some(found) => found,
+        None => std::future::pending().await,
+    }
 }
 
 const PUT_BACKOFF_START: Duration = Duration::from_millis(50);
@@ -139,6 +197,8 @@ enum Outcome {
     Stored,
     /// The key holds another writer's object (a tombstone): the lane is sealed.
     Sealed(String),
+    /// Not stored within `put_give_up`: this incarnation tombstoned the seq itself.
+    GaveUp(String),
     /// Given up (shutdown).
     Aborted,
 }
@@ -167,6 +227,8 @@ struct Lane {
     queue: Mutex<Queue>,
     wake: Notify,
     unindexed: Arc<Semaphore>,
+    /// Set once the lane gave an object up: it cuts nothing more.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 struct Shared {
@@ -183,12 +245,11 @@ struct Shared {
     draining: CancellationToken,
     /// Gives up on whatever is left (PUT retries, index waits).
     abort: CancellationToken,
-    /// Set once a lane was found sealed by another incarnation: nothing more is accepted.
-    sealed: tokio::sync::watch::Sender<Option<String>>,
-    objects_written: AtomicU64,
-    bytes_written: AtomicU64,
-    put_retries: AtomicU64,
-    commits: AtomicU64,
+    /// The fence and counters, shared with the store's other incarnations.
+    common: Arc<Common>,
+    /// Set once a lane gave an object up: nothing more is accepted, and the store continues
+    /// under a new incarnation.
+    failed: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// Handle to the S3 WAL of one [`crate::LogStore`].
@@ -214,6 +275,7 @@ impl ObjectWal {
         segments: Arc<SegmentReader>,
         cluster_id: &str,
         incarnation: Uuid,
+        common: Arc<Common>,
     ) -> ObjectWal {
         let budget = opts.max_unflushed_bytes.clamp(1, Semaphore::MAX_PERMITS);
         let lane_count = opts.lanes.max(1);
@@ -222,6 +284,7 @@ impl ObjectWal {
                 queue: Mutex::new(Queue::default()),
                 wake: Notify::new(),
                 unindexed: Arc::new(Semaphore::new(opts.max_unindexed_objects.max(1))),
+                broken: std::sync::atomic::AtomicBool::new(false),
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -236,11 +299,8 @@ impl ObjectWal {
             lanes,
             draining: CancellationToken::new(),
             abort: CancellationToken::new(),
-            sealed: tokio::sync::watch::Sender::new(None),
-            objects_written: AtomicU64::new(0),
-            bytes_written: AtomicU64::new(0),
-            put_retries: AtomicU64::new(0),
-            commits: AtomicU64::new(0),
+            common,
+            failed: tokio::sync::watch::Sender::new(None),
         });
         let (acked_tx, acked_rx) = mpsc::unbounded_channel();
         let mut tasks = vec![tokio::spawn(indexer(shared.clone(), acked_rx))];
@@ -280,11 +340,19 @@ impl ObjectWal {
     /// Queues a batch whose offsets are assigned (`part.state().begin_append` was called). Its
     /// partition learns the outcome through `Partition::completed_at`.
     pub(crate) fn push(&self, pending: Pending) -> Result<()> {
-        if self.shared.draining.is_cancelled() || self.shared.sealed.borrow().is_some() {
+        if self.shared.draining.is_cancelled()
+            || self.shared.common.sealed.borrow().is_some()
+            || self.shared.failed.borrow().is_some()
+        {
             return Err(Error::ShuttingDown);
         }
         let lane = &self.shared.lanes[lane_of(pending.part.tp, self.shared.opts.lanes) as usize];
         let mut queue = lock(&lane.queue);
+        // Checked under the queue lock: a lane that gives up sets it under the same lock while
+        // it fails what is queued, so nothing is left behind in a queue nobody cuts.
+        if lane.broken.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
         let was_empty = queue.batches.is_empty();
         queue.bytes += pending.bytes.len();
         queue.batches.push(pending);
@@ -299,33 +367,13 @@ impl ObjectWal {
         Ok(())
     }
 
-    pub(crate) fn stats(&self) -> ObjectWalStats {
-        let s = &self.shared;
-        ObjectWalStats {
-            objects: s.objects_written.load(Ordering::Relaxed),
-            bytes: s.bytes_written.load(Ordering::Relaxed),
-            put_retries: s.put_retries.load(Ordering::Relaxed),
-            commits: s.commits.load(Ordering::Relaxed),
-        }
+    pub(crate) fn incarnation(&self) -> Uuid {
+        self.shared.incarnation
     }
 
-    /// Why this incarnation stopped accepting writes, if a taker sealed one of its lanes.
-    pub(crate) fn sealed(&self) -> Option<String> {
-        self.shared.sealed.borrow().clone()
-    }
-
-    /// Resolves with the reason once a taker sealed one of this incarnation's lanes.
-    pub(crate) async fn wait_sealed(&self) -> String {
-        let mut sealed = self.shared.sealed.subscribe();
-        let reason = match sealed.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone(),
-            // The sender lives as long as `self`.
-            Err(_) => None,
-        };
-        match reason {
-            Some(reason) => reason,
-            None => std::future::pending().await,
-        }
+    /// Resolves with the reason once a lane of this incarnation gave an object up.
+    pub(crate) async fn wait_failed(&self) -> String {
+        first_reason(&self.shared.failed).await
     }
 
     /// Flushes, acknowledges and indexes what is queued (bounded by `grace`), then stops. Batches
@@ -376,6 +424,9 @@ async fn flusher(shared: Arc<Shared>, lane: u32, uploaded: mpsc::UnboundedSender
     loop {
         // Wait until something is due: enough bytes, linger expired, or draining.
         loop {
+            if me.broken.load(Ordering::Acquire) {
+                return;
+            }
             let (bytes, first_at) = {
                 let queue = lock(&me.queue);
                 (queue.bytes, queue.first_at)
@@ -423,6 +474,9 @@ async fn flusher(shared: Arc<Shared>, lane: u32, uploaded: mpsc::UnboundedSender
             },
             _ = shared.abort.cancelled() => return,
         };
+        if me.broken.load(Ordering::Acquire) {
+            return;
+        }
         let batches = take_object(&shared, me);
         if batches.is_empty() {
             continue;
@@ -542,10 +596,14 @@ async fn upload(
     };
     body.extend_from_slice(&wal_object::manifest_tail(&manifest));
     let body = body.freeze();
-    let outcome = create_until_stored(shared, &key, body.clone()).await;
+    let outcome = create_until_stored(shared, lane, seq, &key, body.clone()).await;
     if matches!(outcome, Outcome::Stored) {
-        shared.objects_written.fetch_add(1, Ordering::Relaxed);
         shared
+            .common
+            .objects_written
+            .fetch_add(1, Ordering::Relaxed);
+        shared
+            .common
             .bytes_written
             .fetch_add(body.len() as u64, Ordering::Relaxed);
     }
@@ -563,7 +621,72 @@ async fn upload(
 /// that landed after all (a retried or abandoned request) is recognised as ours. The object store
 /// client retries transient errors itself; this loop covers longer outages (a blackout), with
 /// exponential backoff and jitter.
-async fn create_until_stored(shared: &Shared, key: &str, body: Bytes) -> Outcome {
+///
+/// Not stored within `put_give_up`: the seq is tombstoned by this incarnation itself (create-if-
+/// absent as well), so an attempt still in flight somewhere can never land after it; the object
+/// is given up. If our own object wins that race after all, it is stored.
+async fn create_until_stored(
+    shared: &Shared,
+    lane: u32,
+    seq: u64,
+    key: &str,
+    body: Bytes,
+) -> Outcome {
+    let give_up_at = Instant::now() + shared.opts.put_give_up;
+    let data = match create_or_read(shared, key, body.clone(), Some(give_up_at)).await {
+        Created::Stored => return Outcome::Stored,
+        Created::Aborted => return Outcome::Aborted,
+        Created::Found(found) if found == body => return Outcome::Stored,
+        Created::Found(found) => return sealed_outcome(key, &found),
+        Created::GaveUp(error) => error,
+    };
+    tracing::error!(
+        key,
+        error = data,
+        give_up = ?shared.opts.put_give_up,
+        "WAL object not stored in time; tombstoning its seq and starting a new incarnation"
+    );
+    let stone = wal_object::tombstone(shared.incarnation, lane, seq, shared.incarnation);
+    match create_or_read(shared, key, stone.clone(), None).await {
+        Created::Stored => Outcome::GaveUp(format!("{key} not stored: {data}")),
+        Created::Aborted => Outcome::Aborted,
+        // The object landed after all (an attempt that was still in flight): it is stored.
+        Created::Found(found) if found == body => Outcome::Stored,
+        // Our own tombstone, from an attempt whose answer was lost.
+        Created::Found(found) if found == stone => {
+            Outcome::GaveUp(format!("{key} not stored: {data}"))
+        }
+        Created::Found(found) => sealed_outcome(key, &found),
+        Created::GaveUp(_) => Outcome::Aborted,
+    }
+}
+
+fn sealed_outcome(key: &str, found: &[u8]) -> Outcome {
+    let by = wal_object::parse(found)
+        .ok()
+        .and_then(|manifest| manifest.sealed_by)
+        .map_or_else(|| "an unknown writer".to_owned(), |id| id.to_string());
+    Outcome::Sealed(format!("{key} was sealed by {by}"))
+}
+
+/// How one create-if-absent loop ended.
+enum Created {
+    Stored,
+    /// The key already holds these bytes (ours from an earlier attempt, or another writer's).
+    Found(Bytes),
+    /// `give_up_at` passed; the last error.
+    GaveUp(String),
+    Aborted,
+}
+
+/// Creates `body` at `key`, retrying until it is stored, the key is found taken (then read), the
+/// deadline passes, or the WAL aborts.
+async fn create_or_read(
+    shared: &Shared,
+    key: &str,
+    body: Bytes,
+    give_up_at: Option<Instant>,
+) -> Created {
     let path = ObjectPath::from(key);
     let mut delay = PUT_BACKOFF_START;
     let mut attempt = 1u32;
@@ -575,12 +698,16 @@ async fn create_until_stored(shared: &Shared, key: &str, body: Bytes) -> Outcome
         let put = shared
             .objects
             .put_opts(&path, PutPayload::from_bytes(body.clone()), options);
+        // One attempt never outlasts the deadline.
+        let attempt_timeout = give_up_at.map_or(PUT_ATTEMPT_TIMEOUT, |at| {
+            PUT_ATTEMPT_TIMEOUT.min(at.saturating_duration_since(Instant::now()))
+        });
         let result = tokio::select! {
-            result = tokio::time::timeout(PUT_ATTEMPT_TIMEOUT, put) => result,
-            _ = shared.abort.cancelled() => return Outcome::Aborted,
+            result = tokio::time::timeout(attempt_timeout, put) => result,
+            _ = shared.abort.cancelled() => return Created::Aborted,
         };
         let error = match result {
-            Ok(Ok(_)) => return Outcome::Stored,
+            Ok(Ok(_)) => return Created::Stored,
             Ok(Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
@@ -588,32 +715,32 @@ async fn create_until_stored(shared: &Shared, key: &str, body: Bytes) -> Outcome
                 let read = shared.objects.get(&path);
                 let found = tokio::select! {
                     found = async { read.await?.bytes().await } => found,
-                    _ = shared.abort.cancelled() => return Outcome::Aborted,
+                    _ = shared.abort.cancelled() => return Created::Aborted,
                 };
                 match found {
-                    Ok(found) if found == body => return Outcome::Stored,
-                    Ok(found) => {
-                        let by = wal_object::parse(&found)
-                            .ok()
-                            .and_then(|manifest| manifest.sealed_by)
-                            .map_or_else(|| "an unknown writer".to_owned(), |id| id.to_string());
-                        return Outcome::Sealed(format!("{key} was sealed by {by}"));
-                    }
+                    Ok(found) => return Created::Found(found),
                     // Reported taken but not there (or unreadable for now): create again.
                     Err(err) => format!("create refused, then GET failed: {err}"),
                 }
             }
             Ok(Err(err)) => err.to_string(),
-            Err(_) => format!("timed out after {PUT_ATTEMPT_TIMEOUT:?}"),
+            Err(_) => format!("timed out after {attempt_timeout:?}"),
         };
-        shared.put_retries.fetch_add(1, Ordering::Relaxed);
+        shared.common.put_retries.fetch_add(1, Ordering::Relaxed);
+        if give_up_at.is_some_and(|at| Instant::now() >= at) {
+            return Created::GaveUp(error);
+        }
         if attempt == 1 || attempt.is_power_of_two() {
             tracing::warn!(key, attempt, error, "WAL object create failed; retrying");
         }
         let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        let mut pause = delay.mul_f64(jitter);
+        if let Some(at) = give_up_at {
+            pause = pause.min(at.saturating_duration_since(Instant::now()));
+        }
         tokio::select! {
-            _ = tokio::time::sleep(delay.mul_f64(jitter)) => {}
-            _ = shared.abort.cancelled() => return Outcome::Aborted,
+            _ = tokio::time::sleep(pause) => {}
+            _ = shared.abort.cancelled() => return Created::Aborted,
         }
         delay = (delay * 2).min(PUT_BACKOFF_MAX);
         attempt = attempt.saturating_add(1);
@@ -650,7 +777,7 @@ async fn acker(
                         "FENCED: a taker sealed this broker's S3 WAL lane; nothing more is \
                          acknowledged"
                     );
-                    shared.sealed.send_if_modified(|sealed| {
+                    shared.common.sealed.send_if_modified(|sealed| {
                         let first = sealed.is_none();
                         if first {
                             *sealed = Some(reason.clone());
@@ -658,6 +785,11 @@ async fn acker(
                         first
                     });
                     broken = true;
+                    fail_object(object, || wal::Error::Closed);
+                }
+                Outcome::GaveUp(ref reason) => {
+                    broken = true;
+                    give_up_lane(&shared, lane, reason);
                     fail_object(object, || wal::Error::Closed);
                 }
                 Outcome::Aborted => {
@@ -671,6 +803,29 @@ async fn acker(
     for (_, object) in ready.drain() {
         fail_object(object, || wal::Error::Closed);
     }
+}
+
+/// A lane gave an object up: it accepts and cuts nothing more (what is queued fails, retriable),
+/// and the store is told to continue under a new incarnation.
+fn give_up_lane(shared: &Shared, lane: u32, reason: &str) {
+    shared.common.given_up.fetch_add(1, Ordering::Relaxed);
+    shared.failed.send_if_modified(|failed| {
+        let first = failed.is_none();
+        if first {
+            *failed = Some(reason.to_owned());
+        }
+        first
+    });
+    let me = &shared.lanes[lane as usize];
+    let queued = {
+        let mut queue = lock(&me.queue);
+        me.broken.store(true, Ordering::Release);
+        queue.bytes = 0;
+        queue.first_at = None;
+        std::mem::take(&mut queue.batches)
+    };
+    fail(queued, || wal::Error::Closed);
+    me.wake.notify_one();
 }
 
 fn fail_object(object: Uploaded, error: impl Fn() -> wal::Error + Copy) {
@@ -746,7 +901,7 @@ async fn index(shared: &Shared, group: Vec<Acked>, frozen: &mut HashSet<u32>) {
         commit_ms = ?started.elapsed(),
         "S3 WAL objects indexed"
     );
-    shared.commits.fetch_add(1, Ordering::Relaxed);
+    shared.common.commits.fetch_add(1, Ordering::Relaxed);
     let results = match outcome {
         Ok(results) => results,
         Err(reason) => {

@@ -32,6 +32,7 @@ pub(crate) fn object_mode(opts: &mut StorageOptions) {
         lanes: 2,
         max_unindexed_objects: 16,
         sweep_interval: Duration::from_secs(3600),
+        put_give_up: Duration::from_secs(30),
     });
     // Compaction only when asked for by a test.
     opts.segment_bytes = 1 << 40;

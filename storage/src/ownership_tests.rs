@@ -233,3 +233,64 @@ async fn a_partition_first_used_after_a_bump_still_writes_under_the_acquired_epo
     assert_eq!(meta.state().partition(p0).unwrap().log_start_offset, 0);
     h.stop().await;
 }
+
+/// S3 WAL: a partition's state exists while, and only while, this broker owns it. Released when
+/// another broker acquires it (appends fail, nothing is served), acquired again — before anything
+/// asks for it — when it comes back, at the new epoch, from the index, with its producer state.
+#[tokio::test(start_paused = true)]
+async fn s3_wal_partitions_are_released_and_acquired_with_ownership() {
+    use crate::object_wal_tests::{object_mode, shared_parts};
+    use crate::store_tests::{append_one, sequenced};
+    use crate::test_support::wait_until;
+    let (_memory, meta, bucket) = shared_parts();
+    let h = Harness::start_shared(meta.clone(), bucket, object_mode).await;
+    register(&meta, NODE).await;
+    register(&meta, 2).await;
+    let topic = h.create_topic("t", 1).await;
+    let p0 = tp(topic, 0);
+    for i in 0..3 {
+        assert_eq!(
+            append_one(&h, p0, &sequenced(5, 0, i * 2, 2))
+                .await
+                .unwrap(),
+            i64::from(i) * 2
+        );
+    }
+    wait_until(Duration::from_secs(10), "the chunks indexed", || async {
+        h.segmented_end(p0) == 6
+    })
+    .await;
+    assert!(h.store.inner.loaded_partition(p0).is_some());
+
+    let epoch = acquire(&meta, 2, p0).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the partition released",
+        || async { h.store.inner.loaded_partition(p0).is_none() },
+    )
+    .await;
+    assert!(matches!(
+        append_one(&h, p0, &sequenced(5, 0, 6, 1)).await,
+        Err(Error::NotLeader { owner: 2, .. })
+    ));
+    assert!(h.store.inner.tail.read(p0, 0, 6, 1 << 20, true).is_empty());
+
+    assert_eq!(acquire(&meta, NODE, p0).await, epoch + 1);
+    wait_until(
+        Duration::from_secs(10),
+        "the partition acquired",
+        || async { h.store.inner.loaded_partition(p0).is_some() },
+    )
+    .await;
+    let part = h.store.inner.loaded_partition(p0).expect("loaded");
+    assert_eq!(
+        part.leader_epoch,
+        epoch + 1,
+        "acquired at the epoch it has now"
+    );
+    assert_eq!(part.offsets(), (0, 6));
+    // The producer state came with it: a retry is answered with its original offset.
+    assert_eq!(append_one(&h, p0, &sequenced(5, 0, 2, 2)).await.unwrap(), 2);
+    assert_eq!(append_one(&h, p0, &sequenced(5, 0, 6, 1)).await.unwrap(), 6);
+    h.stop().await;
+}

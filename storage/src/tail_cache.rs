@@ -171,6 +171,21 @@ impl TailCache {
         }
     }
 
+    /// Forgets one partition's batches (released by this broker).
+    pub(crate) fn remove_partition(&self, tp: TopicPartition) {
+        let mut inner = self.lock();
+        if let Some(batches) = inner.partitions.remove(&tp) {
+            inner.used -= batches.values().map(|b| b.bytes.len()).sum::<usize>();
+            inner.live -= batches.len();
+        }
+    }
+
+    /// Forgets everything (a new incarnation assigns the offsets of batches that failed again).
+    pub(crate) fn clear(&self) {
+        let mut inner = self.lock();
+        *inner = Inner::default();
+    }
+
     #[cfg(test)]
     pub(crate) fn used_bytes(&self) -> usize {
         self.lock().used

@@ -55,7 +55,8 @@ fn corrupt(key: &str, reason: impl Into<String>) -> Error {
 }
 
 /// Registers `incarnation` of `node_id` with `lanes` lanes and takes over every dead incarnation
-/// not sealed yet. Fails (nothing acknowledged by this incarnation yet) when the bucket or
+/// not sealed yet. With `successor_of`, only if that incarnation is still live (else
+/// `Rejection::Fenced`: another start took the node over). Fails (nothing acknowledged by this incarnation yet) when the bucket or
 /// metadata cannot complete it.
 pub(crate) async fn register_and_take_over(
     objects: &Arc<dyn ObjectStore>,
@@ -64,6 +65,7 @@ pub(crate) async fn register_and_take_over(
     node_id: NodeId,
     incarnation: Uuid,
     lanes: u32,
+    successor_of: Option<Uuid>,
 ) -> Result<Takeover> {
     let registered = meta
         .propose(Command::RegisterIncarnation {
@@ -71,6 +73,7 @@ pub(crate) async fn register_and_take_over(
             node_id,
             lanes,
             now_ms: now_ms(),
+            successor_of,
         })
         .await?;
     if let CommandResponse::Rejected(rejection) = registered {

@@ -168,6 +168,7 @@ async fn dead_incarnation(meta: &MetadataClient, lanes: u32) -> Uuid {
             node_id: crate::test_support::NODE,
             lanes,
             now_ms: 0,
+            successor_of: None,
         })
         .await
         .expect("register");

@@ -287,6 +287,8 @@ pub(crate) struct SimStore {
     gate: tokio::sync::watch::Sender<bool>,
     /// PUTs (only) wait while this is `true`.
     hold: tokio::sync::watch::Sender<bool>,
+    /// PUTs of WAL objects that hold data (not tombstones) wait while this is `true`.
+    hold_data: tokio::sync::watch::Sender<bool>,
     /// The next this-many PUTs fail with a generic (retriable) error, nothing stored.
     pub(crate) fail_puts: std::sync::atomic::AtomicU32,
     /// PUTs that reached the inner store.
@@ -307,6 +309,7 @@ impl SimStore {
             inner,
             gate: tokio::sync::watch::channel(true).0,
             hold: tokio::sync::watch::channel(false).0,
+            hold_data: tokio::sync::watch::channel(false).0,
             fail_puts: Default::default(),
             puts: Default::default(),
             rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
@@ -328,6 +331,11 @@ impl SimStore {
 
     pub(crate) fn hold_puts(&self, hold: bool) {
         self.hold.send_replace(hold);
+    }
+
+    /// Holds (or releases) PUTs of WAL objects with data; tombstones still go through.
+    pub(crate) fn hold_data_puts(&self, hold: bool) {
+        self.hold_data.send_replace(hold);
     }
 
     /// Per mille of creates answered `AlreadyExists` with nothing stored, from now on.
@@ -375,6 +383,13 @@ impl ObjectStore for SimStore {
         let mut hold = self.hold.subscribe();
         // Bounded: tests release the hold; a dropped sender also ends the wait.
         let _ = hold.wait_for(|held| !*held).await;
+        let data = crate::wal_object::parse(&bytes::Bytes::from(payload.clone()))
+            .is_ok_and(|manifest| manifest.sealed_by.is_none());
+        if data {
+            let mut hold = self.hold_data.subscribe();
+            // Bounded like the hold above.
+            let _ = hold.wait_for(|held| !*held).await;
+        }
         let failing = self
             .fail_puts
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -5,7 +5,8 @@
 #
 # Clients: kcat (librdkafka 2.0.2, Debian), confluent-kafka and kafka-python (PyPI, pinned in
 # requirements.txt), kafkajs (npm, pinned by kafkajs/package-lock.json), franz-go and Sarama (Go,
-# pinned by go/go.mod, built by setup.sh into go/bin), the Java client and Kafka's own tools
+# pinned by go/go.mod, built by setup.sh into go/bin), Sarama 1.22.1 (pinned by sarama122/go.mod,
+# built into sarama122/bin), the Java client and Kafka's own tools
 # (kafka-clients / kafka-tools 4.4.0 from Maven Central, see tests/java); the kill -9 scenario
 # (kill9_verifiable.sh) starts and kills a sluice of its own.
 # Environment: SLUICE_BIN (default target/debug/sluice), COMPAT_SKIP_SETUP=1 to not run setup.sh,
@@ -106,6 +107,7 @@ run_client kafka-python-groups "$HERE/.venv/bin/python" "$HERE/groups_kafka_pyth
 run_client kafkajs-groups node "$HERE/kafkajs/groups.js" "$BOOTSTRAP"
 run_client franz-go "$HERE/go/bin/compat-go" franz-go "$BOOTSTRAP"
 run_client sarama "$HERE/go/bin/compat-go" sarama "$BOOTSTRAP"
+run_client sarama-1.22.1 "$HERE/sarama122/bin/compat-sarama122" "$BOOTSTRAP"
 run_client java java -cp "$("$ROOT/tests/java/classpath.sh")" io.sluice.compat.JavaClientCompat "$BOOTSTRAP"
 run_client kafka-tools "$HERE/kafka_tools.sh" "$BOOTSTRAP"
 run_client kill9-verifiable "$HERE/kill9_verifiable.sh" "$SLUICE_BIN"

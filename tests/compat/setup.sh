@@ -2,7 +2,9 @@
 # Installs the clients of the compatibility matrix (idempotent; quick when already installed):
 #   kcat (Debian package), confluent-kafka + kafka-python (pinned, into tests/compat/.venv),
 #   kafkajs (pinned by kafkajs/package-lock.json, `npm ci`), the Go clients franz-go and Sarama (pinned
-#   by go/go.mod + go/go.sum, built into go/bin; `go build` is a quick no-op when up to date).
+#   by go/go.mod + go/go.sum, built into go/bin; `go build` is a quick no-op when up to date), and
+#   Sarama 1.22.1 (Debian 12's version; its own module, sarama122/go.mod + go.sum, built into
+#   sarama122/bin; its zstd codec is cgo, so it needs the C compiler).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -35,3 +37,5 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 echo "compat setup: go build (franz-go, Sarama)"
 (cd "$HERE/go" && go build -mod=readonly -buildvcs=false -trimpath -o bin/compat-go .)
+echo "compat setup: go build (Sarama 1.22.1)"
+(cd "$HERE/sarama122" && go build -mod=readonly -buildvcs=false -trimpath -o bin/compat-sarama122 .)

@@ -697,3 +697,65 @@ async fn acks_do_not_wait_for_the_bucket_log_and_a_crash_loses_none() -> Result<
     );
     Ok(())
 }
+
+/// A WAL object the bucket does not store in time (its create hangs mid-body at the proxy): the
+/// broker gives it up after `--wal-put-give-up-ms`, tombstones that seq itself and goes on under a
+/// new incarnation — while a load runs. The hung create is then let go: it completes at the server
+/// after the tombstone, so it is refused and none of it ever appears. Everything acknowledged is
+/// read back at its offset with dense offsets, from the broker and, after a SIGKILL, from a new
+/// broker on an empty data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_object_not_stored_in_time_is_given_up_and_the_broker_goes_on() -> Result<()> {
+    const CLUSTER: &str = "give-up";
+    let s3 = S3Server::start()?;
+    let options = || {
+        options(&s3)
+            .arg("--cluster-id", CLUSTER)
+            .arg("--wal-put-give-up-ms", 2000)
+    };
+    let mut a = SluiceProcess::start(options())?;
+    let bootstrap = a.bootstrap();
+    clients::create_topic(&bootstrap, TOPIC, PARTITIONS, &[]).await?;
+    let mut acked = Acked::new();
+    acked.insert(
+        "before".to_owned(),
+        try_produce(&bootstrap, "before").await?,
+    );
+
+    let held = s3
+        .faults()
+        .hold_body(RequestMatch::put(&format!("bucket-log/{CLUSTER}/wal/")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = spawn_load(bootstrap.clone(), "a", stop.clone());
+    tokio::time::timeout(Duration::from_secs(30), held.arrived())
+        .await
+        .context("no WAL object create reached the proxy")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log_of(&a).contains("serving under a new incarnation") {
+        ensure!(
+            Instant::now() < deadline,
+            "the broker did not give the held object up:\n{}",
+            a.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The hung create completes now, after the tombstone: refused.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let loaded = load.await??;
+    ensure!(
+        loaded.len() >= ROUND,
+        "only {} records acknowledged around the give-up",
+        loaded.len()
+    );
+    acked.extend(loaded);
+    acked.insert("after".to_owned(), try_produce(&bootstrap, "after").await?);
+    ensure!(a.is_running(), "the broker stopped:\n{}", a.log_tail(40));
+    check_read_back(&bootstrap, &acked)?;
+
+    a.kill9()?;
+    let b = SluiceProcess::start(options())?;
+    check_read_back(&b.bootstrap(), &acked)?;
+    Ok(())
+}

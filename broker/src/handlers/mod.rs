@@ -19,6 +19,7 @@ use kafka_protocol::messages::{ApiKey, RequestKind};
 
 use crate::dispatch::{api_versions_body, encode_response, DispatchError};
 use crate::errors::ErrorCode;
+use crate::legacy;
 use crate::Broker;
 
 /// Runs the handler of a decoded request and encodes its answer (`None`: no answer, acks=0).
@@ -61,6 +62,14 @@ pub(crate) async fn handle(
             answer!(admin::create_partitions(broker, version, r).await)
         }
         RequestKind::DeleteRecords(r) => answer!(admin::delete_records(broker, version, r).await),
+        RequestKind::DescribeConfigs(r) if version == legacy::DESCRIBE_CONFIGS_V0 => {
+            let as_version = legacy::DESCRIBE_CONFIGS_V0_HANDLED_AS;
+            let response = configs::describe_configs(broker, as_version, r).await;
+            Ok(Some(legacy::describe_configs_v0_response(
+                correlation_id,
+                &response,
+            )))
+        }
         RequestKind::DescribeConfigs(r) => {
             answer!(configs::describe_configs(broker, version, r).await)
         }

@@ -12,10 +12,11 @@ package main
 // (describe, alter, incremental alter), partitions, offsets, records deletion, consumer groups
 // (list, describe, offsets, delete).
 //
-// Why Sarama 1.22 failed and 1.61 at the same V2_2_0_0 does not: 1.22 commits offsets with
-// OffsetCommit v1 (v2 only when Consumer.Offsets.Retention is set), which neither Sluice (v2-9) nor
-// Kafka 4.x serves; its consumer group then reports the undecodable UNSUPPORTED_VERSION answer as
-// "insufficient data to decode packet". 1.61 sends OffsetCommit v6 at V2_2_0_0.
+// Why Sarama 1.22 failed and 1.61 at the same V2_2_0_0 did not: 1.22 commits offsets with
+// OffsetCommit v1 (v2 only when Consumer.Offsets.Retention is set), which Kafka 4.x no longer serves
+// and Sluice did not either; its consumer group reported the undecodable UNSUPPORTED_VERSION answer
+// as "insufficient data to decode packet". 1.61 sends OffsetCommit v6 at V2_2_0_0. Sluice now serves
+// v1; Sarama 1.22.1 itself is tested by ../sarama122.
 
 import (
 	"context"
