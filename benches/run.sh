@@ -2,13 +2,15 @@
 # Sluice benchmark suite: builds `sluice` and `loadgen`, then runs ROUNDS rounds. Each round measures the
 # baselines (raw disk, the wal crate alone) and then, against a fresh `sluice serve` started here in a
 # scratch directory: produce throughput, produce latency at a fixed rate, filling a topic, consume
-# throughput from its start, and the broker's peak RSS. Baselines and broker alternate within each round
+# throughput from its start, produce throughput of compressible records to topics with
+# compression.type producer / lz4 / zstd (the broker recompresses the uncompressed batches of the last
+# two), and the broker's peak RSS. Baselines and broker alternate within each round
 # so that the machine's noise hits both alike. At the end `loadgen report` prints medians, ratios against
 # the targets and ratios against the baselines (markdown), also saved in the output directory.
 #
 # Usage: benches/run.sh [--runs N] [--consume-bytes SIZE] [--produce-seconds S] [--latency-seconds S]
-#                       [--latency-rate MIBPS] [--smoke] [--debug] [--no-build] [--mock] [--skip-wal]
-#                       [--out DIR]
+#                       [--latency-rate MIBPS] [--codec-seconds S] [--smoke] [--debug] [--no-build]
+#                       [--mock] [--skip-wal] [--out DIR]
 #   --smoke   1 round, short runs, a 256M topic: checks the suite works, figures are not meaningful
 #   --debug   use debug builds (quick to build, slow to run)
 #   --no-build  use the binaries already in target/ (e.g. while others edit the workspace)
@@ -20,6 +22,7 @@ set -euo pipefail
 RUNS=3
 CONSUME_BYTES=2G
 PRODUCE_SECONDS=20
+CODEC_SECONDS=10
 LATENCY_SECONDS=20
 LATENCY_WARMUP_SECONDS=2
 LATENCY_RATE=20
@@ -39,8 +42,9 @@ while [[ $# -gt 0 ]]; do
         --produce-seconds) PRODUCE_SECONDS=$2; shift 2 ;;
         --latency-seconds) LATENCY_SECONDS=$2; shift 2 ;;
         --latency-rate) LATENCY_RATE=$2; shift 2 ;;
+        --codec-seconds) CODEC_SECONDS=$2; shift 2 ;;
         --smoke)
-            RUNS=1; CONSUME_BYTES=256M; PRODUCE_SECONDS=5; LATENCY_SECONDS=5
+            RUNS=1; CONSUME_BYTES=256M; PRODUCE_SECONDS=5; LATENCY_SECONDS=5; CODEC_SECONDS=3
             LATENCY_WARMUP_SECONDS=1; DISK_SECONDS_PER_SIZE=0.5; DISK_SEQ_BYTES=64M; WAL_SECONDS=1
             shift ;;
         --debug) PROFILE=debug; shift ;;
@@ -48,7 +52,7 @@ while [[ $# -gt 0 ]]; do
         --mock) BROKER_KIND=mock; shift ;;
         --skip-wal) WAL_SUBMITTERS=""; shift ;;
         --out) OUT_DIR=$2; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -175,6 +179,15 @@ for round in $(seq 1 "$RUNS"); do
         --broker-pid "$BROKER_PID"
     scenario "$LOADGEN" consume --bootstrap "$BOOTSTRAP" --topic "consume-$round" --seconds 600 \
         --broker-pid "$BROKER_PID"
+    # Broker-side recompression: the producer sends uncompressed batches of compressible records
+    # (not against the mock, which has no topic configs).
+    for codec in producer lz4 zstd; do
+        [[ $BROKER_KIND == sluice ]] || break
+        scenario "$LOADGEN" produce --bootstrap "$BOOTSTRAP" --topic "codec-$codec-$round" \
+            --partitions 6 --topic-config "compression.type=$codec" --compressible \
+            --record-size 1024 --acks all --seconds "$CODEC_SECONDS" --label "compression.type=$codec" \
+            --broker-pid "$BROKER_PID"
+    done
     scenario "$LOADGEN" rss --pid "$BROKER_PID"
     stop_broker
     rm -rf "$SCRATCH/round-$round"

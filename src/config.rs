@@ -128,6 +128,10 @@ pub(crate) struct ServeArgs {
     /// How long an answered HTTP `Idempotency-Key` is remembered (milliseconds).
     #[arg(long, env = "SLUICE_IDEMPOTENCY_TTL_MS")]
     pub(crate) idempotency_ttl_ms: Option<u64>,
+    /// HTTP ingest: longest wait for an append to become durable before the request is answered
+    /// 503 (milliseconds).
+    #[arg(long, env = "SLUICE_HTTP_ACK_TIMEOUT_MS")]
+    pub(crate) http_ack_timeout_ms: Option<u64>,
     /// `group.initial.rebalance.delay.ms`: the first rebalance of an empty group waits this long
     /// for more members.
     #[arg(long, env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
@@ -185,6 +189,7 @@ struct FileConfig {
     http_listener: Option<String>,
     http_max_body_bytes: Option<usize>,
     idempotency_ttl_ms: Option<u64>,
+    http_ack_timeout_ms: Option<u64>,
     group_initial_rebalance_delay_ms: Option<u64>,
     group_min_session_timeout_ms: Option<u64>,
     offsets_retention_minutes: Option<u64>,
@@ -277,6 +282,7 @@ pub(crate) struct ServeConfig {
     pub(crate) http_listener: String,
     pub(crate) http_max_body_bytes: usize,
     pub(crate) idempotency_ttl_ms: u64,
+    pub(crate) http_ack_timeout_ms: u64,
     pub(crate) group_initial_rebalance_delay_ms: u64,
     pub(crate) group_min_session_timeout_ms: u64,
     pub(crate) offsets_retention_minutes: u64,
@@ -400,6 +406,10 @@ impl ServeConfig {
                 .idempotency_ttl_ms
                 .or(file.idempotency_ttl_ms)
                 .unwrap_or(24 * 3600 * 1000),
+            http_ack_timeout_ms: args
+                .http_ack_timeout_ms
+                .or(file.http_ack_timeout_ms)
+                .unwrap_or(30_000),
             group_initial_rebalance_delay_ms: args
                 .group_initial_rebalance_delay_ms
                 .or(file.group_initial_rebalance_delay_ms)

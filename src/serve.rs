@@ -299,6 +299,7 @@ async fn start_http(
     ingest_config.data_dir = Some(data_dir.to_path_buf());
     ingest_config.idempotency_ttl = Duration::from_millis(config.idempotency_ttl_ms);
     ingest_config.fsync = config.wal_fsync;
+    ingest_config.ack_timeout = Duration::from_millis(config.http_ack_timeout_ms.max(1));
     let ingest = ingest::Ingest::open(ingest_config, store.clone(), meta.clone())
         .await
         .context("cannot open HTTP ingest")?;

@@ -33,6 +33,10 @@ pub(crate) struct KafkaArgs {
     /// Partitions of the topic when this run creates it.
     #[arg(long, default_value_t = 6)]
     pub(crate) partitions: i32,
+    /// Topic config for a topic this run creates, `--topic-config key=value` (repeatable), e.g.
+    /// `compression.type=zstd`.
+    #[arg(long = "topic-config", value_parser = parse_key_value)]
+    pub(crate) topic_configs: Vec<(String, String)>,
     /// Extra librdkafka setting, `-X key=value` (repeatable; wins over the scenario's defaults).
     #[arg(short = 'X', value_parser = parse_key_value)]
     pub(crate) extra: Vec<(String, String)>,
@@ -193,7 +197,8 @@ fn usable_partitions(metadata: &Metadata, topic: &str) -> Result<i32, String> {
     i32::try_from(topic.partitions().len()).map_err(|_| "absurd partition count".to_string())
 }
 
-/// Sends CreateTopics; failures other than "already exists" are printed, not returned.
+/// Sends CreateTopics; failures other than "already exists" are printed, not returned (with
+/// `--topic-config` they fail the run: an auto-created topic would lack them).
 fn create_topic(args: &KafkaArgs, timeout: Duration) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(args, &[])
         .create()
@@ -202,7 +207,10 @@ fn create_topic(args: &KafkaArgs, timeout: Duration) -> Result<()> {
         .enable_all()
         .build()
         .context("building a runtime for the admin client")?;
-    let new_topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
+    let mut new_topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
+    for (key, value) in &args.topic_configs {
+        new_topic = new_topic.set(key, value);
+    }
     // A broker without CreateTopics (librdkafka's mock) never answers: don't spend the whole
     // set-up time on it.
     let create_timeout = timeout.min(CREATE_TOPIC_TIMEOUT);
@@ -214,6 +222,12 @@ fn create_topic(args: &KafkaArgs, timeout: Duration) -> Result<()> {
             for result in results {
                 match result {
                     Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) if !args.topic_configs.is_empty() => {
+                        bail!(
+                            "CreateTopics {topic} with {:?} failed ({code})",
+                            args.topic_configs
+                        )
+                    }
                     Err((topic, code)) => eprintln!(
                         "loadgen: CreateTopics {topic} failed ({code}); relying on auto-creation"
                     ),
@@ -348,6 +362,7 @@ mod tests {
             bootstrap: "127.0.0.1:1".to_string(),
             topic: "t".to_string(),
             partitions: 6,
+            topic_configs: Vec::new(),
             extra: vec![("linger.ms".to_string(), "7".to_string())],
             broker_pid: None,
             label: String::new(),

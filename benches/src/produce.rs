@@ -36,6 +36,10 @@ pub(crate) struct ProduceArgs {
     /// Producer `linger.ms` (client-side batching).
     #[arg(long, default_value_t = 5)]
     pub(crate) linger_ms: u64,
+    /// Compressible payloads (text-like, about 3:1 with lz4) instead of incompressible bytes:
+    /// for topics whose `compression.type` makes the broker recompress.
+    #[arg(long)]
+    pub(crate) compressible: bool,
     /// Bound on waiting for the last acknowledgements after sending stops.
     #[arg(long, default_value_t = 60)]
     pub(crate) flush_timeout_secs: u64,
@@ -106,7 +110,11 @@ pub(crate) fn run(args: &ProduceArgs) -> Result<Outcome> {
     let producer: ThreadedProducer<ProduceContext> = kafka::client_config(&args.kafka, &settings)
         .create_with_context(context)
         .context("creating the producer")?;
-    let pool = PayloadPool::new(args.record_size);
+    let pool = if args.compressible {
+        PayloadPool::compressible(args.record_size)
+    } else {
+        PayloadPool::new(args.record_size)
+    };
     let max_records = args
         .bytes
         .map(|bytes| bytes.div_ceil(args.record_size as u64))

@@ -14,6 +14,7 @@ fn kafka_args(bootstrap: &str, topic: &str) -> KafkaArgs {
         bootstrap: bootstrap.to_string(),
         topic: topic.to_string(),
         partitions: 3,
+        topic_configs: Vec::new(),
         extra: Vec::new(),
         broker_pid: Some(std::process::id()),
         label: String::new(),
@@ -35,6 +36,7 @@ fn produce_then_consume_everything() {
         bytes: Some(2 << 20),
         acks: "all".to_string(),
         linger_ms: 5,
+        compressible: false,
         flush_timeout_secs: 20,
     })
     .expect("produce runs");

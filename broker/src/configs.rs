@@ -2,10 +2,13 @@
 //!
 //! Configs not implemented yet are refused with INVALID_CONFIG instead of being silently ignored
 //! (e.g. `cleanup.policy=compact`). Kafka's `segment.bytes`/`segment.ms` are accepted for
-//! compatibility; Sluice cuts segment objects by its own thresholds.
+//! compatibility; Sluice cuts segment objects by its own thresholds. The few configs that only
+//! ever described message formats older than v2 ([`IGNORED_TOPIC_CONFIGS`]) are accepted and
+//! dropped, as Kafka 3.x did.
 
 use std::collections::BTreeMap;
 
+use storage::batch::Compression;
 use storage::{Retention, TimestampType};
 
 /// Kafka's config types (DescribeConfigs v3+ `config_type`).
@@ -77,17 +80,39 @@ fn validate_timestamp_type(v: &str) -> Result<(), String> {
         )),
     }
 }
+/// Kafka's `compression.type` values (case-sensitive, as Kafka checks them).
+const COMPRESSION_TYPES: &[&str] = &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"];
+
 fn validate_compression_type(v: &str) -> Result<(), String> {
-    // Batches are stored as the producer sent them; broker-side recompression does not exist.
-    match v {
-        "producer" => Ok(()),
-        other => Err(format!(
-            "compression.type={other} is not supported: Sluice stores batches as the producer compressed them (use 'producer')"
-        )),
+    if COMPRESSION_TYPES.contains(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{v}' is not one of {}",
+            COMPRESSION_TYPES.join(", ")
+        ))
     }
 }
 fn validate_min_isr(v: &str) -> Result<(), String> {
     long_at_least(1)(v)
+}
+
+/// Topic configs accepted in CreateTopics/AlterConfigs/IncrementalAlterConfigs and dropped
+/// (neither stored nor described). `message.format.version` chose the on-disk format of pre-v2
+/// message versions; Kafka 3.x accepted and ignored it for v2 (tools and librdkafka's test suite
+/// still set it). Kafka 4.x refuses it as unknown (INVALID_CONFIG), so this is a deliberate
+/// leniency (ARCHITECTURE.md, D9).
+pub const IGNORED_TOPIC_CONFIGS: &[&str] = &["message.format.version"];
+
+/// Whether `name` is accepted and dropped (see [`IGNORED_TOPIC_CONFIGS`]).
+pub fn is_ignored_topic_config(name: &str) -> bool {
+    IGNORED_TOPIC_CONFIGS.contains(&name)
+}
+
+/// `configs` without the [`IGNORED_TOPIC_CONFIGS`].
+pub fn without_ignored(mut configs: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    configs.retain(|name, _| !is_ignored_topic_config(name));
+    configs
 }
 
 /// Every topic config Sluice accepts.
@@ -103,7 +128,7 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         name: "compression.type",
         default: "producer",
         config_type: ConfigType::String,
-        doc: "Batches are stored as sent by the producer.",
+        doc: "producer: batches are stored as the producer compressed them; uncompressed, gzip, snappy, lz4 or zstd: batches in another codec are recompressed to it on the way in.",
         validate: validate_compression_type,
     },
     ConfigDef {
@@ -206,6 +231,19 @@ pub fn timestamp_type(configs: &BTreeMap<String, String>) -> TimestampType {
     }
 }
 
+/// The codec every stored batch of the topic must use; `None` for `compression.type=producer`
+/// (batches stored as the producer compressed them).
+pub fn compression_type(configs: &BTreeMap<String, String>) -> Option<Compression> {
+    match effective(configs, "compression.type") {
+        Some("uncompressed") => Some(Compression::None),
+        Some("gzip") => Some(Compression::Gzip),
+        Some("snappy") => Some(Compression::Snappy),
+        Some("lz4") => Some(Compression::Lz4),
+        Some("zstd") => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
 pub fn retention(configs: &BTreeMap<String, String>) -> Retention {
     Retention {
         ms: effective_i64(configs, "retention.ms", 604_800_000),
@@ -255,6 +293,44 @@ mod tests {
         assert!(validate_topic_config("retention.ms", "-1").is_ok());
         assert!(validate_topic_config("message.timestamp.type", "LogAppendTime").is_ok());
         assert!(validate_topic_config("message.timestamp.type", "Whenever").is_err());
+    }
+
+    #[test]
+    fn compression_types_are_kafkas() {
+        let mut configs = BTreeMap::new();
+        assert_eq!(compression_type(&configs), None, "default: producer");
+        for (value, codec) in [
+            ("producer", None),
+            ("uncompressed", Some(Compression::None)),
+            ("gzip", Some(Compression::Gzip)),
+            ("snappy", Some(Compression::Snappy)),
+            ("lz4", Some(Compression::Lz4)),
+            ("zstd", Some(Compression::Zstd)),
+        ] {
+            assert!(validate_topic_config("compression.type", value).is_ok());
+            configs.insert("compression.type".to_string(), value.to_string());
+            assert_eq!(compression_type(&configs), codec, "{value}");
+        }
+        // Kafka refuses these too (INVALID_CONFIG): "none" is a producer setting, values are
+        // case-sensitive.
+        for bad in ["none", "LZ4", "brotli", ""] {
+            assert!(
+                validate_topic_config("compression.type", bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn message_format_version_is_accepted_and_dropped() {
+        let configs = BTreeMap::from([
+            ("message.format.version".to_string(), "0.10.0".to_string()),
+            ("retention.ms".to_string(), "1000".to_string()),
+        ]);
+        let kept = without_ignored(configs);
+        assert_eq!(kept.len(), 1);
+        assert!(validate_topic_configs(&kept).is_ok());
+        assert!(validate_topic_config("message.format.version", "0.10.0").is_err());
     }
 
     #[test]

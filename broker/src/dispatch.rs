@@ -7,6 +7,8 @@
 //!   ApiVersions the answer is a v0 ApiVersionsResponse listing what is supported, so the client can
 //!   retry with a version both sides know.
 
+use std::net::IpAddr;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
@@ -84,24 +86,41 @@ pub fn api_versions_body(error: ErrorCode) -> ApiVersionsResponse {
         )
 }
 
-/// Handles one request payload (the frame without its size prefix).
+/// Handles one request payload (the frame without its size prefix) from an unknown peer.
 pub async fn handle_frame(broker: &Broker, payload: Bytes) -> Outcome {
     let (placed, _) = tokio::sync::oneshot::channel();
-    handle_frame_ordered(broker, payload, placed).await
+    handle_frame_ordered(broker, payload, None, placed).await
 }
 
-/// Like [`handle_frame`], telling `placed` (or dropping it) once the request's effects are ordered:
-/// a Produce when all its batches are placed in their partitions, any other request when it is done.
-/// The connection starts its next request only then, which keeps Kafka's per-connection order.
+/// Like [`handle_frame`] for a request from `peer` (the connection's remote address: group
+/// members' `client_host`), telling `placed` (or dropping it) once the request's effects are
+/// ordered: a Produce when all its batches are placed in their partitions, any other request when
+/// it is done. The connection starts its next request only then, which keeps Kafka's
+/// per-connection order.
 pub async fn handle_frame_ordered(
     broker: &Broker,
     payload: Bytes,
+    peer: Option<IpAddr>,
     placed: tokio::sync::oneshot::Sender<()>,
 ) -> Outcome {
-    match dispatch(broker, payload, placed).await {
+    let client_host = peer.map(client_host).unwrap_or_default();
+    match dispatch(broker, payload, &client_host, placed).await {
         Ok(Some(response)) => Outcome::Respond(response),
         Ok(None) => Outcome::NoResponse,
         Err(error) => Outcome::Close(error.to_string()),
+    }
+}
+
+/// A peer address as Kafka reports it in `client_host` (Java's `InetAddress.toString()` of an
+/// address without a host name): "/" + the address, IPv6 as eight uncompressed hex groups, an
+/// IPv4-mapped IPv6 address as IPv4.
+pub fn client_host(peer: IpAddr) -> String {
+    match peer.to_canonical() {
+        IpAddr::V4(v4) => format!("/{v4}"),
+        IpAddr::V6(v6) => {
+            let groups: Vec<String> = v6.segments().iter().map(|g| format!("{g:x}")).collect();
+            format!("/{}", groups.join(":"))
+        }
     }
 }
 
@@ -206,6 +225,7 @@ pub fn decode_request(mut payload: Bytes) -> Result<Decoded, DispatchError> {
 async fn dispatch(
     broker: &Broker,
     payload: Bytes,
+    client_host: &str,
     placed: tokio::sync::oneshot::Sender<()>,
 ) -> Result<Option<Bytes>, DispatchError> {
     match decode_request(payload)? {
@@ -243,6 +263,7 @@ async fn dispatch(
                 version,
                 header.correlation_id,
                 client_id,
+                client_host,
                 body,
                 placed,
             )

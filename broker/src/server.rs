@@ -211,7 +211,8 @@ async fn handle_connection(
 
     let max_idle = broker.config.connections.max_idle;
     let served = async {
-        let read_result = read_requests(&mut reader, broker, &queue_tx, &state, &closing).await;
+        let read_result =
+            read_requests(&mut reader, peer, broker, &queue_tx, &state, &closing).await;
         if read_result.is_err() {
             closing.cancel();
         }
@@ -302,6 +303,7 @@ async fn read_within(
 
 async fn read_requests(
     reader: &mut tokio::net::tcp::OwnedReadHalf,
+    peer: SocketAddr,
     broker: &Arc<Broker>,
     queue: &mpsc::Sender<Pending>,
     state: &Arc<ConnectionState>,
@@ -384,7 +386,8 @@ async fn read_requests(
         let task_state = Arc::clone(state);
         let task_closing = closing.clone();
         tokio::spawn(async move {
-            let outcome = handle_frame_ordered(&task_broker, payload, placed_tx).await;
+            let outcome =
+                handle_frame_ordered(&task_broker, payload, Some(peer.ip()), placed_tx).await;
             drop(busy);
             let charge = match &outcome {
                 Outcome::Respond(response) => {

@@ -1280,6 +1280,300 @@ async fn list_offsets_answers_offset_and_timestamp_in_their_fields() {
             (0, -1, -1),
             "timestamp after every record, v{version}"
         );
+        // Earliest local (-4, v8+) is the log start; latest tiered (-5, v9+) has no offset
+        // without tiered storage, as Kafka answers (not the high watermark). Older versions get
+        // UNSUPPORTED_VERSION (35) in the partition, as Kafka 4.4 answers.
+        let earliest_local = if version >= 8 {
+            (0, 0, -1)
+        } else {
+            (35, -1, -1)
+        };
+        assert_eq!(
+            h.list_offset("ts", version, -4).await,
+            earliest_local,
+            "earliest local, v{version}"
+        );
+        let latest_tiered = if version >= 9 {
+            (0, -1, -1)
+        } else {
+            (35, -1, -1)
+        };
+        assert_eq!(
+            h.list_offset("ts", version, -5).await,
+            latest_tiered,
+            "latest tiered, v{version}"
+        );
+    }
+    assert_eq!(
+        h.list_offset("ts", 6, -3).await,
+        (35, -1, -1),
+        "max timestamp, v6"
+    );
+}
+
+/// DescribeCluster v1+ answers only for the endpoint type this listener is (brokers), with
+/// Kafka 4.4's errors for the others (its answers on a combined KRaft node, checked by the
+/// differential test).
+#[tokio::test]
+async fn describe_cluster_answers_by_endpoint_type() {
+    let h = harness().await;
+    for version in [1, 2] {
+        for (endpoint_type, error) in [(1, 0), (2, 114), (3, 115), (0, 115)] {
+            let request = DescribeClusterRequest::default()
+                .with_endpoint_type(endpoint_type)
+                .with_include_fenced_brokers(version >= 2);
+            let ResponseKind::DescribeCluster(r) =
+                h.call(ApiKey::DescribeCluster, version, &request).await
+            else {
+                panic!()
+            };
+            assert_eq!(
+                r.error_code, error,
+                "v{version} endpoint type {endpoint_type}"
+            );
+            assert_eq!(
+                r.endpoint_type, 1,
+                "v{version} endpoint type {endpoint_type}"
+            );
+            if error == 0 {
+                assert_eq!(r.cluster_id.as_str(), "test-cluster");
+                assert_eq!(r.controller_id.0, 1);
+                assert_eq!(r.brokers.len(), 1);
+                assert!(!r.brokers[0].is_fenced);
+            } else {
+                assert!(r.error_message.is_some());
+                assert_eq!(r.cluster_id.as_str(), "");
+                assert_eq!(r.controller_id.0, -1);
+                assert!(r.brokers.is_empty());
+            }
+        }
+    }
+}
+
+/// `message.format.version` (Kafka 3.x: deprecated, accepted and ignored) is accepted and
+/// dropped by CreateTopics, AlterConfigs and IncrementalAlterConfigs; nothing else changes.
+#[tokio::test]
+async fn message_format_version_is_accepted_and_ignored() {
+    let h = harness().await;
+    let config = |name: &str, value: &str| {
+        create_topics_request::CreatableTopicConfig::default()
+            .with_name(text(name))
+            .with_value(Some(text(value)))
+    };
+    let request = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+        .with_name(topic_name("mfv"))
+        .with_num_partitions(1)
+        .with_replication_factor(1)
+        .with_configs(vec![
+            config("message.format.version", "0.10.0"),
+            config("retention.ms", "3600000"),
+        ])]);
+    let ResponseKind::CreateTopics(r) = h.call(ApiKey::CreateTopics, 7, &request).await else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    let described = r.topics[0].configs.as_ref().unwrap();
+    assert!(described
+        .iter()
+        .all(|c| c.name.as_str() != "message.format.version"));
+    assert!(described
+        .iter()
+        .any(|c| c.name.as_str() == "retention.ms" && c.value.as_deref() == Some("3600000")));
+
+    let alter = AlterConfigsRequest::default().with_resources(vec![
+        alter_configs_request::AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(text("mfv"))
+            .with_configs(vec![
+                alter_configs_request::AlterableConfig::default()
+                    .with_name(text("message.format.version"))
+                    .with_value(Some(text("2.8-IV1"))),
+                alter_configs_request::AlterableConfig::default()
+                    .with_name(text("retention.ms"))
+                    .with_value(Some(text("7200000"))),
+            ]),
+    ]);
+    let ResponseKind::AlterConfigs(r) = h.call(ApiKey::AlterConfigs, 2, &alter).await else {
+        panic!()
+    };
+    assert_eq!(
+        r.responses[0].error_code, 0,
+        "{:?}",
+        r.responses[0].error_message
+    );
+    let incremental = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        incremental_alter_configs_request::AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(text("mfv"))
+            .with_configs(vec![
+                incremental_alter_configs_request::AlterableConfig::default()
+                    .with_name(text("message.format.version"))
+                    .with_config_operation(0)
+                    .with_value(Some(text("3.0"))),
+            ]),
+    ]);
+    let ResponseKind::IncrementalAlterConfigs(r) = h
+        .call(ApiKey::IncrementalAlterConfigs, 1, &incremental)
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        r.responses[0].error_code, 0,
+        "{:?}",
+        r.responses[0].error_message
+    );
+    let describe = DescribeConfigsRequest::default().with_resources(vec![
+        describe_configs_request::DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(text("mfv"))
+            .with_configuration_keys(None),
+    ]);
+    let ResponseKind::DescribeConfigs(r) = h.call(ApiKey::DescribeConfigs, 4, &describe).await
+    else {
+        panic!()
+    };
+    let configs = &r.results[0].configs;
+    assert!(configs
+        .iter()
+        .all(|c| c.name.as_str() != "message.format.version"));
+    assert!(configs
+        .iter()
+        .any(|c| c.name.as_str() == "retention.ms" && c.value.as_deref() == Some("7200000")));
+}
+
+/// A batch of `values` compressed with `codec`, from an idempotent producer when `producer_id`
+/// is set.
+fn codec_batch(values: &[&str], codec: Compression, producer_id: i64, base_sequence: i32) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch: if producer_id >= 0 { 0 } else { -1 },
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: if producer_id >= 0 {
+                base_sequence + i as i32
+            } else {
+                -1 + i as i32
+            },
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(v.repeat(50))),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: codec,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// Every stored batch of `name` partition 0 as fetched: (codec bits, decoded records).
+async fn fetch_batches(h: &Harness, name: &str, id: uuid::Uuid) -> Vec<(i16, Vec<Record>)> {
+    let ResponseKind::Fetch(r) = h
+        .call(ApiKey::Fetch, 12, &fetch_request(12, name, id, 0, 0))
+        .await
+    else {
+        panic!()
+    };
+    let mut records = r.responses[0].partitions[0]
+        .records
+        .clone()
+        .unwrap_or_default();
+    let mut batches = Vec::new();
+    while !records.is_empty() {
+        let header = storage::batch::BatchHeader::parse(&records).unwrap();
+        let batch = records.split_to(header.total_len());
+        // Valid as stored: framing, CRC-32C, counts.
+        storage::batch::validate(&batch).unwrap();
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut batch.clone()).unwrap();
+        batches.push((header.attributes & 0x07, set.records));
+    }
+    batches
+}
+
+/// compression.type=<codec>: every batch is stored in the topic's codec whatever the producer
+/// used (a batch already in it untouched), with its records, offsets, timestamps and producer
+/// fields intact; an idempotent retry of a recompressed batch gets its first offset back;
+/// `producer` keeps the producer's codec. Kafka 4.4 accepts the same values (differential test).
+#[tokio::test]
+async fn topic_compression_type_recompresses_batches_to_its_codec() {
+    let h = harness().await;
+    for (topic_codec, bits) in [
+        ("zstd", 4i16),
+        ("lz4", 3),
+        ("uncompressed", 0),
+        ("gzip", 1),
+        ("snappy", 2),
+        ("producer", -1),
+    ] {
+        let name = format!("codec-{topic_codec}");
+        let request = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name(&name))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![create_topics_request::CreatableTopicConfig::default()
+                .with_name(text("compression.type"))
+                .with_value(Some(text(topic_codec)))])]);
+        let ResponseKind::CreateTopics(r) = h.call(ApiKey::CreateTopics, 7, &request).await else {
+            panic!()
+        };
+        assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+        let id = r.topics[0].topic_id;
+        let sent = [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ];
+        let mut expected = Vec::new();
+        for (i, codec) in sent.iter().enumerate() {
+            let values = [format!("v{i}a"), format!("v{i}b")];
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            let batch = codec_batch(&values, *codec, 77, 2 * i as i32);
+            assert_eq!(
+                produce_one(&h, &name, id, batch.clone()).await,
+                (0, 2 * i as i64),
+                "{topic_codec}: {codec:?}"
+            );
+            // The same batch again (a producer retry): de-duplicated to its first offset.
+            assert_eq!(
+                produce_one(&h, &name, id, batch).await,
+                (0, 2 * i as i64),
+                "{topic_codec}: retry of {codec:?}"
+            );
+            expected.push(codec_batch(&values, Compression::None, 77, 2 * i as i32));
+        }
+        let stored = fetch_batches(&h, &name, id).await;
+        assert_eq!(stored.len(), sent.len(), "{topic_codec}");
+        for (i, ((stored_bits, records), plain)) in stored.iter().zip(&expected).enumerate() {
+            let want_bits = if bits >= 0 { bits } else { i as i16 };
+            assert_eq!(*stored_bits, want_bits, "{topic_codec}: batch {i}");
+            let want =
+                kafka_protocol::records::RecordBatchDecoder::decode(&mut plain.clone()).unwrap();
+            assert_eq!(records.len(), 2);
+            for (j, (got, want)) in records.iter().zip(&want.records).enumerate() {
+                assert_eq!(got.offset, 2 * i as i64 + j as i64);
+                assert_eq!(got.timestamp, want.timestamp);
+                assert_eq!((got.producer_id, got.producer_epoch), (77, 0));
+                assert_eq!(got.sequence, want.sequence);
+                assert_eq!((&got.key, &got.value), (&want.key, &want.value));
+            }
+        }
     }
 }
 
@@ -1436,6 +1730,34 @@ async fn group_requests_with_bad_input_get_the_kafka_errors() {
         panic!()
     };
     assert_eq!(r.error_code, 26, "INVALID_SESSION_TIMEOUT");
+}
+
+/// zstd batches need Produce v7+ (KIP-110): older requests get UNSUPPORTED_COMPRESSION_TYPE (76)
+/// in the partition, as Kafka 4.4 answers, also on a zstd topic; uncompressed batches to a zstd
+/// topic are fine at any version (recompressed by the broker).
+#[tokio::test]
+async fn zstd_batches_need_produce_v7() {
+    let h = harness().await;
+    let id = create_topic(&h, "zstd-old", 1).await;
+    for (version, codec, want) in [
+        (3, Compression::Zstd, 76),
+        (6, Compression::Zstd, 76),
+        (7, Compression::Zstd, 0),
+        (3, Compression::None, 0),
+    ] {
+        let ResponseKind::Produce(r) = h
+            .call(
+                ApiKey::Produce,
+                version,
+                &produce_request(version, "zstd-old", id, codec_batch(&["z"], codec, -1, 0)),
+            )
+            .await
+        else {
+            panic!()
+        };
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, want, "Produce v{version} {codec:?}");
+    }
 }
 
 /// Sarama 1.22 (`Config.Version` V2_2_0_0, as Debian ships it) commits a consumer group's offsets

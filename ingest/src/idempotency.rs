@@ -11,9 +11,11 @@
 //! expiry is a prefix of the log: a sweeper drops expired entries from memory and deletes WAL files
 //! wholly below the oldest live entry (`truncate_prefix`). A cap on live keys bounds memory.
 //!
-//! Known window: the records are durable before the key is; a crash between the two fsyncs loses
-//! the key while the records stay, and a retry then writes them again. The client never received a
-//! 2xx for the first attempt in that case.
+//! This store keeps *answers*; it is not what keeps a retry from writing twice. A keyed request's
+//! records are written as the key's own idempotent producer (`produce::IdempotentWrite`), so the
+//! partition's producer state — durable with the records, in the same WAL write — recognises a
+//! retry even when this store never saw the answer (a 503 whose append landed later, a crash
+//! between the records and this store's fsync, an empty data dir in S3 mode).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -84,7 +86,9 @@ struct State {
     answered: HashMap<String, Entry>,
     /// lsn → key of `answered`, oldest first (expiry and eviction order).
     by_lsn: BTreeMap<Lsn, String>,
-    in_flight: HashMap<String, Fingerprint>,
+    /// Keys whose first request is running: its fingerprint, and a receiver that wakes when its
+    /// ticket is finished or dropped.
+    in_flight: HashMap<String, (Fingerprint, tokio::sync::watch::Receiver<()>)>,
     /// Next pseudo-lsn when there is no WAL (in-memory store).
     next_memory_lsn: Lsn,
 }
@@ -137,8 +141,9 @@ pub(crate) enum Begin {
     Replay(StoredResponse),
     /// Answered before with a different request.
     Mismatch,
-    /// The first request with this key is still running.
-    InFlight,
+    /// The first request with this key is still running; resolves (`changed()` errs) once it
+    /// is answered or abandoned — then begin again.
+    InFlight(tokio::sync::watch::Receiver<()>),
 }
 
 /// Marks a key in flight; dropping it without `finish` (error, client gone) frees the key.
@@ -147,6 +152,8 @@ pub(crate) struct Ticket {
     key: String,
     fingerprint: Fingerprint,
     finished: bool,
+    /// Dropped with the ticket: wakes the requests waiting on the key.
+    _done: tokio::sync::watch::Sender<()>,
 }
 
 impl Drop for Ticket {
@@ -245,15 +252,23 @@ impl IdempotencyStore {
             }
             state.remove(key);
         }
-        if state.in_flight.contains_key(key) {
-            return Begin::InFlight;
+        if let Some((running, done)) = state.in_flight.get(key) {
+            return if *running == fingerprint {
+                Begin::InFlight(done.clone())
+            } else {
+                Begin::Mismatch
+            };
         }
-        state.in_flight.insert(key.to_string(), fingerprint);
+        let (done_tx, done_rx) = tokio::sync::watch::channel(());
+        state
+            .in_flight
+            .insert(key.to_string(), (fingerprint, done_rx));
         Begin::Proceed(Ticket {
             store: self.clone(),
             key: key.to_string(),
             fingerprint,
             finished: false,
+            _done: done_tx,
         })
     }
 
@@ -417,9 +432,15 @@ mod tests {
         let Begin::Proceed(ticket) = store.begin("k1", fp) else {
             panic!("first use must proceed")
         };
-        assert!(matches!(store.begin("k1", fp), Begin::InFlight));
-        assert!(matches!(store.begin("k1", other), Begin::InFlight));
+        let Begin::InFlight(mut waiting) = store.begin("k1", fp) else {
+            panic!("a retry while the first runs waits for it")
+        };
+        assert!(
+            matches!(store.begin("k1", other), Begin::Mismatch),
+            "another request with a running key is refused at once"
+        );
         store.finish(ticket, response("first")).await.unwrap();
+        assert!(waiting.changed().await.is_err(), "the waiter is woken");
         match store.begin("k1", fp) {
             Begin::Replay(r) => assert_eq!(r.body, Bytes::from_static(b"first")),
             _ => panic!("same request must replay"),

@@ -320,29 +320,48 @@ pub(crate) async fn idempotency(
         .unwrap_or("");
     let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
     let print = fingerprint(parts.method.as_str(), target, content_type, &body);
-    let ticket = match state.shared.idempotency.begin(&key, print) {
-        Begin::Proceed(ticket) => ticket,
-        Begin::Replay(stored) => {
-            metrics::idempotency_replay();
-            return replayed(stored);
-        }
-        Begin::Mismatch => {
-            metrics::idempotency_conflict();
-            return ApiError::new(
-                ErrorKind::IdempotencyMismatch,
-                format!("Idempotency-Key '{key}' was already used with a different request"),
-            )
-            .render(state.style, id.as_deref());
-        }
-        Begin::InFlight => {
-            metrics::idempotency_conflict();
-            return ApiError::new(
-                ErrorKind::IdempotencyInFlight,
-                format!("a request with Idempotency-Key '{key}' is still in progress"),
-            )
-            .render(state.style, id.as_deref());
+    // A retry while the first request with the key runs waits for its outcome (bounded), then
+    // looks again: replayed if it was answered, run (and de-duplicated in storage) if not.
+    let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+    let ticket = loop {
+        match state.shared.idempotency.begin(&key, print) {
+            Begin::Proceed(ticket) => break ticket,
+            Begin::Replay(stored) => {
+                metrics::idempotency_replay();
+                return replayed(stored);
+            }
+            Begin::Mismatch => {
+                metrics::idempotency_conflict();
+                return ApiError::new(
+                    ErrorKind::IdempotencyMismatch,
+                    format!("Idempotency-Key '{key}' was already used with a different request"),
+                )
+                .render(state.style, id.as_deref());
+            }
+            Begin::InFlight(mut done) => {
+                // `changed` errs once the first request's ticket is gone: look again.
+                if tokio::time::timeout_at(deadline, done.changed())
+                    .await
+                    .is_err()
+                {
+                    metrics::idempotency_conflict();
+                    return ApiError::new(
+                        ErrorKind::IdempotencyInFlight,
+                        format!("a request with Idempotency-Key '{key}' is still in progress"),
+                    )
+                    .render(state.style, id.as_deref());
+                }
+            }
         }
     };
+    // Its records are written as an idempotent producer of its own (`produce::key_producer_id`):
+    // the key travels with them, in the same WAL write, so a retry after a 503 (the first append
+    // may still land) or after a crash between the records and the key is de-duplicated by the
+    // partition's producer state.
+    let mut parts = parts;
+    parts
+        .extensions
+        .insert(crate::produce::IdempotentWrite::for_key(&key));
     // The request and the recording of its answer run in their own task: a client that hangs up
     // mid-request must not leave records written but the key forgotten.
     let shared = state.shared.clone();
@@ -358,6 +377,10 @@ pub(crate) async fn idempotency(
         }
     }
 }
+
+/// Longest wait of a retry for the first request with its key (which itself answers 503 after
+/// 30 s when its append is not durable).
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(40);
 
 /// Keeps a successful answer under its key (durably) and hands it back.
 async fn finish_idempotent(

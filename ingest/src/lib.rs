@@ -88,6 +88,9 @@ pub struct IngestConfig {
     pub idempotency_max_keys: usize,
     /// fsync the idempotency WAL (false only for tests/benchmarks).
     pub fsync: bool,
+    /// Longest wait for an append to become durable; then the request is answered 503 (the
+    /// append carries on; a retry with the same `Idempotency-Key` is de-duplicated).
+    pub ack_timeout: Duration,
 }
 
 impl IngestConfig {
@@ -104,6 +107,7 @@ impl IngestConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_max_keys: 1_000_000,
             fsync: true,
+            ack_timeout: Duration::from_secs(30),
         }
     }
 
@@ -177,7 +181,8 @@ impl Ingest {
                 config.node_id,
                 config.auto_create_topics,
                 config.default_partitions,
-            ),
+            )
+            .with_ack_timeout(config.ack_timeout),
             inflight: Arc::new(Semaphore::new(config.inflight_bytes)),
             inflight_used: AtomicUsize::new(0),
             idempotency,

@@ -424,6 +424,7 @@ pub(crate) async fn produce(
     State(shared): State<Arc<Shared>>,
     Path(topic): Path<String>,
     Extension(context): Extension<RequestContext>,
+    idempotent: Option<Extension<crate::produce::IdempotentWrite>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
@@ -451,7 +452,10 @@ pub(crate) async fn produce(
     for event in &mut events {
         event.headers.extend(audit.iter().cloned());
     }
-    let outcomes = shared.producer.produce(&topic_ref, events).await;
+    let outcomes = shared
+        .producer
+        .produce(&topic_ref, events, idempotent.map(|Extension(write)| write))
+        .await;
     respond(&topic, &id, outcomes)
 }
 

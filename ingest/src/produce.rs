@@ -95,6 +95,8 @@ pub(crate) struct Producer {
     pub(crate) node_id: metadata::NodeId,
     pub(crate) auto_create_topics: bool,
     pub(crate) default_partitions: u32,
+    /// Longest wait for an append to become durable before the request is answered 503.
+    pub(crate) ack_timeout: std::time::Duration,
     rotation: StickyRotation,
 }
 
@@ -112,8 +114,14 @@ impl Producer {
             node_id,
             auto_create_topics,
             default_partitions,
+            ack_timeout: std::time::Duration::from_secs(30),
             rotation: StickyRotation::default(),
         }
+    }
+
+    pub(crate) fn with_ack_timeout(mut self, ack_timeout: std::time::Duration) -> Producer {
+        self.ack_timeout = ack_timeout;
+        self
     }
 
     /// Finds a topic; creates it when `create` is set and auto-creation is enabled (as a Kafka
@@ -160,12 +168,26 @@ impl Producer {
     /// Writes `events` to `topic`; one outcome per event, in order. Every event is checked before
     /// anything is written; events that fail a check are not written and get their error. Appends
     /// to different partitions run concurrently (one WAL group commit can cover them all).
-    pub(crate) async fn produce(&self, topic: &TopicRef, events: Vec<Event>) -> Vec<Outcome> {
+    ///
+    /// With `idempotent` (a request with an `Idempotency-Key`) the batches are written as that
+    /// key's producer, sequences from 0 per partition, and unkeyed events go to a partition chosen
+    /// by the key: the same request again places the same batches, which storage recognises as
+    /// retries (answered with their original offsets, written once).
+    pub(crate) async fn produce(
+        &self,
+        topic: &TopicRef,
+        events: Vec<Event>,
+        idempotent: Option<IdempotentWrite>,
+    ) -> Vec<Outcome> {
         let meta = topic.meta();
         let partitions = topic.partitions();
         let max_batch = broker::configs::max_message_bytes(&meta.configs);
         let timestamp_type = broker::configs::timestamp_type(&meta.configs);
-        let sticky = self.rotation.next_partition(partitions);
+        let codec = broker::configs::compression_type(&meta.configs);
+        let sticky = match idempotent {
+            Some(write) => (write.producer_id.unsigned_abs() % u64::from(partitions.max(1))) as i32,
+            None => self.rotation.next_partition(partitions),
+        };
         let receive_time = now_ms();
 
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
@@ -214,7 +236,15 @@ impl Producer {
                 topic_id: topic.id,
                 partition,
             };
-            self.append_partition(tp, events, max_batch, timestamp_type, receive_time)
+            self.append_partition(
+                tp,
+                events,
+                max_batch,
+                timestamp_type,
+                codec,
+                receive_time,
+                idempotent,
+            )
         });
         for results in join_all(appends).await {
             for (index, outcome) in results {
@@ -250,11 +280,16 @@ impl Producer {
         events: Vec<(usize, Event)>,
         max_batch: usize,
         timestamp_type: TimestampType,
+        codec: Option<storage::batch::Compression>,
         receive_time: i64,
+        idempotent: Option<IdempotentWrite>,
     ) -> Vec<(usize, Outcome)> {
         let mut results = Vec::with_capacity(events.len());
         let mut failed: Option<ApiError> = None;
+        let mut next_sequence = 0i32;
         for chunk in cut_batches(events, max_batch) {
+            let producer = idempotent.map(|write| (write.producer_id, next_sequence));
+            next_sequence = next_sequence.wrapping_add(chunk.len() as i32);
             if let Some(error) = &failed {
                 results.extend(chunk.into_iter().map(|(i, _)| (i, Err(error.clone()))));
                 continue;
@@ -263,7 +298,7 @@ impl Producer {
                 .iter()
                 .map(|(_, e)| e.timestamp.unwrap_or(receive_time))
                 .collect();
-            let batch = match encode_batch(&chunk, receive_time) {
+            let batch = match encode_in_codec(&chunk, receive_time, codec, producer).await {
                 Ok(batch) => batch,
                 Err(error) => {
                     results.extend(chunk.into_iter().map(|(i, _)| (i, Err(error.clone()))));
@@ -274,10 +309,12 @@ impl Producer {
             let started = Instant::now();
             // A store that cannot make the batch durable in time (object store down) gets the
             // client a retriable 503, not a hung request; the append itself carries on.
-            let appended =
-                tokio::time::timeout(ACK_TIMEOUT, self.store.append(tp, batch, timestamp_type))
-                    .await
-                    .unwrap_or(Err(storage::Error::TimedOut));
+            let appended = tokio::time::timeout(
+                self.ack_timeout,
+                self.store.append(tp, batch, timestamp_type),
+            )
+            .await
+            .unwrap_or(Err(storage::Error::TimedOut));
             match appended {
                 Ok(appended) => {
                     metrics::ack_latency(started.elapsed());
@@ -311,9 +348,6 @@ impl Producer {
     }
 }
 
-/// Longest wait for an append to become durable before the request is answered 503.
-const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Splits a partition's events into runs whose encoded batch stays within `max_batch` bytes.
 fn cut_batches(events: Vec<(usize, Event)>, max_batch: usize) -> Vec<Vec<(usize, Event)>> {
     let mut batches = Vec::new();
@@ -334,10 +368,67 @@ fn cut_batches(events: Vec<(usize, Event)>, max_batch: usize) -> Vec<Vec<(usize,
     batches
 }
 
-/// One uncompressed record batch v2 (base offset 0; storage assigns the real one).
+/// [`encode_batch`], compressed with the topic's codec (`compression.type`; `None`: producer,
+/// stored uncompressed as before) through the same [`storage::batch::recompress`] the Kafka
+/// produce path uses, on a blocking thread.
+async fn encode_in_codec(
+    events: &[(usize, Event)],
+    receive_time: i64,
+    codec: Option<storage::batch::Compression>,
+    producer: Option<(i64, i32)>,
+) -> Result<BytesMut, ApiError> {
+    let batch = encode_batch(events, receive_time, producer)?;
+    let Some(codec) = codec else {
+        return Ok(batch);
+    };
+    let compressed = tokio::task::spawn_blocking(move || {
+        storage::batch::recompress(&batch, codec).map(|rewritten| match rewritten {
+            Some(rewritten) => BytesMut::from(bytes::Bytes::from(rewritten)),
+            None => batch,
+        })
+    })
+    .await;
+    match compressed {
+        Ok(Ok(batch)) => Ok(batch),
+        Ok(Err(e)) => Err(ApiError::new(
+            ErrorKind::Internal,
+            format!("cannot compress batch: {e}"),
+        )),
+        Err(e) => Err(ApiError::new(
+            ErrorKind::Internal,
+            format!("compression task failed: {e}"),
+        )),
+    }
+}
+
+/// The producer an `Idempotency-Key` request writes as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IdempotentWrite {
+    pub(crate) producer_id: i64,
+}
+
+impl IdempotentWrite {
+    /// A producer id of the key's own, from SHA-256 of the key, with bit 62 set: allocated
+    /// producer ids count up from 0 and never reach that range, so a key never shares the
+    /// sequence space of a Kafka producer.
+    pub(crate) fn for_key(key: &str) -> IdempotentWrite {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(key.as_bytes());
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&digest[..8]);
+        let bits = u64::from_be_bytes(head) & ((1 << 62) - 1);
+        IdempotentWrite {
+            producer_id: (bits | (1 << 62)) as i64,
+        }
+    }
+}
+
+/// One uncompressed record batch v2 (base offset 0; storage assigns the real one); with
+/// `producer = (id, base sequence)` an idempotent producer's batch (epoch 0).
 pub(crate) fn encode_batch(
     events: &[(usize, Event)],
     receive_time: i64,
+    producer: Option<(i64, i32)>,
 ) -> Result<BytesMut, ApiError> {
     let records: Vec<Record> = events
         .iter()
@@ -353,13 +444,16 @@ pub(crate) fn encode_batch(
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-                producer_id: NO_PRODUCER_ID,
-                producer_epoch: NO_PRODUCER_EPOCH,
+                producer_id: producer.map_or(NO_PRODUCER_ID, |(id, _)| id),
+                producer_epoch: producer.map_or(NO_PRODUCER_EPOCH, |_| 0),
                 timestamp_type: RecordTsType::Creation,
                 offset,
                 // The encoder keeps records in one batch only while offset - sequence is constant;
-                // offset - 1 also makes the batch's baseSequence -1 (no idempotent producer).
-                sequence: (offset as i32).wrapping_sub(1),
+                // without a producer, offset - 1 makes the batch's baseSequence -1.
+                sequence: match producer {
+                    Some((_, base)) => base.wrapping_add(offset as i32),
+                    None => (offset as i32).wrapping_sub(1),
+                },
                 timestamp: event.timestamp.unwrap_or(receive_time),
                 key: event.key.clone(),
                 value: event.value.clone(),
@@ -397,7 +491,7 @@ mod tests {
         let events: Vec<(usize, Event)> = (0..100)
             .map(|i| (i, event(Some(&format!("k{i}")), &format!("v{i}"))))
             .collect();
-        let batch = encode_batch(&events, 5).unwrap().freeze();
+        let batch = encode_batch(&events, 5, None).unwrap().freeze();
         let batches = storage::batch::split_and_validate(&batch).unwrap();
         assert_eq!(batches.len(), 1, "one batch for all records");
         let header = &batches[0].0;
@@ -421,7 +515,7 @@ mod tests {
         assert!(cut.len() >= 5);
         let mut seen = 0;
         for chunk in &cut {
-            let batch = encode_batch(chunk, 0).unwrap();
+            let batch = encode_batch(chunk, 0, None).unwrap();
             assert!(batch.len() <= 10_000, "batch of {} bytes", batch.len());
             for (index, _) in chunk {
                 assert_eq!(*index, seen, "order is kept");
@@ -434,7 +528,7 @@ mod tests {
     #[test]
     fn size_bound_is_an_upper_bound() {
         let e = event(Some("key"), &"y".repeat(300));
-        let batch = encode_batch(&[(0, e.clone())], 0).unwrap();
+        let batch = encode_batch(&[(0, e.clone())], 0, None).unwrap();
         assert!(batch.len() <= BATCH_HEADER_BYTES + e.encoded_size_bound());
     }
 }

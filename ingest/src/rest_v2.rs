@@ -234,7 +234,7 @@ async fn produce_to(
             ));
         }
     }
-    let outcomes = shared.producer.produce(&topic_ref, events).await;
+    let outcomes = shared.producer.produce(&topic_ref, events, None).await;
     Ok(v2_json(StatusCode::OK, offsets_body(&outcomes)))
 }
 

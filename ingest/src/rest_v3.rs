@@ -309,7 +309,11 @@ async fn produce_parsed(
             Err(error) => slots.push((None, None, Some(error))),
         }
     }
-    let mut outcomes = shared.producer.produce(topic, events).await.into_iter();
+    let mut outcomes = shared
+        .producer
+        .produce(topic, events, None)
+        .await
+        .into_iter();
     slots
         .into_iter()
         .map(|(key, value, error)| {

@@ -1,6 +1,8 @@
 //! Kafka record batch v2 (magic 2): header parsing, validation, and the only rewrites we allow —
-//! `baseOffset` (outside the CRC) and, for LogAppendTime topics, `maxTimestamp` + timestamp-type bit
-//! with the CRC-32C recomputed.
+//! `baseOffset` (outside the CRC), for LogAppendTime topics `maxTimestamp` + timestamp-type bit
+//! with the CRC-32C recomputed, and for topics with a `compression.type` codec the records
+//! section recompressed to that codec ([`recompress`]: compression bits, `batchLength`, CRC-32C;
+//! every other header field, producer id/epoch/sequence included, kept).
 //!
 //! Layout (big-endian): baseOffset i64 @0, batchLength i32 @8, partitionLeaderEpoch i32 @12, magic i8
 //! @16, crc u32 @17 (CRC-32C of bytes 21..end), attributes i16 @21, lastOffsetDelta i32 @23,
@@ -79,6 +81,19 @@ pub enum Compression {
     Snappy,
     Lz4,
     Zstd,
+}
+
+impl Compression {
+    /// The codec's value in the batch attributes' low three bits.
+    fn attribute_bits(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +253,58 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     let crc = batch.get(CRC_COVERS_FROM..end).map(crc32c::crc32c);
     if let (Some(crc), Some(field)) = (crc, batch.get_mut(CRC_AT..CRC_AT + 4)) {
         field.copy_from_slice(&crc.to_be_bytes());
+    }
+}
+
+/// Rewrites `batch` with its records section compressed with `target`, as Kafka does for a topic
+/// whose `compression.type` is a codec: `None` when the batch already uses `target` (it is stored
+/// untouched), else the new batch. The records are decompressed (bounded against bombs), checked
+/// to frame exactly `recordCount` records, and compressed once; the compression bits,
+/// `batchLength` and CRC-32C are rewritten, every other header field (base offset, leader epoch,
+/// timestamps, producer id, epoch and base sequence, counts) is kept, as are the record bytes
+/// themselves, so offsets and timestamps read back as before.
+///
+/// Meant for batches that passed [`validate`] (or [`split_and_validate`]); the CRC is not checked
+/// again.
+pub fn recompress(batch: &[u8], target: Compression) -> Result<Option<Vec<u8>>, BatchError> {
+    recompress_bounded(batch, target, MAX_DECOMPRESSED_LEN)
+}
+
+fn recompress_bounded(
+    batch: &[u8],
+    target: Compression,
+    max_decompressed_len: usize,
+) -> Result<Option<Vec<u8>>, BatchError> {
+    let header = check_single_batch(batch)?;
+    check_counts(&header)?;
+    let source = header.compression()?;
+    if source == target {
+        return Ok(None);
+    }
+    let section = records_section(batch);
+    let records = match source {
+        Compression::None => std::borrow::Cow::Borrowed(section),
+        codec => std::borrow::Cow::Owned(decompress(codec, section, max_decompressed_len)?),
+    };
+    walk_records(&records, header.record_count, |_| Ok(()))?;
+    let compressed = compress(target, &records)?;
+    let batch_length = i32::try_from(HEADER_LEN - LOG_OVERHEAD + compressed.len())
+        .map_err(|_| malformed("recompressed batch exceeds 2 GiB"))?;
+    let attributes = (header.attributes & !COMPRESSION_MASK) | target.attribute_bits();
+    let mut out = Vec::with_capacity(HEADER_LEN + compressed.len());
+    out.extend_from_slice(batch.get(..HEADER_LEN).unwrap_or_default());
+    out.extend_from_slice(&compressed);
+    overwrite(&mut out, BATCH_LENGTH_AT, &batch_length.to_be_bytes());
+    overwrite(&mut out, ATTRIBUTES_AT, &attributes.to_be_bytes());
+    let crc = crc32c::crc32c(out.get(CRC_COVERS_FROM..).unwrap_or_default());
+    overwrite(&mut out, CRC_AT, &crc.to_be_bytes());
+    Ok(Some(out))
+}
+
+/// Writes `value` at `at` when it fits (callers pass header positions of a full header).
+fn overwrite(buf: &mut [u8], at: usize, value: &[u8]) {
+    if let Some(field) = buf.get_mut(at..at + value.len()) {
+        field.copy_from_slice(value);
     }
 }
 
@@ -543,6 +610,68 @@ fn decompress(
         }
     }
 }
+
+/// Compresses a records section the way Kafka's own producer and broker do, at Kafka's default
+/// levels except lz4: gzip at level 6 (zlib's default, Kafka's `compression.gzip.level=-1`);
+/// snappy in snappy-java's xerial framing with 32 KiB blocks; lz4 as an LZ4 frame with independent
+/// 64 KiB blocks and no block or content checksums (what Kafka's lz4 stream writes), in lz4's fast
+/// mode (Kafka defaults to high-compression level 9, several times slower: Sluice favours produce
+/// throughput on this path); zstd at level 3 (Kafka's default).
+fn compress(codec: Compression, records: &[u8]) -> Result<Vec<u8>, BatchError> {
+    use std::io::Write as _;
+    let failed =
+        |codec: &str, e: std::io::Error| malformed(format!("{codec} compression failed: {e}"));
+    match codec {
+        Compression::None => Ok(records.to_vec()),
+        Compression::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(records.len() / 2 + 64),
+                flate2::Compression::new(6),
+            );
+            encoder.write_all(records).map_err(|e| failed("gzip", e))?;
+            encoder.finish().map_err(|e| failed("gzip", e))
+        }
+        Compression::Snappy => {
+            let mut out = Vec::with_capacity(records.len() / 2 + XERIAL_HEADER_LEN);
+            out.extend_from_slice(XERIAL_MAGIC);
+            out.extend_from_slice(&1i32.to_be_bytes()); // version
+            out.extend_from_slice(&1i32.to_be_bytes()); // compatible version
+            let mut encoder = snap::raw::Encoder::new();
+            for chunk in records.chunks(SNAPPY_BLOCK_LEN) {
+                let block = encoder
+                    .compress_vec(chunk)
+                    .map_err(|e| malformed(format!("snappy compression failed: {e}")))?;
+                let len = u32::try_from(block.len())
+                    .map_err(|_| malformed("snappy block exceeds 4 GiB"))?;
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&block);
+            }
+            Ok(out)
+        }
+        Compression::Lz4 => {
+            let mut encoder = lz4::EncoderBuilder::new()
+                .block_size(lz4::BlockSize::Max64KB)
+                .block_mode(lz4::BlockMode::Independent)
+                .block_checksum(lz4_sys::BlockChecksum::NoBlockChecksum)
+                .checksum(lz4::ContentChecksum::NoChecksum)
+                .level(0)
+                .build(Vec::with_capacity(records.len() / 2 + 64))
+                .map_err(|e| failed("lz4", e))?;
+            encoder.write_all(records).map_err(|e| failed("lz4", e))?;
+            let (out, result) = encoder.finish();
+            result.map_err(|e| failed("lz4", e))?;
+            Ok(out)
+        }
+        Compression::Zstd => {
+            zstd::bulk::compress(records, ZSTD_LEVEL).map_err(|e| failed("zstd", e))
+        }
+    }
+}
+
+/// Kafka's default `compression.zstd.level`.
+const ZSTD_LEVEL: i32 = 3;
+/// Uncompressed bytes per xerial snappy block (snappy-java's default block size).
+const SNAPPY_BLOCK_LEN: usize = 32 * 1024;
 
 fn read_bounded(reader: impl Read, codec: &str, max_len: usize) -> Result<Vec<u8>, BatchError> {
     let mut out = Vec::new();
@@ -1290,6 +1419,127 @@ mod tests {
                 r
             })
             .collect()
+    }
+
+    /// The fields a reader sees in each record, for comparing batches across codecs.
+    fn decoded(batch: &[u8]) -> (Compression, Vec<String>) {
+        let mut buf = Bytes::copy_from_slice(batch);
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).expect("decodes");
+        let records = set
+            .records
+            .iter()
+            .map(|r| {
+                format!(
+                    "offset={} ts={} pid={} epoch={} seq={} key={:?} value={:?} headers={:?}",
+                    r.offset,
+                    r.timestamp,
+                    r.producer_id,
+                    r.producer_epoch,
+                    r.sequence,
+                    r.key,
+                    r.value,
+                    r.headers
+                )
+            })
+            .collect();
+        (our_codec(set.compression), records)
+    }
+
+    #[test]
+    fn recompress_rewrites_codec_length_and_crc_and_keeps_everything_else() {
+        for from in ALL_CODECS {
+            let mut original = sample_batch(from).to_vec();
+            // As stored: an assigned base offset and leader epoch (both outside the CRC).
+            set_base_offset(&mut original, 1234);
+            set_partition_leader_epoch(&mut original, 7);
+            let before = BatchHeader::parse(&original).unwrap();
+            let (_, records_before) = decoded(&original);
+            for to in ALL_CODECS.map(our_codec) {
+                let outcome = recompress(&original, to).expect("recompresses");
+                if our_codec(from) == to {
+                    assert_eq!(outcome, None, "{from:?} → {to:?} must stay untouched");
+                    continue;
+                }
+                let rewritten = outcome.unwrap_or_else(|| panic!("{from:?} → {to:?} rewritten"));
+                // A valid batch: framing, CRC-32C over the new bytes, counts, records.
+                let after = validate(&rewritten).expect("valid after recompression");
+                assert_eq!(after.compression(), Ok(to));
+                assert_eq!(
+                    after.crc,
+                    crc32c::crc32c(&rewritten[CRC_COVERS_FROM..]),
+                    "CRC recomputed"
+                );
+                assert_eq!(after.total_len(), rewritten.len());
+                // Every other header field as it was: producer id, epoch and base sequence
+                // (idempotence), timestamps, counts, base offset, leader epoch.
+                let expected = BatchHeader {
+                    batch_length: after.batch_length,
+                    crc: after.crc,
+                    attributes: (before.attributes & !COMPRESSION_MASK) | to.attribute_bits(),
+                    ..before
+                };
+                assert_eq!(after, expected, "{from:?} → {to:?}");
+                assert_eq!(after.producer_id, 4242);
+                assert_eq!(after.producer_epoch, 3);
+                let (codec, records_after) = decoded(&rewritten);
+                assert_eq!(codec, to);
+                assert_eq!(records_after, records_before, "{from:?} → {to:?}");
+                assert_eq!(
+                    record_timestamps(&rewritten),
+                    Ok(expected_timestamps(&sample_records(), 1234))
+                );
+                // LogAppendTime rewrites on top keep it valid.
+                let mut log_append = rewritten.clone();
+                set_log_append_time(&mut log_append, 1_800_000_000_000);
+                assert!(validate(&log_append).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn recompress_shrinks_compressible_data() {
+        let value = vec![b'a'; 64 * 1024];
+        let records: Vec<Record> = (0..4)
+            .map(|i| record(i, 1_700_000_000_000, &value))
+            .collect();
+        let plain = encode(&records, Codec::None);
+        for to in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let rewritten = recompress(&plain, to).unwrap().unwrap();
+            assert!(
+                rewritten.len() * 10 < plain.len(),
+                "{to:?}: {} of {} bytes",
+                rewritten.len(),
+                plain.len()
+            );
+            // More than one xerial snappy block / lz4 block: still one valid batch.
+            assert_eq!(decoded(&rewritten).1.len(), 4);
+        }
+    }
+
+    #[test]
+    fn recompress_refuses_what_does_not_decompress_to_its_records() {
+        let gzip = sample_batch(Codec::Gzip).to_vec();
+        // A compressed section that is not gzip.
+        let garbage = rebuild(&gzip, 1, b"definitely not gzip data");
+        assert!(matches!(
+            recompress(&garbage, Compression::Zstd),
+            Err(BatchError::Malformed(_))
+        ));
+        // Records that do not match the declared count.
+        let mut wrong_count = sample_batch(Codec::None).to_vec();
+        put_i32(&mut wrong_count, 57, 2);
+        put_i32(&mut wrong_count, 23, 1);
+        fix_crc(&mut wrong_count);
+        assert!(recompress(&wrong_count, Compression::Lz4).is_err());
+        // A decompression bomb is stopped at the bound.
+        let big: Vec<Record> = (0..2).map(|i| record(i, 0, &[0u8; 8192])).collect();
+        let zstd = encode(&big, Codec::Zstd);
+        assert!(recompress_bounded(&zstd, Compression::Gzip, 4096).is_err());
     }
 
     proptest! {

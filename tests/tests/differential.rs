@@ -93,6 +93,7 @@ fn differential_against_apache_kafka() -> Result<()> {
         ("offsets", offsets),
         ("describe_and_list_groups", describe_and_list_groups),
         ("describe_configs", describe_configs),
+        ("describe_cluster", describe_cluster),
         ("delete_records", delete_records),
         ("create_partitions", create_partitions),
         ("init_producer_id", init_producer_id),
@@ -421,6 +422,20 @@ fn create_topics(d: &mut Differ) -> Result<()> {
                     .with_num_partitions(1)
                     .with_replication_factor(1),
                 CreatableTopic::default()
+                    .with_name(topic_name(&format!("ct-zstd-{version}")))
+                    .with_num_partitions(1)
+                    .with_replication_factor(1)
+                    .with_configs(vec![CreatableTopicConfig::default()
+                        .with_name(str("compression.type"))
+                        .with_value(Some(str("zstd")))]),
+                CreatableTopic::default()
+                    .with_name(topic_name("ct-bad-codec"))
+                    .with_num_partitions(1)
+                    .with_replication_factor(1)
+                    .with_configs(vec![CreatableTopicConfig::default()
+                        .with_name(str("compression.type"))
+                        .with_value(Some(str("none")))]),
+                CreatableTopic::default()
                     .with_name(topic_name("ct-bad-config"))
                     .with_num_partitions(1)
                     .with_replication_factor(1)
@@ -429,7 +444,7 @@ fn create_topics(d: &mut Differ) -> Result<()> {
                         .with_value(Some(str("1")))]),
             ]);
         d.diff("create_topics: new + invalid", version, |_| request.clone())?;
-        learn_ids(d, &[&fresh])?;
+        learn_ids(d, &[&fresh, &format!("ct-zstd-{version}")])?;
         // The same topic again: TOPIC_ALREADY_EXISTS.
         let again = CreateTopicsRequest::default()
             .with_timeout_ms(10_000)
@@ -544,6 +559,13 @@ fn produce(d: &mut Differ) -> Result<()> {
                 )
             },
         )?;
+        // A zstd batch: UNSUPPORTED_COMPRESSION_TYPE below v7 (KIP-110), stored from v7.
+        let values = [format!("v{version}-zstd")];
+        let values: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+        let zstd = encode_batch(&values, timestamp, Compression::Zstd)?;
+        d.diff("produce: zstd batch", version, |broker| {
+            produce_request(broker, version, "pr-two", &[(1, zstd.clone())])
+        })?;
         if version < 13 {
             // By name; an unknown topic (Produce never auto-creates in Kafka 4).
             let topic = format!("pr-unknown-{version}");
@@ -701,6 +723,8 @@ fn list_offsets(d: &mut Differ) -> Result<()> {
     produce_on_both(d, "lo-two", &[(0, batch("x", 5, BASE_TIMESTAMP)?)])?;
     produce_on_both(d, "lo-two", &[(0, batch("y", 2, BASE_TIMESTAMP + 100)?)])?;
     for version in d.versions::<ListOffsetsRequest>() {
+        // -3 max timestamp (v7+), -4 earliest local (v8+), -5 latest tiered (v9+; no tiered
+        // storage: no offset) at every version: older versions get UNSUPPORTED_VERSION.
         let mut queries: Vec<(i32, i64, i32)> = vec![
             (0, -2, -1),
             (0, -1, -1),
@@ -708,10 +732,11 @@ fn list_offsets(d: &mut Differ) -> Result<()> {
             (0, BASE_TIMESTAMP + 50, -1),
             (0, BASE_TIMESTAMP + 10_000, -1),
             (1, -1, -1),
+            (0, -3, -1),
+            (0, -4, -1),
+            (0, -5, -1),
+            (1, -5, -1),
         ];
-        if version >= 7 {
-            queries.push((0, -3, -1));
-        }
         if version >= 4 {
             queries.push((0, -1, 0));
         }
@@ -1195,6 +1220,32 @@ fn describe_configs(d: &mut Differ) -> Result<()> {
         d.diff("describe_configs: unknown topic", version, |_| {
             DescribeConfigsRequest::default().with_resources(vec![resource("dc-unknown", None)])
         })?;
+    }
+    Ok(())
+}
+
+/// DescribeCluster at every version: brokers (v1+: the endpoint type asked for), controllers
+/// (v1+: MISMATCHED_ENDPOINT_TYPE on a broker listener, also on Kafka's combined node), unknown
+/// endpoint types (UNSUPPORTED_ENDPOINT_TYPE), v2 with fenced brokers included.
+fn describe_cluster(d: &mut Differ) -> Result<()> {
+    for version in d.versions::<DescribeClusterRequest>() {
+        let endpoint_types: &[i8] = if version >= 1 { &[1, 2, 3, 0] } else { &[1] };
+        for endpoint_type in endpoint_types {
+            for include_fenced in [false, version >= 2] {
+                d.diff(
+                    &format!(
+                        "describe_cluster: endpoint type {endpoint_type}, fenced {include_fenced}"
+                    ),
+                    version,
+                    |_| {
+                        DescribeClusterRequest::default()
+                            .with_include_cluster_authorized_operations(false)
+                            .with_endpoint_type(*endpoint_type)
+                            .with_include_fenced_brokers(include_fenced)
+                    },
+                )?;
+            }
+        }
     }
     Ok(())
 }

@@ -582,3 +582,125 @@ async fn ops_endpoints_over_http() -> Result<()> {
     }
     Ok(())
 }
+
+/// The `offset` of every event in a native answer.
+fn offsets_of(response: &HttpResponse) -> Result<Vec<i64>> {
+    let value: Value = serde_json::from_slice(&response.body)
+        .with_context(|| format!("answer is not JSON: {}", response.text()))?;
+    let mut out = Vec::new();
+    let mut stack = vec![&value];
+    while let Some(item) = stack.pop() {
+        match item {
+            Value::Object(map) => {
+                if let Some(offset) = map.get("offset").and_then(Value::as_i64) {
+                    out.push(offset);
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// `Idempotency-Key` holds where the records are (S3 WAL, the object store's WAL PUT held at the
+/// proxy): a request answered 503 because its append was not durable in time, retried with the
+/// same key while that append is still pending, is written once and the retry gets its offset; a
+/// retry sent while the first request is still running waits for it and gets the same answer; and
+/// after a SIGKILL a new broker on an **empty data dir** (the key store gone with it) still
+/// recognises a retry from the records' producer state in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_live_with_their_records() -> Result<()> {
+    use sluice_tests::fault_proxy::RequestMatch;
+    use sluice_tests::s3::S3Server;
+    const CLUSTER: &str = "idem-records";
+    let s3 = S3Server::start()?;
+    let options = || {
+        SluiceOptions::default()
+            .s3(&s3, "idem")
+            .object_wal()
+            .arg("--cluster-id", CLUSTER)
+            .arg("--http-ack-timeout-ms", 1500)
+            // The held PUT must not be given up meanwhile.
+            .arg("--wal-put-give-up-ms", 120_000)
+    };
+    let mut sluice = SluiceProcess::start(options())?;
+    clients::create_topic(&sluice.bootstrap(), "idem", 1, &[]).await?;
+    let addr = http_addr(&sluice)?;
+    let send = |addr: String, key: &'static str, body: &'static str| async move {
+        http(
+            &addr,
+            "POST",
+            "/ingest/v1/idem",
+            &[
+                ("content-type", "application/x-ndjson"),
+                ("idempotency-key", key),
+            ],
+            Body::Full(Bytes::from(body)),
+        )
+        .await
+    };
+    let wal_puts = || RequestMatch::put(&format!("idem/{CLUSTER}/wal/"));
+
+    // 1. Answered 503 (not durable within 1.5 s), then retried while the append is pending.
+    let held = s3.faults().hold_body(wal_puts());
+    let first = send(addr.clone(), "k-503", "{\"n\":1}\n").await?;
+    assert_eq!(first.status, 503, "{}", first.text());
+    let retry = tokio::spawn(send(addr.clone(), "k-503", "{\"n\":1}\n"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !retry.is_finished(),
+        "the retry did not wait for the pending append"
+    );
+    drop(held);
+    let retry = retry.await??;
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(offsets_of(&retry)?, vec![0]);
+
+    // 2. A retry while the first request still runs waits for it: the same answer.
+    let held = s3.faults().hold_body(wal_puts());
+    let one = tokio::spawn(send(addr.clone(), "k-pending", "{\"n\":2}\n"));
+    tokio::time::timeout(Duration::from_secs(10), held.arrived()).await?;
+    let two = tokio::spawn(send(addr.clone(), "k-pending", "{\"n\":2}\n"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(held);
+    let (one, two) = (one.await??, two.await??);
+    assert_eq!(one.status, 200, "{}", one.text());
+    assert_eq!(two.status, 200, "{}", two.text());
+    assert_eq!(offsets_of(&one)?, vec![1]);
+    assert_eq!(offsets_of(&two)?, vec![1]);
+
+    // 3. SIGKILL, then a new broker on an empty data dir: the key store is gone, the records'
+    // producer state is in the bucket.
+    let third = send(addr.clone(), "k-crash", "{\"n\":3}\n{\"n\":4}\n").await?;
+    assert_eq!(offsets_of(&third)?, vec![2, 3]);
+    sluice.kill9()?;
+    let fresh = SluiceProcess::start(options())?;
+    let again = send(http_addr(&fresh)?, "k-crash", "{\"n\":3}\n{\"n\":4}\n").await?;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(offsets_of(&again)?, vec![2, 3], "the original offsets");
+
+    let bootstrap = fresh.bootstrap();
+    let messages = tokio::task::spawn_blocking(move || {
+        clients::consume_from_beginning(&bootstrap, "idem", 1, 4, Duration::from_secs(30))
+    })
+    .await??;
+    let values: Vec<String> = messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string())
+        .collect();
+    assert_eq!(values.len(), 4, "{values:?}");
+    for (n, value) in values.iter().enumerate() {
+        let parsed: Value = serde_json::from_str(value)?;
+        assert_eq!(parsed, json!({ "n": n + 1 }), "offset {n}");
+    }
+    let (_, high) = tokio::task::spawn_blocking({
+        let bootstrap = fresh.bootstrap();
+        move || clients::watermarks(&bootstrap, "idem", 0)
+    })
+    .await??;
+    assert_eq!(high, 4, "every event exactly once");
+    Ok(())
+}

@@ -16,7 +16,10 @@ use kafka_protocol::protocol::StrBytes;
 use metadata::{Command, CommandResponse};
 
 use super::admin::{SOURCE_DEFAULT, SOURCE_DYNAMIC_TOPIC};
-use crate::configs::{effective, topic_config_def, validate_topic_configs, TOPIC_CONFIGS};
+use crate::configs::{
+    effective, is_ignored_topic_config, topic_config_def, validate_topic_configs, without_ignored,
+    TOPIC_CONFIGS,
+};
 use crate::errors::{rejection_code, ErrorCode};
 use crate::Broker;
 
@@ -153,7 +156,8 @@ async fn apply_topic_configs(
         ErrorCode::UnknownTopicOrPartition,
         format!("unknown topic '{topic_name}'"),
     ))?;
-    let configs = change(&topic.configs).map_err(|m| (ErrorCode::InvalidConfig, m))?;
+    let configs =
+        without_ignored(change(&topic.configs).map_err(|m| (ErrorCode::InvalidConfig, m))?);
     validate_topic_configs(&configs).map_err(|m| (ErrorCode::InvalidConfig, m))?;
     if validate_only {
         return Ok(());
@@ -279,6 +283,9 @@ fn apply_ops(
 ) -> Result<BTreeMap<String, String>, String> {
     let mut configs = current.clone();
     for (name, op, value) in ops {
+        if is_ignored_topic_config(name) {
+            continue;
+        }
         let def = topic_config_def(name).ok_or_else(|| format!("unknown topic config '{name}'"))?;
         match *op {
             OP_SET => {

@@ -110,6 +110,7 @@ pub(super) async fn join_group(
     broker: &Broker,
     version: i16,
     client_id: &str,
+    client_host: &str,
     request: JoinGroupRequest,
 ) -> JoinGroupResponse {
     let group_id = request.group_id.0.to_string();
@@ -121,7 +122,7 @@ pub(super) async fn join_group(
             member_id: member_id.clone(),
             group_instance_id: request.group_instance_id.map(|id| id.to_string()),
             client_id: client_id.to_owned(),
-            client_host: String::new(),
+            client_host: client_host.to_owned(),
             session_timeout: millis(request.session_timeout_ms),
             // v0 has no rebalance timeout: Kafka uses the session timeout.
             rebalance_timeout: if version >= 1 && request.rebalance_timeout_ms > 0 {

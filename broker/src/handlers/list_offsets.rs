@@ -22,6 +22,17 @@ const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
 
+/// The first ListOffsets version that may ask for `timestamp`; Kafka answers an older request
+/// for it UNSUPPORTED_VERSION in that partition.
+fn first_version_for(timestamp: i64) -> i16 {
+    match timestamp {
+        MAX_TIMESTAMP => 7,
+        EARLIEST_LOCAL => 8,
+        LATEST_TIERED => 9,
+        _ => 0,
+    }
+}
+
 pub(super) async fn handle(
     broker: &Broker,
     version: i16,
@@ -60,6 +71,10 @@ pub(super) async fn handle(
                 partitions.push(response.with_error_code(ErrorCode::UnknownLeaderEpoch.code()));
                 continue;
             }
+            if version < first_version_for(p.timestamp) {
+                partitions.push(response.with_error_code(ErrorCode::UnsupportedVersion.code()));
+                continue;
+            }
             let response = if version >= 4 {
                 response.with_leader_epoch(epoch)
             } else {
@@ -91,7 +106,9 @@ async fn lookup(
     let offsets = store.offsets(tp).map_err(|e| storage_error_code(&e))?;
     match timestamp {
         // With no transactions, the last stable offset equals the high watermark.
-        LATEST | LATEST_TIERED => Ok((offsets.high_watermark, -1)),
+        LATEST => Ok((offsets.high_watermark, -1)),
+        // Nothing is in tiered storage (Kafka's remote log): Kafka answers "no offset" without it.
+        LATEST_TIERED => Ok((-1, -1)),
         EARLIEST | EARLIEST_LOCAL => Ok((offsets.log_start_offset, -1)),
         MAX_TIMESTAMP => match store.max_timestamp(tp).await {
             // The store answers (timestamp, offset), the reverse of `offset_for_timestamp`.

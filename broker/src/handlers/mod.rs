@@ -29,6 +29,8 @@ pub(crate) async fn handle(
     version: i16,
     correlation_id: i32,
     client_id: &str,
+    // The peer as Kafka prints it ("/127.0.0.1"), empty when unknown.
+    client_host: &str,
     body: Option<Box<RequestKind>>,
     // Dropped when this returns, unless a Produce tells it earlier (see `dispatch::handle_frame_ordered`).
     placed: tokio::sync::oneshot::Sender<()>,
@@ -88,7 +90,7 @@ pub(crate) async fn handle(
             answer!(groups::find_coordinator(broker, version, r).await)
         }
         RequestKind::JoinGroup(r) => {
-            answer!(groups::join_group(broker, version, client_id, r).await)
+            answer!(groups::join_group(broker, version, client_id, client_host, r).await)
         }
         RequestKind::SyncGroup(r) => answer!(groups::sync_group(broker, version, r).await),
         RequestKind::Heartbeat(r) => answer!(groups::heartbeat(broker, version, r).await),

@@ -2,6 +2,10 @@
 //!
 //! All partitions of a request are appended concurrently, so the WAL group-commits them together.
 //! `acks=1` and `acks=-1` both mean "durable in the WAL"; `acks=0` does the same work without answer.
+//!
+//! A topic whose `compression.type` is a codec gets every batch in another codec recompressed to
+//! it before it is placed, once per batch, on a blocking thread (not the reactor), as Kafka does;
+//! `max.message.bytes` is checked before and after, as Kafka does.
 
 use std::future::IntoFuture;
 use std::time::Duration;
@@ -17,7 +21,7 @@ use kafka_protocol::protocol::StrBytes;
 use storage::batch;
 
 use super::topics::{partition_of, resolve};
-use crate::configs::{max_message_bytes, timestamp_type};
+use crate::configs::{compression_type, max_message_bytes, timestamp_type};
 use crate::errors::{batch_error_code, storage_error_code, ErrorCode};
 use crate::Broker;
 
@@ -69,7 +73,7 @@ pub(super) async fn handle(
                     (None, Some((topic, tp))) => {
                         match super::ownership::check_owned(broker, &state, tp) {
                             Err(leader) => Pending::Done(not_leader_response(index, leader)),
-                            Ok(()) => place_partition(broker, topic, tp, data).await,
+                            Ok(()) => place_partition(broker, version, topic, tp, data).await,
                         }
                     }
                 };
@@ -242,10 +246,44 @@ fn error_response(index: i32, code: ErrorCode, message: String) -> PartitionProd
         .with_error_message(Some(StrBytes::from_string(message)))
 }
 
+/// Recompresses one partition's validated batches to the topic's codec on a blocking thread
+/// (a batch already in it is kept as it is); fails as a whole on the first batch that does not
+/// decompress or grows past `max_bytes`.
+async fn recompress_all(
+    batches: Vec<(batch::BatchHeader, Bytes)>,
+    codec: batch::Compression,
+    max_bytes: usize,
+) -> Result<Vec<bytes::BytesMut>, (ErrorCode, String)> {
+    let work = move || {
+        batches
+            .into_iter()
+            .map(|(_, bytes)| match batch::recompress(&bytes, codec) {
+                Ok(None) => Ok(bytes::BytesMut::from(bytes)),
+                Ok(Some(rewritten)) if rewritten.len() > max_bytes => Err((
+                    ErrorCode::MessageTooLarge,
+                    format!(
+                        "batch recompressed to {codec:?} is {} bytes, over max.message.bytes={max_bytes}",
+                        rewritten.len()
+                    ),
+                )),
+                Ok(Some(rewritten)) => Ok(bytes::BytesMut::from(Bytes::from(rewritten))),
+                Err(error) => Err((batch_error_code(&error), error.to_string())),
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err((
+            ErrorCode::UnknownServerError,
+            format!("recompression task failed: {e}"),
+        ))
+    })
+}
+
 /// Validates every batch of one partition first (nothing is placed if any is bad), then places them
 /// in order.
 async fn place_partition(
     broker: &Broker,
+    version: i16,
     topic: &metadata::TopicMeta,
     tp: metadata::TopicPartition,
     data: PartitionProduceData,
@@ -272,6 +310,12 @@ async fn place_partition(
                     bytes.len()
                 ),
             ))
+        } else if version < 7 && header.compression() == Ok(batch::Compression::Zstd) {
+            // As Kafka: zstd batches need Produce v7+ (KIP-110), whatever the topic's codec.
+            Some((
+                ErrorCode::UnsupportedCompressionType,
+                "zstd-compressed batches need Produce v7 or later".into(),
+            ))
         } else if header.is_control() {
             Some((
                 ErrorCode::InvalidRecord,
@@ -289,10 +333,19 @@ async fn place_partition(
             return Pending::Done(error_response(index, code, message));
         }
     }
+    let batches = match compression_type(&topic.configs) {
+        None => batches
+            .into_iter()
+            .map(|(_, bytes)| bytes::BytesMut::from(bytes))
+            .collect(),
+        Some(codec) => match recompress_all(batches, codec, max_bytes).await {
+            Ok(batches) => batches,
+            Err((code, message)) => return Pending::Done(error_response(index, code, message)),
+        },
+    };
     let timestamp_type = timestamp_type(&topic.configs);
     let mut tickets = Vec::with_capacity(batches.len());
-    for (_, bytes) in batches {
-        let batch = bytes::BytesMut::from(bytes);
+    for batch in batches {
         tickets.push(broker.store.submit_append(tp, batch, timestamp_type).await);
     }
     Pending::Placed {

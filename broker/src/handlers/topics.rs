@@ -6,7 +6,7 @@ use std::sync::Arc;
 use metadata::{Command, CommandResponse, MetadataState, TopicMeta, TopicPartition};
 use uuid::Uuid;
 
-use crate::configs::{validate_topic_configs, validate_topic_name};
+use crate::configs::{validate_topic_configs, validate_topic_name, without_ignored};
 use crate::errors::{rejection_code, ErrorCode};
 use crate::handlers::now_ms;
 use crate::Broker;
@@ -68,6 +68,7 @@ pub(crate) async fn create_topic(
             ),
         ));
     }
+    let configs = without_ignored(configs);
     validate_topic_configs(&configs).map_err(|m| TopicError::new(ErrorCode::InvalidConfig, m))?;
     let state = broker.meta.state();
     if let Some(existing) = state.topic_by_name(name) {
