@@ -169,7 +169,7 @@ impl ConnectionState {
     async fn idle_expired(&self, max_idle: Duration) {
         loop {
             let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
-            let deadline = self.opened + last + max_idle;
+            let deadline = after(self.opened, last.saturating_add(max_idle));
             if self.busy.load(Ordering::Relaxed) > 0 {
                 // Finishing the request touches the connection: look again a whole period later.
                 tokio::time::sleep(max_idle).await;
@@ -287,6 +287,12 @@ async fn write_responses(
     result
 }
 
+/// `from + wait`, or about 30 years on when that overflows (a huge configured limit).
+fn after(from: Instant, wait: Duration) -> Instant {
+    from.checked_add(wait)
+        .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 86_400))
+}
+
 /// Reads until `buf` is full; `Ok(false)` when the bound passed or the connection is closing.
 async fn read_within(
     reader: &mut tokio::net::tcp::OwnedReadHalf,
@@ -344,7 +350,7 @@ async fn read_requests(
         match read_within(
             reader,
             &mut prefix[first..],
-            Instant::now() + read_timeout,
+            after(Instant::now(), read_timeout),
             closing,
         )
         .await
@@ -367,7 +373,14 @@ async fn read_requests(
         };
         report_inflight(broker);
         let mut payload = BytesMut::zeroed(len);
-        match read_within(reader, &mut payload, Instant::now() + read_timeout, closing).await {
+        match read_within(
+            reader,
+            &mut payload,
+            after(Instant::now(), read_timeout),
+            closing,
+        )
+        .await
+        {
             Ok(true) => {}
             Ok(false) if closing.is_cancelled() => return Ok(()),
             Ok(false) => return stalled(&format!("request body ({len} bytes announced)")),
