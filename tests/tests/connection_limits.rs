@@ -272,7 +272,7 @@ async fn max_connections_stops_accepting_until_a_connection_closes() -> Result<(
         // Bounded: the producer holds at least one of the LIMIT slots.
         for _ in 0..LIMIT {
             let mut connection = RawConnection::connect(&addr)?;
-            match api_versions_answered(&mut connection, Duration::from_secs(2))? {
+            match api_versions_answered(&mut connection, Duration::from_secs(4))? {
                 Some(true) => served.push(connection),
                 Some(false) => bail!("a connection beyond max.connections was closed"),
                 None => return Ok((served, connection)),
