@@ -386,13 +386,20 @@ async fn read_requests(
             Ok(false) => return stalled(&format!("request body ({len} bytes announced)")),
             Err(e) => return Err(format!("truncated request ({len} bytes announced): {e}")),
         }
-        state.touch();
         let payload: Bytes = payload.freeze();
+        // Reserve the response slot first so answers keep request order. Waiting for one means
+        // waiting for the writer, i.e. for the client to read: idle time if it never does.
+        drop(busy);
+        let slot = tokio::select! {
+            () = closing.cancelled() => return Ok(()),
+            slot = queue.reserve() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return Ok(()),
+            },
+        };
+        let busy = BusyGuard::enter(state);
         let (answer_tx, answer_rx) = oneshot::channel();
-        // Reserve the response slot first so answers keep request order.
-        if queue.send(answer_rx).await.is_err() {
-            return Ok(());
-        }
+        slot.send(answer_rx);
         let (placed_tx, placed_rx) = oneshot::channel();
         let (charged_tx, charged_rx) = oneshot::channel::<()>();
         let task_broker = Arc::clone(broker);

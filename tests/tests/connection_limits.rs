@@ -498,3 +498,69 @@ async fn a_request_announced_and_never_completed_is_closed_and_its_bytes_freed()
     steady.finish(10).await?;
     Ok(())
 }
+
+/// Requests the client that never reads pipelines: their responses (~400 bytes each) are more
+/// than the loopback socket buffers hold, so the broker's writer stalls.
+const UNREAD_REQUESTS: usize = 40_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_responses_are_never_read_is_closed_as_idle() -> Result<()> {
+    const IDLE: Duration = Duration::from_millis(1000);
+    let broker = SluiceProcess::start(
+        SluiceOptions::default().arg("--connections-max-idle-ms", IDLE.as_millis()),
+    )?;
+    let bootstrap = broker.bootstrap();
+    let steady = SteadyProducer::start(&bootstrap, "steady").await?;
+    let idle_closes = |broker: &SluiceProcess| -> Result<f64> {
+        Ok(metric(
+            broker,
+            "broker_connections_closed_by_limit_total",
+            Some("connections_max_idle"),
+        )?
+        .unwrap_or(0.0))
+    };
+    let before = idle_closes(&broker)?;
+
+    let addr = bootstrap.clone();
+    let mut unread = tokio::task::spawn_blocking(move || -> Result<RawConnection> {
+        let mut connection = RawConnection::connect(&addr)?;
+        let mut frames = Vec::new();
+        for _ in 0..UNREAD_REQUESTS {
+            let (_, body) = connection.encode_request(&ApiVersionsRequest::default(), 0)?;
+            frames.extend_from_slice(&(body.len() as i32).to_be_bytes());
+            frames.extend_from_slice(&body);
+        }
+        connection.send_raw(&frames)?;
+        Ok(connection)
+    })
+    .await??;
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while idle_closes(&broker)? <= before {
+        ensure!(
+            Instant::now() < deadline,
+            "a connection whose responses are never read was not closed as idle"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What the broker had written is still readable, then the connection ends.
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for read in 0..=UNREAD_REQUESTS {
+            match unread.read_frame(Duration::from_secs(10))? {
+                FrameRead::Frame(_) => {}
+                FrameRead::Closed => {
+                    ensure!(
+                        read < UNREAD_REQUESTS,
+                        "every response was written: the writer never stalled"
+                    );
+                    return Ok(());
+                }
+                FrameRead::TimedOut => bail!("connection still open after {read} responses"),
+            }
+        }
+        bail!("more responses than requests")
+    })
+    .await??;
+    steady.finish(10).await?;
+    Ok(())
+}
