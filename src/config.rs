@@ -119,6 +119,10 @@ pub(crate) struct ServeArgs {
     /// Grace period before unreferenced objects are deleted (milliseconds).
     #[arg(long, env = "SLUICE_GC_GRACE_MS")]
     pub(crate) gc_grace_ms: Option<u64>,
+    /// `producer.id.expiration.ms`: an idempotent producer (and an HTTP `Idempotency-Key`'s
+    /// records) not written for this long is forgotten (milliseconds).
+    #[arg(long, env = "SLUICE_PRODUCER_ID_EXPIRATION_MS")]
+    pub(crate) producer_id_expiration_ms: Option<u64>,
     /// HTTP ingest listener address (port 0 picks a free port).
     #[arg(long, env = "SLUICE_HTTP_LISTENER")]
     pub(crate) http_listener: Option<String>,
@@ -186,6 +190,7 @@ struct FileConfig {
     tail_cache_bytes: Option<usize>,
     housekeeping_ms: Option<u64>,
     gc_grace_ms: Option<u64>,
+    producer_id_expiration_ms: Option<u64>,
     http_listener: Option<String>,
     http_max_body_bytes: Option<usize>,
     idempotency_ttl_ms: Option<u64>,
@@ -279,6 +284,7 @@ pub(crate) struct ServeConfig {
     pub(crate) tail_cache_bytes: usize,
     pub(crate) housekeeping_ms: u64,
     pub(crate) gc_grace_ms: u64,
+    pub(crate) producer_id_expiration_ms: u64,
     pub(crate) http_listener: String,
     pub(crate) http_max_body_bytes: usize,
     pub(crate) idempotency_ttl_ms: u64,
@@ -394,6 +400,10 @@ impl ServeConfig {
                 .or(file.housekeeping_ms)
                 .unwrap_or(5_000),
             gc_grace_ms: args.gc_grace_ms.or(file.gc_grace_ms).unwrap_or(60_000),
+            producer_id_expiration_ms: args
+                .producer_id_expiration_ms
+                .or(file.producer_id_expiration_ms)
+                .unwrap_or(24 * 3600 * 1000),
             http_listener: args
                 .http_listener
                 .or(file.http_listener)

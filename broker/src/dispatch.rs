@@ -299,3 +299,20 @@ fn unsupported_version(api_key: i16, correlation_id: i32) -> Bytes {
     out.put_i16(ErrorCode::UnsupportedVersion.code());
     out.freeze()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_host_is_printed_as_kafka_prints_it() {
+        assert_eq!(client_host("127.0.0.1".parse().unwrap()), "/127.0.0.1");
+        // Java prints IPv6 without zero compression, and an IPv4-mapped address as IPv4.
+        assert_eq!(client_host("::1".parse().unwrap()), "/0:0:0:0:0:0:0:1");
+        assert_eq!(
+            client_host("fe80::1:ab".parse().unwrap()),
+            "/fe80:0:0:0:0:0:1:ab"
+        );
+        assert_eq!(client_host("::ffff:10.0.0.7".parse().unwrap()), "/10.0.0.7");
+    }
+}

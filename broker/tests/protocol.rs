@@ -1941,3 +1941,61 @@ async fn describe_configs_v0_from_sarama_admin_is_answered_in_the_v0_layout() {
     want.put_i32(0);
     assert_eq!(answer, want.freeze());
 }
+
+/// A LogAppendTime topic with a codec: the recompressed batch gets the broker's time and a CRC
+/// that covers both rewrites.
+#[tokio::test]
+async fn log_append_time_and_recompression_together() {
+    let h = harness().await;
+    let config = |name: &str, value: &str| {
+        create_topics_request::CreatableTopicConfig::default()
+            .with_name(text(name))
+            .with_value(Some(text(value)))
+    };
+    let request = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+        .with_name(topic_name("lat-zstd"))
+        .with_num_partitions(1)
+        .with_replication_factor(1)
+        .with_configs(vec![
+            config("compression.type", "zstd"),
+            config("message.timestamp.type", "LogAppendTime"),
+        ])]);
+    let ResponseKind::CreateTopics(r) = h.call(ApiKey::CreateTopics, 7, &request).await else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    let id = r.topics[0].topic_id;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let batch = codec_batch(&["a", "b"], Compression::Gzip, -1, 0);
+    assert_eq!(produce_one(&h, "lat-zstd", id, batch).await, (0, 0));
+    let ResponseKind::Fetch(r) = h
+        .call(ApiKey::Fetch, 12, &fetch_request(12, "lat-zstd", id, 0, 0))
+        .await
+    else {
+        panic!()
+    };
+    let stored = r.responses[0].partitions[0].records.clone().unwrap();
+    let header = storage::batch::validate(&stored).expect("valid: one CRC over both rewrites");
+    assert_eq!(header.attributes & 0x07, 4, "zstd");
+    assert_ne!(header.attributes & 0x08, 0, "LogAppendTime bit");
+    assert!(
+        header.max_timestamp >= before,
+        "broker time {}",
+        header.max_timestamp
+    );
+    // As consumers read LogAppendTime batches: every record at the batch's max timestamp.
+    assert_eq!(
+        storage::batch::record_timestamps(&stored),
+        Ok(vec![(0, header.max_timestamp), (1, header.max_timestamp)])
+    );
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut stored.clone()).unwrap();
+    let values: Vec<_> = set
+        .records
+        .iter()
+        .map(|r| r.value.clone().unwrap())
+        .collect();
+    assert_eq!(values, vec!["a".repeat(50), "b".repeat(50)]);
+}

@@ -1551,6 +1551,7 @@ mod tests {
             let _ = split_and_validate(&bytes);
             let _ = validate(&bytes);
             let _ = record_timestamps(&bytes);
+            let _ = recompress(&bytes, Compression::Zstd);
         }
 
         /// Random bytes behind a plausible header, CRC fixed up, so that the record walker and the
@@ -1568,6 +1569,8 @@ mod tests {
             fix_crc(&mut batch);
             let _ = split_and_validate(&Bytes::from(batch.clone()));
             let _ = record_timestamps(&batch);
+            let _ = recompress(&batch, Compression::Lz4);
+            let _ = recompress(&batch, Compression::None);
         }
 
         #[test]
@@ -1586,12 +1589,14 @@ mod tests {
             }
             let _ = split_and_validate(&Bytes::from(batch.clone()));
             let _ = record_timestamps(&batch);
+            let _ = recompress(&batch, Compression::Gzip);
         }
 
         #[test]
         fn encoded_records_round_trip(
             specs in prop::collection::vec(record_spec(), 1..30),
             codec in codec_strategy(),
+            target in codec_strategy(),
             base_offset in 0i64..(1 << 50),
         ) {
             let records = build_records(&specs);
@@ -1605,6 +1610,16 @@ mod tests {
             set_base_offset(&mut batch, base_offset);
             prop_assert_eq!(
                 record_timestamps(&batch),
+                Ok(expected_timestamps(&records, base_offset))
+            );
+            // Recompressed to any codec: valid, in that codec, the same records.
+            let recompressed = recompress(&batch, our_codec(target))
+                .expect("recompresses")
+                .unwrap_or(batch);
+            let header = validate(&recompressed).expect("valid after recompression");
+            prop_assert_eq!(header.compression(), Ok(our_codec(target)));
+            prop_assert_eq!(
+                record_timestamps(&recompressed),
                 Ok(expected_timestamps(&records, base_offset))
             );
         }

@@ -118,11 +118,27 @@ async fn sweep_wal_lanes(inner: &Inner) -> Result<usize> {
 }
 
 async fn pass(inner: &Inner) {
+    expire_producers(inner);
     if let Err(err) = apply_retention(inner).await {
         tracing::warn!(error = %err, "retention pass failed");
     }
     if let Err(err) = collect_garbage(inner).await {
         tracing::warn!(error = %err, "object GC pass failed");
+    }
+}
+
+/// Forgets idempotent producers not heard from for `producer_id_expiration` (bounds the tables:
+/// every `Idempotency-Key` of HTTP ingest is a producer of its own).
+fn expire_producers(inner: &Inner) {
+    let cutoff = crate::now_ms().saturating_sub(
+        i64::try_from(inner.opts.producer_id_expiration.as_millis()).unwrap_or(i64::MAX),
+    );
+    let mut expired = 0;
+    for part in inner.loaded_partitions() {
+        expired += part.state().producers.expire(cutoff);
+    }
+    if expired > 0 {
+        tracing::debug!(expired, "idempotent producers expired");
     }
 }
 

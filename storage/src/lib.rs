@@ -158,6 +158,9 @@ pub struct StorageOptions {
     pub housekeeping_interval: Duration,
     /// Objects removed from the index are deleted from the store only after this grace period.
     pub gc_grace: Duration,
+    /// Kafka's `producer.id.expiration.ms`: an idempotent producer not heard from for this long is
+    /// forgotten (its next batch is taken as a new producer's).
+    pub producer_id_expiration: Duration,
 }
 
 impl StorageOptions {
@@ -179,6 +182,7 @@ impl StorageOptions {
             block_cache: block_cache::BlockCacheOptions::default(),
             housekeeping_interval: Duration::from_secs(5),
             gc_grace: Duration::from_secs(60),
+            producer_id_expiration: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -54,6 +54,10 @@ struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<ProducerBatchRecord>,
     last_timestamp: i64,
+    /// Broker wall clock of its last write (or of the restore that loaded it): what expiry counts
+    /// from. Not the batches' own timestamps, which clients (and HTTP events) may set to any
+    /// time in the past.
+    last_write_ms: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,6 +83,8 @@ fn next_sequence(last: i32) -> i32 {
 
 impl ProducerTable {
     pub(crate) fn from_snapshot(snapshot: &PartitionProducers) -> Self {
+        // Restored producers get a full expiration period from now.
+        let now = crate::now_ms();
         let producers = snapshot
             .producers
             .iter()
@@ -96,6 +102,7 @@ impl ProducerTable {
                             .copied()
                             .collect(),
                         last_timestamp: p.last_timestamp,
+                        last_write_ms: now,
                     },
                 )
             })
@@ -177,6 +184,22 @@ impl ProducerTable {
             entry.batches.pop_front();
         }
         entry.last_timestamp = entry.last_timestamp.max(header.max_timestamp);
+        entry.last_write_ms = crate::now_ms();
+    }
+
+    /// Forgets producers whose last write is older than `cutoff_ms` (Kafka's
+    /// `producer.id.expiration.ms`): a later batch of one is accepted as from a new producer.
+    /// Returns how many were forgotten.
+    pub(crate) fn expire(&mut self, cutoff_ms: i64) -> usize {
+        let before = self.producers.len();
+        self.producers
+            .retain(|_, entry| entry.last_write_ms >= cutoff_ms);
+        before - self.producers.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.producers.len()
     }
 
     /// The table as a metadata snapshot valid at `as_of_offset`, bounded to the most recently
@@ -208,6 +231,30 @@ impl ProducerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn producers_expire_by_their_last_write_not_their_batch_timestamps() {
+        let mut table = ProducerTable::default();
+        // Batch timestamps far in the past (5 ms after the epoch) do not expire a producer.
+        table.record(&header(1, 0, 0, 1), 0);
+        table.record(&header(2, 0, 0, 1), 1);
+        let now = crate::now_ms();
+        assert_eq!(table.expire(now - 60_000), 0);
+        assert_eq!(table.len(), 2);
+        // Producer 2 writes again; a cutoff between the two writes forgets producer 1 only.
+        if let Some(entry) = table.producers.get_mut(&1) {
+            entry.last_write_ms = now - 120_000;
+        }
+        table.record(&header(2, 0, 1, 1), 2);
+        assert_eq!(table.expire(now - 60_000), 1);
+        assert_eq!(table.len(), 1);
+        // A forgotten producer is new again: any sequence is accepted.
+        assert_eq!(table.check(&header(1, 0, 7, 1)), Ok(SequenceCheck::Append));
+        assert!(matches!(
+            table.check(&header(2, 0, 1, 1)),
+            Ok(SequenceCheck::Duplicate(_))
+        ));
+    }
 
     fn header(producer_id: i64, epoch: i16, base_sequence: i32, records: i32) -> BatchHeader {
         BatchHeader {

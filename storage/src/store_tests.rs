@@ -1051,3 +1051,37 @@ async fn gc_deletes_only_objects_whose_removal_is_in_the_bucket_log() {
     .await;
     h.stop().await;
 }
+
+/// Housekeeping forgets a producer not heard from for `producer_id_expiration` (Kafka's
+/// `producer.id.expiration.ms`): its next batch is taken as a new producer's, where before the
+/// expiry the same batch is out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_producers_expire() {
+    let h = Harness::start(|opts| {
+        opts.producer_id_expiration = Duration::from_millis(300);
+    })
+    .await;
+    let topic = h.create_topic("expire", 1).await;
+    let p = TopicPartition {
+        topic_id: topic,
+        partition: 0,
+    };
+    assert_eq!(append_one(&h, p, &sequenced(9, 0, 0, 1)).await.unwrap(), 0);
+    assert!(matches!(
+        append_one(&h, p, &sequenced(9, 0, 5, 1)).await,
+        Err(crate::Error::OutOfOrderSequence { .. })
+    ));
+    crate::test_support::wait_until(
+        Duration::from_secs(20),
+        "the producer to expire",
+        || async {
+            h.store
+                .inner
+                .loaded_partition(p)
+                .is_some_and(|part| part.state().producers.len() == 0)
+        },
+    )
+    .await;
+    assert_eq!(append_one(&h, p, &sequenced(9, 0, 5, 1)).await.unwrap(), 1);
+    h.stop().await;
+}
