@@ -4,7 +4,7 @@
 //! ([`versions`]), the old request versions kafka-protocol has no schema for (`legacy`), the Kafka
 //! error-code mapping ([`errors`]), topic config definitions ([`configs`]),
 //! one handler module per API under `handlers/`, the group coordinator ([`groups`]), and the TCP server with per-connection pipelining and
-//! a global in-flight request-bytes budget ([`server`]).
+//! a global in-flight byte budget for requests and unwritten responses and Kafka's connection limits ([`server`]).
 //!
 //! Protocol code is I/O-free: [`dispatch::handle_frame`] turns request bytes into response bytes, so it
 //! is testable and fuzzable without sockets. Sockets live only in [`server`].
