@@ -88,6 +88,22 @@ pub(crate) struct ServeArgs {
     /// `socket.request.max.bytes`.
     #[arg(long, env = "SLUICE_MAX_REQUEST_BYTES")]
     pub(crate) max_request_bytes: Option<usize>,
+    /// `max.connections`: open Kafka connections; at the limit the listener stops accepting until
+    /// one closes (new connections wait in the kernel backlog), as Kafka does.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS")]
+    pub(crate) max_connections: Option<usize>,
+    /// `max.connections.per.ip`: a Kafka connection from an address that already has this many
+    /// is closed right after accept.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS_PER_IP")]
+    pub(crate) max_connections_per_ip: Option<usize>,
+    /// `connections.max.idle.ms`: a Kafka connection with no request in progress and no traffic
+    /// for this long is closed.
+    #[arg(long, env = "SLUICE_CONNECTIONS_MAX_IDLE_MS")]
+    pub(crate) connections_max_idle_ms: Option<u64>,
+    /// A Kafka request whose first byte arrived must be complete within this bound (time spent
+    /// waiting for the in-flight budget excluded), or its connection is closed (ms).
+    #[arg(long, env = "SLUICE_REQUEST_READ_TIMEOUT_MS")]
+    pub(crate) request_read_timeout_ms: Option<u64>,
     /// WAL data of a partition moves to a segment object at this size...
     #[arg(long, env = "SLUICE_SEGMENT_BYTES")]
     pub(crate) segment_bytes: Option<u64>,
@@ -165,6 +181,10 @@ struct FileConfig {
     default_partitions: Option<u32>,
     auto_create_topics: Option<bool>,
     max_request_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    connections_max_idle_ms: Option<u64>,
+    request_read_timeout_ms: Option<u64>,
     segment_bytes: Option<u64>,
     segment_ms: Option<u64>,
     tail_cache_bytes: Option<usize>,
@@ -255,6 +275,10 @@ pub(crate) struct ServeConfig {
     pub(crate) default_partitions: u32,
     pub(crate) auto_create_topics: bool,
     pub(crate) max_request_bytes: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
+    pub(crate) connections_max_idle_ms: u64,
+    pub(crate) request_read_timeout_ms: u64,
     pub(crate) segment_bytes: u64,
     pub(crate) segment_ms: u64,
     pub(crate) tail_cache_bytes: usize,
@@ -345,6 +369,23 @@ impl ServeConfig {
                 .max_request_bytes
                 .or(file.max_request_bytes)
                 .unwrap_or(100 * 1024 * 1024),
+            // Kafka's defaults: no connection limits (Int.MaxValue), 10 minutes idle.
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(i32::MAX as usize),
+            max_connections_per_ip: args
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(i32::MAX as usize),
+            connections_max_idle_ms: args
+                .connections_max_idle_ms
+                .or(file.connections_max_idle_ms)
+                .unwrap_or(600_000),
+            request_read_timeout_ms: args
+                .request_read_timeout_ms
+                .or(file.request_read_timeout_ms)
+                .unwrap_or(30_000),
             segment_bytes: args
                 .segment_bytes
                 .or(file.segment_bytes)
@@ -441,6 +482,12 @@ impl ServeConfig {
         if self.max_request_bytes < 1024 {
             bail!("--max-request-bytes must be at least 1024");
         }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            bail!("--max-connections and --max-connections-per-ip must be at least 1");
+        }
+        if self.connections_max_idle_ms == 0 || self.request_read_timeout_ms == 0 {
+            bail!("--connections-max-idle-ms and --request-read-timeout-ms must be at least 1");
+        }
         Ok(())
     }
 
@@ -505,6 +552,44 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("sluice-data"));
         assert_eq!(config.http_listener, "127.0.0.1:8082");
         assert!(config.auto_create_topics);
+        assert_eq!(config.max_connections, i32::MAX as usize);
+        assert_eq!(config.max_connections_per_ip, i32::MAX as usize);
+        assert_eq!(config.connections_max_idle_ms, 600_000);
+        assert_eq!(config.request_read_timeout_ms, 30_000);
+    }
+
+    #[test]
+    fn connection_limits_from_file_and_flags_and_zero_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("limits.toml");
+        std::fs::write(
+            &file,
+            "max_connections = 10\nmax_connections_per_ip = 3\nconnections_max_idle_ms = 5000\n",
+        )
+        .unwrap();
+        let cli = TestCli::parse_from([
+            "sluice",
+            "--config",
+            file.to_str().unwrap(),
+            "--request-read-timeout-ms",
+            "700",
+            "--max-connections",
+            "20",
+        ]);
+        let config = ServeConfig::resolve(cli.serve).unwrap();
+        assert_eq!(config.max_connections, 20);
+        assert_eq!(config.max_connections_per_ip, 3);
+        assert_eq!(config.connections_max_idle_ms, 5000);
+        assert_eq!(config.request_read_timeout_ms, 700);
+        for flag in [
+            "--max-connections",
+            "--max-connections-per-ip",
+            "--connections-max-idle-ms",
+            "--request-read-timeout-ms",
+        ] {
+            let cli = TestCli::parse_from(["sluice", flag, "0"]);
+            assert!(ServeConfig::resolve(cli.serve).is_err(), "{flag} 0");
+        }
     }
 
     #[test]

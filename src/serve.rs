@@ -153,6 +153,12 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     broker_config.auto_create_topics = config.auto_create_topics;
     broker_config.default_partitions = config.default_partitions;
     broker_config.max_request_bytes = config.max_request_bytes;
+    broker_config.connections = broker::ConnectionLimits {
+        max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
+        max_idle: Duration::from_millis(config.connections_max_idle_ms),
+        request_read_timeout: Duration::from_millis(config.request_read_timeout_ms),
+    };
     if config.wal == WalKind::Object {
         // ~10 ms to durability: more requests of a connection must be in flight (see the field).
         broker_config.max_pipelined_requests = 1024;

@@ -4,7 +4,7 @@
 //! ([`versions`]), the old request versions kafka-protocol has no schema for (`legacy`), the Kafka
 //! error-code mapping ([`errors`]), topic config definitions ([`configs`]),
 //! one handler module per API under `handlers/`, the group coordinator ([`groups`]), and the TCP server with per-connection pipelining and
-//! a global in-flight request-bytes budget ([`server`]).
+//! a global in-flight byte budget for requests and unwritten responses and Kafka's connection limits ([`server`]).
 //!
 //! Protocol code is I/O-free: [`dispatch::handle_frame`] turns request bytes into response bytes, so it
 //! is testable and fuzzable without sockets. Sockets live only in [`server`].
@@ -40,7 +40,8 @@ pub struct BrokerConfig {
     pub default_partitions: u32,
     /// `socket.request.max.bytes`: larger frames close the connection.
     pub max_request_bytes: usize,
-    /// Budget of request bytes being read or handled at once, across all connections (backpressure).
+    /// Budget of bytes held at once across all connections: requests being read or handled and
+    /// responses not yet written to their socket (backpressure).
     pub inflight_request_bytes: usize,
     /// Requests of one connection in progress or answered but not yet written, before the broker
     /// stops reading that connection. It should cover (request rate of one connection) × (time to
@@ -51,6 +52,13 @@ pub struct BrokerConfig {
     /// without bound (p50 240 ms); `sluice serve --wal object` uses 1024 (p50 7.6 ms). Memory stays
     /// bounded by `inflight_request_bytes`, not by this count.
     pub max_pipelined_requests: usize,
+    /// Unwritten response bytes of one connection before the broker stops reading its further
+    /// requests (a client that does not read its responses stalls only itself). One response is
+    /// always admitted, however large.
+    pub max_queued_response_bytes: usize,
+    /// Connection limits of the Kafka listener (`max.connections`, `max.connections.per.ip`,
+    /// `connections.max.idle.ms`, and the bound on a half-sent request).
+    pub connections: ConnectionLimits,
     /// Group coordinator settings (session bounds, initial rebalance delay, offset retention).
     pub coordinator: groups::CoordinatorConfig,
 }
@@ -66,7 +74,38 @@ impl BrokerConfig {
             max_request_bytes: 100 * 1024 * 1024,
             inflight_request_bytes: 128 * 1024 * 1024,
             max_pipelined_requests: 64,
+            max_queued_response_bytes: 16 * 1024 * 1024,
+            connections: ConnectionLimits::default(),
             coordinator: groups::CoordinatorConfig::default(),
+        }
+    }
+}
+
+/// Limits on the Kafka listener's connections; the defaults are Kafka's.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// `max.connections`: open connections of the listener. At the limit the listener stops
+    /// accepting (new connections wait in the kernel's backlog until one closes), as Kafka does.
+    pub max_connections: usize,
+    /// `max.connections.per.ip`: a connection from an address that already has this many is
+    /// closed right after it is accepted.
+    pub max_connections_per_ip: usize,
+    /// `connections.max.idle.ms`: a connection with no request being read or handled and no byte
+    /// read or written for this long is closed.
+    pub max_idle: std::time::Duration,
+    /// Once the first byte of a request arrives, its size prefix and (after its bytes are
+    /// reserved) its body must arrive within this bound, or the connection is closed and the
+    /// reservation freed.
+    pub request_read_timeout: std::time::Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: i32::MAX as usize,
+            max_connections_per_ip: i32::MAX as usize,
+            max_idle: std::time::Duration::from_millis(600_000),
+            request_read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -82,9 +121,7 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(config: BrokerConfig, store: LogStore, meta: MetadataClient) -> Arc<Broker> {
-        let permits = config
-            .inflight_request_bytes
-            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let permits = budget_permits(config.inflight_request_bytes);
         Arc::new(Broker {
             inflight: Arc::new(tokio::sync::Semaphore::new(permits)),
             groups: groups::Coordinator::start(config.coordinator, meta.clone()),
@@ -97,4 +134,23 @@ impl Broker {
     pub fn config(&self) -> &BrokerConfig {
         &self.config
     }
+
+    /// Bytes of the in-flight budget in use (requests being read or handled, responses not yet
+    /// written).
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight_budget()
+            .saturating_sub(self.inflight.available_permits())
+    }
+
+    pub(crate) fn inflight_budget(&self) -> usize {
+        budget_permits(self.config.inflight_request_bytes)
+    }
+}
+
+/// Permits of the in-flight budget: one per byte, at most what one acquisition can take.
+fn budget_permits(bytes: usize) -> usize {
+    bytes.clamp(
+        1,
+        tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+    )
 }

@@ -82,6 +82,16 @@ fn describe() {
         metrics::Unit::Bytes,
         "Request body bytes held by requests in progress"
     );
+    metrics::describe_gauge!("broker_connections", "Open Kafka connections");
+    metrics::describe_gauge!(
+        "broker_inflight_bytes",
+        metrics::Unit::Bytes,
+        "Kafka in-flight budget in use: requests being read or handled, responses not yet written"
+    );
+    metrics::describe_counter!(
+        "broker_connections_closed_by_limit_total",
+        "Kafka connections closed by a limit: max_connections_per_ip, connections_max_idle, request_read_timeout"
+    );
     metrics::describe_counter!(
         "wal_objects_written_total",
         "S3 WAL: WAL objects stored (one PUT each, many partitions per object)"

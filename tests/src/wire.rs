@@ -55,6 +55,32 @@ impl RawConnection {
         })
     }
 
+    /// Connects to `addr` from the local address `local` (another loopback address, e.g.
+    /// 127.0.0.2, so the broker sees a different client IP).
+    pub async fn connect_from(addr: &str, local: std::net::IpAddr) -> Result<Self> {
+        let remote: std::net::SocketAddr =
+            addr.parse().with_context(|| format!("address {addr}"))?;
+        let socket = tokio::net::TcpSocket::new_v4().context("socket")?;
+        socket
+            .bind(std::net::SocketAddr::new(local, 0))
+            .with_context(|| format!("binding to {local}"))?;
+        let stream = tokio::time::timeout(RESPONSE_TIMEOUT, socket.connect(remote))
+            .await
+            .context("connect timed out")?
+            .with_context(|| format!("connecting to {addr} from {local}"))?
+            .into_std()
+            .context("into std")?;
+        stream.set_nonblocking(false).context("blocking mode")?;
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        stream
+            .set_write_timeout(Some(RESPONSE_TIMEOUT))
+            .context("write timeout")?;
+        Ok(Self {
+            stream,
+            next_correlation_id: 1,
+        })
+    }
+
     /// Writes raw bytes as they are (no size prefix added).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         self.stream.write_all(bytes).context("writing to broker")?;
