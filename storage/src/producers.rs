@@ -49,7 +49,7 @@ pub(crate) enum SequenceCheck {
     Duplicate(ProducerBatchRecord),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<ProducerBatchRecord>,
@@ -59,6 +59,18 @@ struct ProducerEntry {
     /// time in the past.
     last_write_ms: i64,
 }
+
+/// Equal when they de-duplicate the same way: `last_write_ms` is a clock reading, not carried by
+/// snapshots (a restored entry gets a fresh one).
+impl PartialEq for ProducerEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.epoch == other.epoch
+            && self.batches == other.batches
+            && self.last_timestamp == other.last_timestamp
+    }
+}
+
+impl Eq for ProducerEntry {}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ProducerTable {
