@@ -2,12 +2,12 @@
 //! write a store causes carries the epoch it acquired the partition at, so a write caused under
 //! an older epoch is fenced even when the same node owns the partition again.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use metadata::{Command, CommandResponse, MemoryMetadata, MetadataClient, TopicPartition};
+use metadata::{Command, CommandResponse, MetadataClient, TopicPartition};
 
 use crate::batch::BatchHeader;
+use crate::object_wal_tests::shared_parts;
 use crate::test_support::{simple_batch, Harness, NODE};
 use crate::{Error, LogStore, TimestampType};
 
@@ -46,13 +46,7 @@ async fn acquire(meta: &MetadataClient, node_id: u64, tp: TopicPartition) -> i32
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_owners_partition_is_not_served_and_stale_epoch_writes_are_fenced() {
-    let memory = Arc::new(MemoryMetadata::new(
-        "test-cluster",
-        Duration::from_secs(3600),
-    ));
-    let meta = MetadataClient::new(memory);
-    let objects: Arc<dyn object_store::ObjectStore> =
-        Arc::new(object_store::memory::InMemory::new());
+    let (_memory, meta, objects) = shared_parts();
     let h = Harness::start_shared(meta.clone(), objects, |opts| {
         // The segment writer flushes what it holds after two seconds.
         opts.segment_max_age = Duration::from_secs(2);
@@ -180,13 +174,7 @@ async fn a_recovered_wal_tail_moves_the_new_epochs_start_after_it() {
 /// id) fences even partitions this store loads only afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_first_used_after_a_bump_still_writes_under_the_acquired_epoch() {
-    let memory = Arc::new(MemoryMetadata::new(
-        "test-cluster",
-        Duration::from_secs(3600),
-    ));
-    let meta = MetadataClient::new(memory);
-    let objects: Arc<dyn object_store::ObjectStore> =
-        Arc::new(object_store::memory::InMemory::new());
+    let (_memory, meta, objects) = shared_parts();
     register(&meta, NODE).await;
     let topic = uuid::Uuid::new_v4();
     let created = meta
@@ -239,7 +227,7 @@ async fn a_partition_first_used_after_a_bump_still_writes_under_the_acquired_epo
 /// asks for it — when it comes back, at the new epoch, from the index, with its producer state.
 #[tokio::test(start_paused = true)]
 async fn s3_wal_partitions_are_released_and_acquired_with_ownership() {
-    use crate::object_wal_tests::{object_mode, shared_parts};
+    use crate::object_wal_tests::object_mode;
     use crate::store_tests::{append_one, sequenced};
     use crate::test_support::wait_until;
     let (_memory, meta, bucket) = shared_parts();
