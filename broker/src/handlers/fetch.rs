@@ -294,15 +294,12 @@ fn build_response(
             })
             .map(|p| p.current_leader.leader_id.0)
             .filter(|id| *id >= 0);
-        super::ownership::endpoints(&broker.meta.state(), leaders)
-            .into_iter()
-            .map(|(id, host, port)| {
-                NodeEndpoint::default()
-                    .with_node_id(BrokerId(id))
-                    .with_host(kafka_protocol::protocol::StrBytes::from_string(host))
-                    .with_port(port)
-            })
-            .collect()
+        super::ownership::endpoints(&broker.meta.state(), leaders, |id, host, port| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(id))
+                .with_host(kafka_protocol::protocol::StrBytes::from_string(host))
+                .with_port(port)
+        })
     } else {
         Vec::new()
     };

@@ -42,16 +42,18 @@ pub(crate) fn leader_of(state: &MetadataState, tp: TopicPartition) -> Option<Lea
     })
 }
 
-/// `(id, host, port)` of each distinct registered broker among `ids`, in id order.
-pub(crate) fn endpoints(
+/// The endpoint of each distinct registered broker among `ids`, in id order, built by `make`
+/// from `(id, host, port)` (Produce and Fetch each have their own `NodeEndpoint` type).
+pub(crate) fn endpoints<T>(
     state: &MetadataState,
     ids: impl IntoIterator<Item = i32>,
-) -> Vec<(i32, String, i32)> {
+    make: impl Fn(i32, String, i32) -> T,
+) -> Vec<T> {
     let ids: std::collections::BTreeSet<i32> = ids.into_iter().collect();
     ids.into_iter()
         .filter_map(|id| {
             let node = state.brokers.get(&NodeId::try_from(id).ok()?)?;
-            Some((id, node.host.clone(), i32::from(node.port)))
+            Some(make(id, node.host.clone(), i32::from(node.port)))
         })
         .collect()
 }

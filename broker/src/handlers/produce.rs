@@ -110,15 +110,12 @@ pub(super) async fn handle(
             .filter(|p| p.error_code == ErrorCode::NotLeaderOrFollower.code())
             .map(|p| p.current_leader.leader_id.0)
             .filter(|id| *id >= 0);
-        super::ownership::endpoints(&broker.meta.state(), leaders)
-            .into_iter()
-            .map(|(id, host, port)| {
-                NodeEndpoint::default()
-                    .with_node_id(BrokerId(id))
-                    .with_host(StrBytes::from_string(host))
-                    .with_port(port)
-            })
-            .collect()
+        super::ownership::endpoints(&broker.meta.state(), leaders, |id, host, port| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(id))
+                .with_host(StrBytes::from_string(host))
+                .with_port(port)
+        })
     } else {
         Vec::new()
     };
