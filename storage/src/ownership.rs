@@ -28,10 +28,23 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Acquires every partition this node owns that has no state yet; the number acquired.
 pub(crate) async fn acquire_owned(inner: &Inner) -> Result<usize> {
+    acquire(inner, false).await
+}
+
+/// The watcher's acquire: only partitions whose producer state needs WAL chunks read (a
+/// takeover, a partition coming back); `Inner::partition` builds the others on first use.
+async fn acquire_needing_chunks(inner: &Inner) -> Result<usize> {
+    acquire(inner, true).await
+}
+
+async fn acquire(inner: &Inner, only_needing_chunks: bool) -> Result<usize> {
     let state = inner.meta.state();
     let mut acquired = 0;
     for (tp, pm) in owned(inner, &state) {
         if inner.loaded_partition(tp).is_some() {
+            continue;
+        }
+        if only_needing_chunks && compaction::producer_chunks(&state, tp, pm).is_empty() {
             continue;
         }
         let epoch = inner.acquired_epoch(tp, pm);
@@ -107,7 +120,7 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
             if released > 0 {
                 tracing::info!(partitions = released, "released partitions");
             }
-            match acquire_owned(&inner).await {
+            match acquire_needing_chunks(&inner).await {
                 Ok(0) => {}
                 Ok(acquired) => tracing::debug!(partitions = acquired, "acquired partitions"),
                 Err(err) => {
