@@ -11,7 +11,9 @@
 //!   the only way to the partition's unsegmented data on this disk, so it is kept (fenced by its
 //!   epoch) — a file-WAL partition never moves to another broker.
 //!
-//! A watcher applies both on every metadata change. `Inner::partition` also creates the state
+//! A watcher applies both on every metadata change (acquiring only partitions whose producer
+//! state needs WAL chunks read: acquiring every new one there broke a Sarama 1.22 read-back on a
+//! fresh S3-WAL broker, cause not found — see the stop note). `Inner::partition` also creates the state
 //! itself when the watcher has not got to it yet and nothing has to be read for it (a topic just
 //! created); a partition whose producer state needs chunk reads waits for the watcher (retriable).
 
