@@ -48,7 +48,8 @@ step "cargo build"
 cargo build --workspace --all-targets
 
 step "cargo nextest"
-# The end-to-end tests run the binary built above (target/debug/sluice).
+# The end-to-end tests run the binary built above (target/debug/sluice); the harness checks it
+# against its sources (target/debug/sluice.d) and rebuilds it if any is newer (tests/src/binary.rs).
 cargo nextest run --workspace --no-fail-fast
 
 step "client compatibility matrix"

@@ -9,16 +9,20 @@
 # built into sarama122/bin), the Java client and Kafka's own tools
 # (kafka-clients / kafka-tools 4.4.0 from Maven Central, see tests/java); the kill -9 scenario
 # (kill9_verifiable.sh) starts and kills a sluice of its own.
-# Environment: SLUICE_BIN (default target/debug/sluice), COMPAT_SKIP_SETUP=1 to not run setup.sh,
+# Environment: SLUICE_BIN (default: target/debug/sluice, built first by `cargo build -p sluice`
+# so a stale binary is never the one tested; a given SLUICE_BIN is run as is), COMPAT_SKIP_SETUP=1 to not run setup.sh,
 # COMPAT_SLUICE_ARGS: extra `sluice serve` arguments (e.g. "--wal object"), split on spaces.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-SLUICE_BIN=${SLUICE_BIN:-$ROOT/target/debug/sluice}
+if [ -z "${SLUICE_BIN:-}" ]; then
+    (cd "$ROOT" && cargo build -p sluice --bin sluice)
+    SLUICE_BIN=$ROOT/target/debug/sluice
+fi
 CLIENT_TIMEOUT=${COMPAT_CLIENT_TIMEOUT:-300}
 
 if [ ! -x "$SLUICE_BIN" ]; then
-    echo "compat: $SLUICE_BIN not found; build it first (cargo build -p sluice)" >&2
+    echo "compat: $SLUICE_BIN not found" >&2
     exit 1
 fi
 if [ "${COMPAT_SKIP_SETUP:-0}" != 1 ]; then

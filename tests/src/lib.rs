@@ -6,7 +6,8 @@
 //! ([`s3::S3Server::faults`]); [`SluiceOptions::s3`] / [`SluiceOptions::s3_via`] point a broker at
 //! them.
 //!
-//! Owns: locating the binary, spawning `sluice serve` on port 0 with a private temporary data dir,
+//! Owns: spawning `sluice serve` (the binary from [`binary`], checked against its sources) on
+//! port 0 with a private temporary data dir,
 //! waiting for its ready file, killing/terminating/restarting it on the same data dir, and keeping
 //! the process log for debugging. Client builders live in [`clients`], hand-written wire-protocol
 //! access (for malformed input) in [`wire`].
@@ -14,12 +15,15 @@
 //! Every test starts its own broker process in its own temporary directory, so tests are
 //! independent and can run in parallel (nextest runs each test in its own process).
 
+pub mod binary;
 pub mod clients;
 pub mod diff;
 pub mod fault_proxy;
 pub mod kafka_ref;
 pub mod s3;
 pub mod wire;
+
+pub use binary::sluice_binary;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -476,39 +480,6 @@ fn binary_supports_flag(binary: &Path, flag: &str) -> bool {
     });
     help.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
         .any(|word| word == flag)
-}
-
-/// Path of the `sluice` binary: `$SLUICE_BIN`, else `target/debug/sluice` in the workspace
-/// (honouring `$CARGO_TARGET_DIR`). The harness never builds it; `scripts/test.sh` does.
-pub fn sluice_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("SLUICE_BIN") {
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            bail!("SLUICE_BIN={} is not a file", path.display());
-        }
-        return Ok(path);
-    }
-    let workspace_root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("tests/ has no parent directory")?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_absolute() {
-                dir
-            } else {
-                workspace_root.join(dir)
-            }
-        })
-        .unwrap_or_else(|| workspace_root.join("target"));
-    let path = target_dir.join("debug").join("sluice");
-    if !path.is_file() {
-        bail!(
-            "{} not found: build it first with `cargo build -p sluice` (or set SLUICE_BIN)",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// Polls `check` every `interval` until it returns `Some`, or fails after `timeout` with
