@@ -123,6 +123,10 @@ pub(crate) struct ServeArgs {
     /// records) not written for this long is forgotten (milliseconds).
     #[arg(long, env = "SLUICE_PRODUCER_ID_EXPIRATION_MS")]
     pub(crate) producer_id_expiration_ms: Option<u64>,
+    /// Most idempotent producers remembered per partition (bounds memory against a flood of new
+    /// producer ids); beyond it the least recently written are forgotten first.
+    #[arg(long, env = "SLUICE_MAX_PRODUCERS_PER_PARTITION")]
+    pub(crate) max_producers_per_partition: Option<usize>,
     /// HTTP ingest listener address (port 0 picks a free port).
     #[arg(long, env = "SLUICE_HTTP_LISTENER")]
     pub(crate) http_listener: Option<String>,
@@ -191,6 +195,7 @@ struct FileConfig {
     housekeeping_ms: Option<u64>,
     gc_grace_ms: Option<u64>,
     producer_id_expiration_ms: Option<u64>,
+    max_producers_per_partition: Option<usize>,
     http_listener: Option<String>,
     http_max_body_bytes: Option<usize>,
     idempotency_ttl_ms: Option<u64>,
@@ -285,6 +290,7 @@ pub(crate) struct ServeConfig {
     pub(crate) housekeeping_ms: u64,
     pub(crate) gc_grace_ms: u64,
     pub(crate) producer_id_expiration_ms: u64,
+    pub(crate) max_producers_per_partition: usize,
     pub(crate) http_listener: String,
     pub(crate) http_max_body_bytes: usize,
     pub(crate) idempotency_ttl_ms: u64,
@@ -404,6 +410,11 @@ impl ServeConfig {
                 .producer_id_expiration_ms
                 .or(file.producer_id_expiration_ms)
                 .unwrap_or(24 * 3600 * 1000),
+            max_producers_per_partition: args
+                .max_producers_per_partition
+                .or(file.max_producers_per_partition)
+                .unwrap_or(100_000)
+                .max(1),
             http_listener: args
                 .http_listener
                 .or(file.http_listener)

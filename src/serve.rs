@@ -136,6 +136,7 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     storage_options.tail_cache_bytes = config.tail_cache_bytes;
     storage_options.housekeeping_interval = Duration::from_millis(config.housekeeping_ms.max(10));
     storage_options.gc_grace = Duration::from_millis(config.gc_grace_ms);
+    storage_options.max_producers_per_partition = config.max_producers_per_partition;
     storage_options.producer_id_expiration =
         Duration::from_millis(config.producer_id_expiration_ms.max(1));
     let store = LogStore::open(storage_options, objects, meta.clone())

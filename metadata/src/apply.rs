@@ -99,7 +99,8 @@ pub(crate) fn apply_command(state: &mut MetadataState, command: &Command) -> Com
             tp,
             leader_epoch,
             state: producers,
-        } => crate::apply_groups::set_producer_state(state, *tp, *leader_epoch, producers),
+            now_ms,
+        } => crate::apply_groups::set_producer_state(state, *tp, *leader_epoch, producers, *now_ms),
         Command::AcquirePartitions {
             node_id,
             partitions,
@@ -352,7 +353,7 @@ fn delete_topic(state: &mut MetadataState, topic_id: Uuid, now_ms: i64) -> Outco
         .remove(&topic_id)
         .ok_or(Rejection::UnknownTopicOrPartition)?;
     state.topic_ids.remove(&topic.name);
-    crate::apply_groups::forget_topic(state, topic_id);
+    crate::apply_groups::forget_topic(state, topic_id, now_ms);
     // The topic's objects become garbage (the GC deletes them after its grace period), except
     // shared WAL objects that other topics' partitions still reference.
     for partition in &topic.partitions {

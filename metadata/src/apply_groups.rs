@@ -76,6 +76,7 @@ pub(crate) fn set_producer_state(
     tp: TopicPartition,
     leader_epoch: i32,
     producers: &PartitionProducers,
+    now_ms: i64,
 ) -> Outcome {
     let partition = partition_mut(state, tp)?;
     if leader_epoch != partition.leader_epoch {
@@ -87,6 +88,14 @@ pub(crate) fn set_producer_state(
     if producers.as_of_offset < 0 {
         return Err(invalid("producer snapshot offset is negative"));
     }
+    if let Some(spilled) = &producers.spilled {
+        if spilled.key.is_empty() || !producers.producers.is_empty() {
+            return Err(invalid(
+                "a spilled producer snapshot has a key and no inline producers",
+            ));
+        }
+    }
+    let mut replaced = None;
     if let Some(current) = state.producer_state(tp) {
         if producers.as_of_offset < current.as_of_offset {
             return Err(invalid(format!(
@@ -94,18 +103,31 @@ pub(crate) fn set_producer_state(
                 producers.as_of_offset, current.as_of_offset
             )));
         }
+        replaced = current.spilled.as_ref().map(|s| s.key.clone());
     }
     state
         .producer_states
         .entry(tp.topic_id)
         .or_default()
         .insert(tp.partition, Arc::new(producers.clone()));
+    if let Some(old) = replaced {
+        if producers.spilled.as_ref().map(|s| &s.key) != Some(&old) {
+            crate::apply::release_object(state, old, now_ms);
+        }
+    }
     Ok(CommandResponse::Ok)
 }
 
-/// Drops everything a deleted topic left in groups and producer snapshots.
-pub(crate) fn forget_topic(state: &mut MetadataState, topic_id: Uuid) {
-    state.producer_states.remove(&topic_id);
+/// Drops everything a deleted topic left in groups and producer snapshots (spilled snapshot
+/// objects are queued for GC).
+pub(crate) fn forget_topic(state: &mut MetadataState, topic_id: Uuid, now_ms: i64) {
+    if let Some(snapshots) = state.producer_states.remove(&topic_id) {
+        for snapshot in snapshots.values() {
+            if let Some(spilled) = &snapshot.spilled {
+                crate::apply::release_object(state, spilled.key.clone(), now_ms);
+            }
+        }
+    }
     let mut emptied = Vec::new();
     for (name, offsets) in state.group_offsets.iter_mut() {
         if offsets.topics.contains_key(&topic_id) {
@@ -247,6 +269,94 @@ mod tests {
     }
 
     #[test]
+    fn spilled_producer_snapshots_are_queued_for_gc_when_replaced_or_their_topic_deleted() {
+        let (mut state, id) = with_topic(1);
+        let spilled = |as_of: i64, key: &str| PartitionProducers {
+            as_of_offset: as_of,
+            producers: Vec::new(),
+            spilled: Some(crate::SpilledProducers {
+                key: key.into(),
+                producers: 5000,
+            }),
+        };
+        let set = |state: &mut MetadataState, producers: PartitionProducers, now_ms| {
+            apply_command(
+                state,
+                &Command::SetProducerState {
+                    tp: tp(id, 0),
+                    leader_epoch: 0,
+                    state: producers,
+                    now_ms,
+                },
+            )
+        };
+        assert_eq!(
+            set(&mut state, spilled(10, "snap-a"), 100),
+            CommandResponse::Ok
+        );
+        assert!(state.deleted_objects.is_empty());
+        // Re-proposing the same object (a retried proposal) does not delete it.
+        assert_eq!(
+            set(&mut state, spilled(10, "snap-a"), 150),
+            CommandResponse::Ok
+        );
+        assert!(state.deleted_objects.is_empty());
+        // A newer snapshot replaces it: the old object is queued, the new one is live.
+        assert_eq!(
+            set(&mut state, spilled(20, "snap-b"), 200),
+            CommandResponse::Ok
+        );
+        assert_eq!(*state.deleted_objects, vec![("snap-a".into(), 200)]);
+        // Back to inline: the last spilled object is queued too.
+        let inline = PartitionProducers {
+            as_of_offset: 30,
+            ..Default::default()
+        };
+        assert_eq!(set(&mut state, inline, 300), CommandResponse::Ok);
+        assert_eq!(state.deleted_objects.len(), 2);
+        assert_eq!(
+            set(&mut state, spilled(40, "snap-c"), 400),
+            CommandResponse::Ok
+        );
+        // A spilled snapshot must name its object and carry nothing inline.
+        let mut bad = spilled(50, "");
+        assert!(matches!(
+            set(&mut state, bad.clone(), 500),
+            CommandResponse::Rejected(_)
+        ));
+        bad.spilled = Some(crate::SpilledProducers {
+            key: "snap-d".into(),
+            producers: 1,
+        });
+        bad.producers = snapshot_entries();
+        assert!(matches!(
+            set(&mut state, bad, 500),
+            CommandResponse::Rejected(_)
+        ));
+        // Deleting the topic queues the live spilled object.
+        apply_command(
+            &mut state,
+            &Command::DeleteTopic {
+                topic_id: id,
+                now_ms: 600,
+            },
+        );
+        assert!(state
+            .deleted_objects
+            .iter()
+            .any(|(key, at)| key == "snap-c" && *at == 600));
+    }
+
+    fn snapshot_entries() -> Vec<ProducerSnapshot> {
+        vec![ProducerSnapshot {
+            producer_id: 1,
+            epoch: 0,
+            batches: Vec::new(),
+            last_timestamp: 0,
+        }]
+    }
+
+    #[test]
     fn producer_state_is_fenced_by_epoch_and_never_goes_back() {
         let (mut state, id) = with_topic(1);
         let snapshot = |as_of| PartitionProducers {
@@ -262,6 +372,7 @@ mod tests {
                 }],
                 last_timestamp: 1,
             }],
+            spilled: None,
         };
         let set = |state: &mut MetadataState, epoch, as_of| {
             apply_command(
@@ -270,6 +381,7 @@ mod tests {
                     tp: tp(id, 0),
                     leader_epoch: epoch,
                     state: snapshot(as_of),
+                    now_ms: 1,
                 },
             )
         };

@@ -94,9 +94,23 @@ pub struct ProducerSnapshot {
     pub last_timestamp: i64,
 }
 
-/// The idempotent-producer state of one partition after applying every batch below `as_of_offset`.
+/// The idempotent-producer state of one partition after applying every batch below `as_of_offset`:
+/// either inline in `producers`, or — for a partition with more producers than fit a metadata
+/// command comfortably — in an object of its own named by `spilled` (`producers` is then empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionProducers {
     pub as_of_offset: i64,
     pub producers: Vec<ProducerSnapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spilled: Option<SpilledProducers>,
+}
+
+/// A producer snapshot stored as an object (the JSON of an inline [`PartitionProducers`] at the
+/// same `as_of_offset`). Written once under a unique key, never overwritten; the key is queued for
+/// GC when a newer snapshot replaces it or its topic is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpilledProducers {
+    pub key: String,
+    /// How many producers it holds (for logs and status; the object is the truth).
+    pub producers: u64,
 }

@@ -41,7 +41,7 @@ use uuid::Uuid;
 pub use backend::{MemoryMetadata, MetadataBackend};
 pub use groups::{
     CommittedOffset, GroupOffsets, OffsetCommitEntry, PartitionProducers, ProducerBatchRecord,
-    ProducerSnapshot,
+    ProducerSnapshot, SpilledProducers,
 };
 
 pub type NodeId = u64;
@@ -441,6 +441,9 @@ pub enum Command {
         tp: TopicPartition,
         leader_epoch: i32,
         state: PartitionProducers,
+        /// When it was proposed: a spilled snapshot it replaces is queued for GC at this time.
+        #[serde(default)]
+        now_ms: i64,
     },
     /// Makes `node_id` (a registered broker) the owner of `partitions` — empty = every partition
     /// not owned by it — and bumps their leader epoch, recording where the new epoch starts (the

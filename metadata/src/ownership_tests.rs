@@ -193,6 +193,7 @@ fn every_partition_write_under_an_older_epoch_is_rejected() {
                 as_of_offset: 20,
                 ..Default::default()
             },
+            now_ms: NOW,
         },
     );
     let before = state.clone();

@@ -299,9 +299,7 @@ pub(crate) async fn acquired_state(
     pm: &metadata::PartitionMeta,
 ) -> Result<crate::partition::PartitionState> {
     let snapshot = state.producer_state(tp);
-    let mut table = snapshot
-        .map(crate::producers::ProducerTable::from_snapshot)
-        .unwrap_or_default();
+    let mut table = crate::producer_snapshots::table(inner, tp, snapshot).await?;
     let chunks = producer_chunks(state, tp, pm);
     if !chunks.is_empty() {
         let as_of = snapshot.map_or(i64::MIN, |p| p.as_of_offset);

@@ -34,6 +34,9 @@ mod ownership_tests;
 mod partition;
 #[cfg(test)]
 mod power_loss_tests;
+#[cfg(test)]
+mod producer_snapshot_tests;
+mod producer_snapshots;
 mod producers;
 mod read;
 mod recovery;
@@ -161,6 +164,9 @@ pub struct StorageOptions {
     /// Kafka's `producer.id.expiration.ms`: an idempotent producer not heard from for this long is
     /// forgotten (its next batch is taken as a new producer's).
     pub producer_id_expiration: Duration,
+    /// Most idempotent producers remembered per partition; beyond it the least recently written
+    /// are forgotten (bounds memory against a flood of producer ids).
+    pub max_producers_per_partition: usize,
 }
 
 impl StorageOptions {
@@ -183,6 +189,7 @@ impl StorageOptions {
             housekeeping_interval: Duration::from_secs(5),
             gc_grace: Duration::from_secs(60),
             producer_id_expiration: Duration::from_secs(24 * 3600),
+            max_producers_per_partition: 100_000,
         }
     }
 }
@@ -279,6 +286,10 @@ pub(crate) struct Inner {
     /// it, so that process's writes fence this one's.
     pub(crate) acquired: Mutex<HashMap<TopicPartition, i32>>,
     pub(crate) retention: Mutex<HashMap<uuid::Uuid, Retention>>,
+    /// The last spilled producer snapshot this store wrote or read, per partition
+    /// (`producer_snapshots`).
+    pub(crate) producer_snapshots:
+        Mutex<HashMap<TopicPartition, (String, Arc<metadata::PartitionProducers>)>>,
     pub(crate) tail: TailCache,
     pub(crate) segments: Arc<SegmentReader>,
     /// Woken when a partition's WAL-only bytes reach `segment_bytes`.
@@ -341,17 +352,18 @@ impl Inner {
         }
         // Not acquired yet by the ownership watcher (a topic just created). Everything this broker
         // has in its file WAL was loaded by recovery, so the state continues right after the
-        // index; a partition whose producer state needs WAL chunks read waits for the watcher.
+        // index; a partition whose producer state needs objects read (WAL chunks, a spilled
+        // snapshot) waits for the watcher.
         if !compaction::producer_chunks(&state, tp, pm).is_empty() {
             return Err(Error::ShuttingDown);
         }
+        let Some(producers) = producer_snapshots::table_now(self, tp, state.producer_state(tp))
+        else {
+            return Err(Error::ShuttingDown);
+        };
         let part = partitions
             .entry(tp)
             .or_insert_with(|| {
-                let producers = state
-                    .producer_state(tp)
-                    .map(ProducerTable::from_snapshot)
-                    .unwrap_or_default();
                 Arc::new(Partition::new(
                     tp,
                     self.acquired_epoch(tp, pm),
@@ -361,6 +373,20 @@ impl Inner {
             })
             .clone();
         Ok(part)
+    }
+
+    /// Keeps a partition's producer table within `max_producers_per_partition`.
+    fn bound_producers(&self, tp: TopicPartition, table: &mut ProducerTable, written: i64) {
+        let forgotten = table.bound(self.opts.max_producers_per_partition, written);
+        if forgotten > 0 {
+            tracing::warn!(
+                ?tp,
+                forgotten,
+                cap = self.opts.max_producers_per_partition,
+                "idempotent producers forgotten before their expiry: more producers than \
+                 --max-producers-per-partition wrote to this partition"
+            );
+        }
     }
 
     /// Installs the state of a partition acquired by the ownership watcher, unless one exists
@@ -396,6 +422,7 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&tp);
         lock(&self.acquired).remove(&tp);
+        producer_snapshots::forget(self, |t| *t == tp);
         let Some(part) = removed else {
             return false;
         };
@@ -537,6 +564,7 @@ impl Inner {
             let mut st = part.state();
             let lsn_floor = wal.end_lsn();
             st.producers.record(&header, base_offset);
+            self.bound_producers(tp, &mut st.producers, header.producer_id);
             st.begin_append(
                 base_offset,
                 last_offset,
@@ -604,6 +632,7 @@ impl Inner {
         {
             let mut st = part.state();
             st.producers.record(&header, base_offset);
+            self.bound_producers(tp, &mut st.producers, header.producer_id);
             st.begin_append(
                 base_offset,
                 last_offset,
@@ -832,12 +861,18 @@ impl LogStore {
             dropped_topics: Mutex::new(HashSet::new()),
             acquired: Mutex::new(HashMap::new()),
             retention: Mutex::new(HashMap::new()),
+            producer_snapshots: Mutex::new(HashMap::new()),
             writer_wake: Notify::new(),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
         inner.capture_owned_epochs();
+        // Replay cannot await the object store: spilled producer snapshots are read first.
+        if let Err(err) = producer_snapshots::preload(&inner).await {
+            inner.close_wal().await;
+            return Err(err);
+        }
         // Replay reads the whole WAL with blocking file I/O: keep it off the async workers.
         let replay = {
             let inner = inner.clone();
@@ -1008,6 +1043,7 @@ impl LogStore {
         self.inner.tail.remove_topic(topic_id);
         lock(&self.inner.retention).remove(&topic_id);
         lock(&self.inner.acquired).retain(|tp, _| tp.topic_id != topic_id);
+        producer_snapshots::forget(&self.inner, |tp| tp.topic_id == topic_id);
     }
 
     /// Stops background tasks and closes the WAL (everything acknowledged is already durable).

@@ -23,7 +23,7 @@ use std::time::Duration;
 use metadata::TopicPartition;
 use tokio_util::sync::CancellationToken;
 
-use crate::{compaction, lock, Inner, Result};
+use crate::{compaction, lock, producer_snapshots, Inner, Result};
 
 /// How soon a failed acquire (the object store down while reading chunks) is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -33,8 +33,9 @@ pub(crate) async fn acquire_owned(inner: &Inner) -> Result<usize> {
     acquire(inner, false).await
 }
 
-/// The watcher's acquire: only partitions whose producer state needs WAL chunks read (a
-/// takeover, a partition coming back); `Inner::partition` builds the others on first use.
+/// The watcher's acquire: only partitions whose producer state needs objects read (WAL chunks
+/// after a takeover or a partition coming back, a spilled producer snapshot);
+/// `Inner::partition` builds the others on first use.
 async fn acquire_needing_chunks(inner: &Inner) -> Result<usize> {
     acquire(inner, true).await
 }
@@ -46,7 +47,10 @@ async fn acquire(inner: &Inner, only_needing_chunks: bool) -> Result<usize> {
         if inner.loaded_partition(tp).is_some() {
             continue;
         }
-        if only_needing_chunks && compaction::producer_chunks(&state, tp, pm).is_empty() {
+        if only_needing_chunks
+            && compaction::producer_chunks(&state, tp, pm).is_empty()
+            && !producer_snapshots::needs_read(inner, &state, tp)
+        {
             continue;
         }
         let epoch = inner.acquired_epoch(tp, pm);

@@ -27,11 +27,6 @@ use crate::batch::BatchHeader;
 /// five requests in flight per connection with idempotence on).
 pub(crate) const BATCHES_PER_PRODUCER: usize = 5;
 
-/// Bound on producers kept per partition snapshot; the least recently active are dropped first
-/// (Kafka expires idle producers after `transactional.id.expiration.ms`).
-/// Also keeps one snapshot well under the metadata command size limit.
-pub(crate) const MAX_PRODUCERS_PER_PARTITION: usize = 1_000;
-
 /// Why a sequenced batch was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SequenceError {
@@ -209,13 +204,43 @@ impl ProducerTable {
         before - self.producers.len()
     }
 
+    /// Keeps the table within `cap` producers: once it holds more, the least recently written
+    /// sixteenth of `cap` (at least the excess) is forgotten in one go, never `keep` (the
+    /// producer just written). A forgotten producer's next batch is accepted as from a new one,
+    /// as after expiry. Returns how many were forgotten.
+    pub(crate) fn bound(&mut self, cap: usize, keep: i64) -> usize {
+        if self.producers.len() <= cap {
+            return 0;
+        }
+        let target = cap.saturating_sub(cap / 16);
+        let excess = self.producers.len() - target;
+        let mut by_age: Vec<(i64, i64)> = self
+            .producers
+            .iter()
+            .filter(|(id, _)| **id != keep)
+            .map(|(id, entry)| (entry.last_write_ms, *id))
+            .collect();
+        let excess = excess.min(by_age.len());
+        if excess == 0 {
+            return 0;
+        }
+        if excess < by_age.len() {
+            by_age.select_nth_unstable(excess);
+        }
+        for (_, id) in &by_age[..excess] {
+            self.producers.remove(id);
+        }
+        excess
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.producers.len()
     }
 
-    /// The table as a metadata snapshot valid at `as_of_offset`, bounded to the most recently
-    /// active producers.
+    /// The table as a metadata snapshot valid at `as_of_offset`: every producer it holds (a large
+    /// one is stored as an object, `producer_snapshots`), sorted by id so equal tables give equal
+    /// snapshots.
     pub(crate) fn snapshot(&self, as_of_offset: i64) -> PartitionProducers {
         let mut producers: Vec<ProducerSnapshot> = self
             .producers
@@ -227,15 +252,11 @@ impl ProducerTable {
                 last_timestamp: entry.last_timestamp,
             })
             .collect();
-        // Most recent first, then cut; re-sorted by id so equal tables give equal snapshots.
-        producers.sort_by_key(|p| {
-            std::cmp::Reverse(p.batches.last().map_or(i64::MIN, |b| b.last_offset))
-        });
-        producers.truncate(MAX_PRODUCERS_PER_PARTITION);
         producers.sort_by_key(|p| p.producer_id);
         PartitionProducers {
             as_of_offset,
             producers,
+            spilled: None,
         }
     }
 }
@@ -243,6 +264,40 @@ impl ProducerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_is_bounded_by_forgetting_the_least_recently_written() {
+        let mut table = ProducerTable::default();
+        for id in 0..32 {
+            table.record(&header(id, 0, 0, 1), id);
+            // Distinct write times: producer `id` last wrote at `id` ms.
+            if let Some(entry) = table.producers.get_mut(&id) {
+                entry.last_write_ms = id;
+            }
+        }
+        assert_eq!(table.bound(32, 31), 0, "at the cap nothing goes");
+        // Producer 0 writes again (now the most recent), then a 33rd arrives.
+        table.record(&header(0, 0, 1, 1), 40);
+        table.record(&header(99, 0, 0, 1), 41);
+        // Down to 32 - 32/16 = 30: the three least recently written (1, 2, 3) are forgotten.
+        assert_eq!(table.bound(32, 99), 3);
+        assert_eq!(table.len(), 30);
+        for gone in 1..=3 {
+            assert!(!table.producers.contains_key(&gone), "{gone} forgotten");
+        }
+        for kept in [0, 4, 31, 99] {
+            assert!(table.producers.contains_key(&kept), "{kept} kept");
+        }
+        // The producer just written is never the one forgotten, even when it is the oldest.
+        let mut tiny = ProducerTable::default();
+        tiny.record(&header(1, 0, 0, 1), 0);
+        tiny.record(&header(2, 0, 0, 1), 1);
+        if let Some(entry) = tiny.producers.get_mut(&2) {
+            entry.last_write_ms = 0;
+        }
+        assert_eq!(tiny.bound(1, 2), 1);
+        assert!(tiny.producers.contains_key(&2));
+    }
 
     #[test]
     fn producers_expire_by_their_last_write_not_their_batch_timestamps() {

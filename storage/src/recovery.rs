@@ -132,14 +132,13 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
         if header.has_producer_id()
             && header.last_offset() >= snapshot.map_or(0, |s| s.as_of_offset)
         {
-            producers
-                .entry(tp)
-                .or_insert_with(|| {
-                    snapshot
-                        .map(ProducerTable::from_snapshot)
-                        .unwrap_or_default()
-                })
-                .record(&header, header.base_offset);
+            let table = match producers.entry(tp) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(restored_producers(inner, tp, snapshot)?)
+                }
+            };
+            table.record(&header, header.base_offset);
         }
         let segmented_end = pm.segmented_end();
         if header.last_offset() < segmented_end {
@@ -192,12 +191,10 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
         if let Some(&max_epoch) = max_epochs.get(&tp) {
             stats.tails.push((tp, max_epoch, st.next_offset));
         }
-        let table = producers.remove(&tp).unwrap_or_else(|| {
-            state
-                .producer_state(tp)
-                .map(ProducerTable::from_snapshot)
-                .unwrap_or_default()
-        });
+        let table = match producers.remove(&tp) {
+            Some(table) => table,
+            None => restored_producers(inner, tp, state.producer_state(tp))?,
+        };
         let epoch = state
             .partition(tp)
             .map_or(0, |pm| inner.acquired_epoch(tp, pm));
@@ -217,4 +214,20 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryStats> {
     }
     tracing::info!(?stats, "data WAL replayed");
     Ok(stats)
+}
+
+/// The producer table of a metadata snapshot, a spilled one from the cache `preload` filled.
+fn restored_producers(
+    inner: &Inner,
+    tp: TopicPartition,
+    snapshot: Option<&metadata::PartitionProducers>,
+) -> Result<ProducerTable> {
+    crate::producer_snapshots::table_now(inner, tp, snapshot).ok_or_else(|| {
+        crate::Error::CorruptSegment {
+            key: snapshot
+                .and_then(|s| s.spilled.as_ref())
+                .map_or_else(String::new, |s| s.key.clone()),
+            reason: "spilled producer snapshot was not preloaded before the WAL replay".into(),
+        }
+    })
 }

@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::BatchHeader;
 use crate::partition::{Partition, WalEntry};
-use crate::producers::ProducerTable;
 use crate::segment::{segment_key, BuiltSegment, SegmentBuilder};
 use crate::{now_ms, Error, Inner, Result};
 
@@ -246,28 +245,38 @@ pub(crate) async fn save_producer_state(
     headers: &[BatchHeader],
     end_offset: i64,
 ) -> Result<()> {
-    let Some(snapshot) = producer_snapshot(inner, tp, headers, end_offset) else {
+    let Some(snapshot) = producer_snapshot(inner, tp, headers, end_offset).await? else {
         return Ok(());
     };
+    let snapshot = crate::producer_snapshots::spill_if_large(inner, tp, snapshot).await?;
+    let spilled = snapshot.spilled.as_ref().map(|s| s.key.clone());
     let proposal = Command::SetProducerState {
         tp,
         leader_epoch,
         state: snapshot,
+        now_ms: now_ms(),
     };
     match inner.meta.propose(proposal).await? {
-        CommandResponse::Rejected(rejection) => Err(Error::Rejected(rejection)),
+        CommandResponse::Rejected(rejection) => {
+            // Never referenced: the object of a spilled snapshot is garbage.
+            if let Some(key) = spilled {
+                delete_orphan(inner, &key).await;
+            }
+            Err(Error::Rejected(rejection))
+        }
         _ => Ok(()),
     }
 }
 
-/// The partition's producer snapshot in metadata with `headers` folded in, valid at `end_offset`;
-/// `None` when the headers hold no idempotent batch newer than the snapshot.
-fn producer_snapshot(
+/// The partition's producer snapshot in metadata (read back if spilled) with `headers` folded
+/// in, valid at `end_offset`, in full; `None` when the headers hold no idempotent batch newer
+/// than the snapshot.
+async fn producer_snapshot(
     inner: &Inner,
     tp: TopicPartition,
     headers: &[BatchHeader],
     end_offset: i64,
-) -> Option<metadata::PartitionProducers> {
+) -> Result<Option<metadata::PartitionProducers>> {
     let state = inner.meta.state();
     let previous = state.producer_state(tp);
     let as_of = previous.map_or(0, |p| p.as_of_offset);
@@ -276,15 +285,13 @@ fn producer_snapshot(
         .filter(|h| h.has_producer_id() && h.base_sequence >= 0 && h.last_offset() >= as_of)
         .collect();
     if sequenced.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let mut table = previous
-        .map(ProducerTable::from_snapshot)
-        .unwrap_or_default();
+    let mut table = crate::producer_snapshots::table(inner, tp, previous).await?;
     for header in sequenced {
         table.record(header, header.base_offset);
     }
-    Some(table.snapshot(end_offset))
+    Ok(Some(table.snapshot(end_offset)))
 }
 
 async fn build_segment(

@@ -1382,6 +1382,41 @@ fn init_producer_id(d: &mut Differ) -> Result<()> {
                 request
             }
         })?;
+        // KIP-360 (v3+): a producer presenting the id and epoch it was given. Without a
+        // transactional id Kafka hands out a fresh id at epoch 0 (the pair is not checked, the
+        // epoch not bumped); a broker that bumped it would answer epoch 1.
+        let first = if version >= 3 {
+            d.diff("init_producer_id: first", version, |_| {
+                InitProducerIdRequest::default()
+                    .with_transactional_id(None)
+                    .with_transaction_timeout_ms(60_000)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1)
+            })?
+        } else {
+            None
+        };
+        if let Some((kafka, sluice)) = first {
+            let again = d.diff("init_producer_id: KIP-360 bump", version, |broker| {
+                let first = match broker.side {
+                    Side::Kafka => &kafka,
+                    Side::Sluice => &sluice,
+                };
+                InitProducerIdRequest::default()
+                    .with_transactional_id(None)
+                    .with_transaction_timeout_ms(60_000)
+                    .with_producer_id(first.producer_id)
+                    .with_producer_epoch(first.producer_epoch)
+            })?;
+            if let Some((_, sluice_again)) = again {
+                if sluice_again.producer_id == sluice.producer_id {
+                    d.fail(format!(
+                        "init_producer_id v{version}: presenting id {} gave the same id back",
+                        sluice.producer_id.0
+                    ));
+                }
+            }
+        }
         // An empty transactional id is not "no transactional id".
         d.diff("init_producer_id: empty transactional id", version, |_| {
             InitProducerIdRequest::default()

@@ -1,8 +1,12 @@
 //! InitProducerId for idempotent producers: ids are allocated through metadata, so they are unique
 //! across restarts (and, later, across brokers). Transactions are not supported yet.
 //!
-//! KIP-360: a producer that presents its current id and epoch gets the same id with the epoch bumped
-//! (a new id once the epoch would overflow).
+//! KIP-360: an idempotent producer that lost track of its sequences sends InitProducerId again with
+//! its current id and epoch. Without a transactional id there is nothing to check that pair
+//! against (the broker keeps no per-id epoch outside the partitions' sequence state), so, as
+//! Apache Kafka's transaction coordinator does for a null transactional id, it always gets a
+//! fresh id at epoch 0 — never the id it presented with a bumped epoch, which would let any
+//! client take over any other producer's id by naming it.
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use metadata::{Command, CommandResponse};
@@ -27,14 +31,6 @@ pub(super) async fn init_producer_id(
             return response.with_error_code(ErrorCode::TransactionalIdAuthorizationFailed.code());
         }
         None => {}
-    }
-    let existing = request.producer_id.0;
-    // KIP-360 bump of an id we handed out; an id we never handed out gets a fresh one instead.
-    let known = existing >= 0 && existing < broker.meta.state().next_producer_id;
-    if known && request.producer_epoch >= 0 && request.producer_epoch < i16::MAX - 1 {
-        return response
-            .with_producer_id(ProducerId(existing))
-            .with_producer_epoch(request.producer_epoch + 1);
     }
     match broker
         .meta

@@ -1,0 +1,112 @@
+//! Producer snapshots larger than metadata keeps inline (`producer_snapshots`): every producer
+//! survives a restart — after the WAL was truncated (file WAL) or compacted (S3 WAL) — and
+//! replaced snapshot objects are queued for GC.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStoreExt;
+
+use crate::object_wal_tests::tp;
+use crate::producer_snapshots::INLINE_PRODUCERS;
+use crate::store_tests::{append_one, sequenced};
+use crate::test_support::{wait_until, Harness};
+
+/// A hang guard, not a speed assumption: the segment writer runs every 100 ms here.
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+async fn every_producer_survives_a_restart(object: bool) {
+    let mut h = Harness::start(|o| {
+        o.segment_max_age = Duration::from_millis(100);
+        if object {
+            o.object_wal = Some(crate::ObjectWalOptions::default());
+        }
+    })
+    .await;
+    let topic = h.create_topic("many-producers", 1).await;
+    let p = tp(topic, 0);
+    // More producers than a snapshot keeps inline; one batch each, appended concurrently.
+    let producers = INLINE_PRODUCERS as i64 + 500;
+    let batches: Vec<BytesMut> = (0..producers)
+        .map(|i| sequenced(10_000 + i, 0, 0, 1))
+        .collect();
+    let offsets: Vec<i64> =
+        futures::future::join_all(batches.iter().map(|batch| append_one(&h, p, batch)))
+            .await
+            .into_iter()
+            .map(|r| r.expect("append"))
+            .collect();
+    wait_until(HANG_GUARD, "a spilled producer snapshot", || async {
+        h.meta
+            .state()
+            .producer_state(p)
+            .and_then(|s| s.spilled.clone())
+            .is_some_and(|s| s.producers == producers as u64)
+    })
+    .await;
+    let state = h.meta.state();
+    let snapshot = state.producer_state(p).expect("snapshot").clone();
+    let first_key = snapshot.spilled.as_ref().expect("spilled").key.clone();
+    assert!(snapshot.producers.is_empty(), "nothing inline once spilled");
+    h.objects
+        .head(&ObjectPath::from(first_key.as_str()))
+        .await
+        .expect("the snapshot object exists");
+    h.restart().await;
+    // Every producer's batch is still recognized as a retry, the oldest ones included (a
+    // snapshot cut to the most recent 1,000 would have forgotten 500 of them).
+    for (i, batch) in batches.iter().enumerate() {
+        assert_eq!(
+            append_one(&h, p, batch).await.expect("retry"),
+            offsets[i],
+            "retry of producer {} after a restart",
+            10_000 + i
+        );
+    }
+    assert_eq!(h.store.offsets(p).unwrap().high_watermark, producers);
+    // The next batch of every producer continues its sequence; a new snapshot replaces the old
+    // object, which is queued for GC.
+    let next: Vec<BytesMut> = (0..producers)
+        .map(|i| sequenced(10_000 + i, 0, 1, 1))
+        .collect();
+    futures::future::join_all(next.iter().map(|batch| append_one(&h, p, batch)))
+        .await
+        .into_iter()
+        .for_each(|r| {
+            r.expect("next batch");
+        });
+    wait_until(HANG_GUARD, "a newer spilled snapshot", || async {
+        h.meta
+            .state()
+            .producer_state(p)
+            .and_then(|s| s.spilled.clone())
+            .is_some_and(|s| s.key != first_key)
+    })
+    .await;
+    assert!(h
+        .meta
+        .state()
+        .deleted_objects
+        .iter()
+        .any(|(key, _)| *key == first_key));
+    h.restart().await;
+    assert!(matches!(
+        append_one(&h, p, &sequenced(10_000, 0, 5, 1)).await,
+        Err(crate::Error::OutOfOrderSequence {
+            expected: 2,
+            got: 5
+        })
+    ));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_producer_survives_a_restart_after_wal_truncation() {
+    every_producer_survives_a_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_producer_survives_a_restart_after_compaction() {
+    every_producer_survives_a_restart(true).await;
+}
