@@ -5,9 +5,11 @@
 //! checkout would otherwise be run as if it were the code under test. Cargo writes, next to the
 //! binary, a dep-info file (`target/debug/sluice.d`) listing every source file the binary was
 //! built from. Before the first broker of a test process starts, [`sluice_binary`] compares their
-//! modification times with the binary's; if any source is newer (or the binary or its dep-info
-//! is missing), it runs `cargo build -p sluice --bin sluice` itself and checks again, failing with
-//! the list of newer files if the build did not bring the binary up to date.
+//! modification times with the binary's. If any source is newer, the binary or its dep-info is
+//! missing, or the binary was built from another checkout into the same target dir (its dep-info
+//! does not list this checkout's `src/main.rs`), it runs `cargo build -p sluice --bin sluice`
+//! itself and checks again, failing with the list of newer files if the build did not bring the
+//! binary up to date.
 //!
 //! `$SLUICE_BIN` names a binary explicitly (e.g. a release build for a benchmark); it is run as
 //! given, unchecked.
@@ -60,7 +62,8 @@ fn up_to_date_binary() -> Result<PathBuf> {
     let root = workspace_root()?;
     let binary = target_dir(&root).join("debug").join("sluice");
     let dep_info = binary.with_extension("d");
-    if freshness(&binary, &dep_info)? == Freshness::Fresh {
+    let main = root.join("src").join("main.rs");
+    if freshness(&binary, &dep_info, Some(&main))? == Freshness::Fresh {
         return Ok(binary);
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -72,7 +75,7 @@ fn up_to_date_binary() -> Result<PathBuf> {
     if !status.success() {
         bail!("`cargo build -p sluice` failed ({status}): the end-to-end tests need the binary");
     }
-    match freshness(&binary, &dep_info)? {
+    match freshness(&binary, &dep_info, Some(&main))? {
         Freshness::Fresh => Ok(binary),
         Freshness::Missing => bail!(
             "{} or {} still missing after `cargo build -p sluice`",
@@ -102,8 +105,14 @@ pub enum Freshness {
 }
 
 /// Compares `binary`'s modification time with the sources listed in `dep_info` (Cargo's
-/// Makefile-style `target: source source ...` file, spaces in paths escaped as `\ `).
-pub fn freshness(binary: &Path, dep_info: &Path) -> Result<Freshness> {
+/// Makefile-style `target: source source ...` file, spaces in paths escaped as `\ `). With
+/// `expected_main`, a dep-info file that does not list it (a binary built from another checkout
+/// into the same target dir) is stale too.
+pub fn freshness(
+    binary: &Path,
+    dep_info: &Path,
+    expected_main: Option<&Path>,
+) -> Result<Freshness> {
     let (Ok(built), Ok(text)) = (
         binary.metadata().and_then(|m| m.modified()),
         std::fs::read_to_string(dep_info),
@@ -113,6 +122,12 @@ pub fn freshness(binary: &Path, dep_info: &Path) -> Result<Freshness> {
     let sources = dep_info_sources(&text);
     if sources.is_empty() {
         bail!("{} lists no sources", dep_info.display());
+    }
+    // Built from another checkout sharing this target dir (its sources are not ours).
+    if let Some(main) = expected_main {
+        if !sources.iter().any(|source| source == main) {
+            return Ok(Freshness::Stale(vec![main.to_path_buf()]));
+        }
     }
     let newer: Vec<PathBuf> = sources
         .into_iter()
@@ -207,7 +222,8 @@ mod tests {
         let (binary, dep_info) = (dir.path().join("sluice"), dir.path().join("sluice.d"));
         let (a, b) = (dir.path().join("a.rs"), dir.path().join("b.rs"));
         let t0 = SystemTime::now() - Duration::from_secs(3600);
-        assert_eq!(freshness(&binary, &dep_info).unwrap(), Freshness::Missing);
+        let check = || freshness(&binary, &dep_info, None).unwrap();
+        assert_eq!(check(), Freshness::Missing);
         touch(&a, t0);
         touch(&b, t0);
         touch(&binary, t0 + Duration::from_secs(60));
@@ -216,20 +232,25 @@ mod tests {
             format!("{}: {} {}\n", binary.display(), a.display(), b.display()),
         )
         .unwrap();
-        assert_eq!(freshness(&binary, &dep_info).unwrap(), Freshness::Fresh);
+        assert_eq!(check(), Freshness::Fresh);
+        // Built from these sources, but not from this checkout's main.rs.
+        let ours = dir.path().join("main.rs");
+        touch(&ours, t0);
+        assert_eq!(
+            freshness(&binary, &dep_info, Some(&ours)).unwrap(),
+            Freshness::Stale(vec![ours.clone()])
+        );
+        assert_eq!(
+            freshness(&binary, &dep_info, Some(&a)).unwrap(),
+            Freshness::Fresh
+        );
         // One source edited after the build.
         touch(&b, t0 + Duration::from_secs(120));
-        assert_eq!(
-            freshness(&binary, &dep_info).unwrap(),
-            Freshness::Stale(vec![b.clone()])
-        );
+        assert_eq!(check(), Freshness::Stale(vec![b.clone()]));
         // A source that was removed also makes the binary stale.
         touch(&binary, t0 + Duration::from_secs(180));
         std::fs::remove_file(&a).unwrap();
-        assert_eq!(
-            freshness(&binary, &dep_info).unwrap(),
-            Freshness::Stale(vec![a])
-        );
+        assert_eq!(check(), Freshness::Stale(vec![a]));
     }
 
     #[test]
@@ -238,8 +259,9 @@ mod tests {
         // every source the binary was built from is at most as new as it.
         let binary = sluice_binary().unwrap();
         if std::env::var_os("SLUICE_BIN").is_none() {
+            let main = workspace_root().unwrap().join("src").join("main.rs");
             assert_eq!(
-                freshness(&binary, &binary.with_extension("d")).unwrap(),
+                freshness(&binary, &binary.with_extension("d"), Some(&main)).unwrap(),
                 Freshness::Fresh
             );
         }
