@@ -361,9 +361,11 @@ async fn a_replacement_on_the_same_index_reads_what_the_first_acknowledged() {
 /// is applied (a WAL object leaves the index) but GC deletes nothing; once released, it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_deletes_nothing_the_index_has_not_made_durable() {
-    // Held durability answers proposals and `durable_state` with `NotPersisted` after 3 s: a
-    // housekeeping pass under the hold then ends instead of waiting for the release.
-    let (memory, meta, objects) = shared_parts_with_timeout(Duration::from_secs(3));
+    // Held durability answers proposals and `durable_state` with `NotPersisted` after 1 s: a
+    // housekeeping pass under the hold then ends instead of waiting for the release. (Nothing
+    // has to finish within that second: before the hold metadata answers at once, under it
+    // every wait is meant to end this way.)
+    let (memory, meta, objects) = shared_parts_with_timeout(Duration::from_secs(1));
     let h = Harness::start_shared(meta, objects, |opts| {
         object_mode(opts);
         // Compaction of every indexed chunk at once, and no GC grace.

@@ -57,3 +57,66 @@ impl Passes {
         let _ = finished.wait_for(|&number| number >= target).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Lets every other task of this (single-threaded) test runtime run until it waits.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn run_one_waits_for_a_pass_that_started_after_the_call() {
+        let passes = Arc::new(Passes::default());
+        // Pass `n` finishes once the gate is at `n` or more.
+        let gate = watch::Sender::new(0u64);
+        let looping = tokio::spawn({
+            let passes = passes.clone();
+            let mut gate = gate.subscribe();
+            async move {
+                for number in 1..=2u64 {
+                    passes.requested().await;
+                    passes
+                        .run(async {
+                            let _ = gate.wait_for(|&open| open >= number).await;
+                        })
+                        .await;
+                }
+            }
+        });
+        let first = tokio::spawn({
+            let passes = passes.clone();
+            async move { passes.run_one().await }
+        });
+        settle().await;
+        assert_eq!(passes.started.load(Ordering::SeqCst), 1, "pass 1 running");
+        // Asked while pass 1 runs: pass 1 may have looked before the caller's change.
+        let second = tokio::spawn({
+            let passes = passes.clone();
+            async move { passes.run_one().await }
+        });
+        settle().await;
+        gate.send_replace(1);
+        settle().await;
+        assert!(first.is_finished(), "pass 1 was asked for and has finished");
+        assert!(
+            !second.is_finished(),
+            "answered by a pass that started before it asked"
+        );
+        assert_eq!(
+            passes.started.load(Ordering::SeqCst),
+            2,
+            "pass 2 runs on request"
+        );
+        gate.send_replace(2);
+        settle().await;
+        assert!(second.is_finished());
+        looping.await.unwrap();
+    }
+}
