@@ -20,7 +20,7 @@ use object_store::{
 use uuid::Uuid;
 
 use crate::bucket_format::{self, Lineage};
-use crate::node_tests::{options, workload, TestResult, NOW};
+use crate::node_tests::{options, workload, TestResult, HANG_GUARD, NOW};
 use crate::{
     Command, CommandResponse, Error, JournalOptions, MetadataClient, MetadataNode, MetadataOptions,
     MetadataState,
@@ -34,9 +34,11 @@ const PREFIX: &str = "cluster-x";
 struct TestStore {
     inner: Arc<InMemory>,
     fail_puts: AtomicBool,
-    /// PUTs wait while set (bounded), counted in `held`.
-    block_puts: AtomicBool,
+    /// PUTs wait while set (bounded by the hang guard), counted in `held`.
+    block_puts: tokio::sync::watch::Sender<bool>,
     held: AtomicU64,
+    /// Bumped whenever a PUT is held or stored: what [`TestStore::wait_for`] re-checks on.
+    events: tokio::sync::watch::Sender<u64>,
     /// The next this many creates are stored, then answered with an error (a 500 after storing).
     store_then_fail: AtomicU32,
     /// The next this many creates are answered `AlreadyExists` without storing anything (a 409
@@ -55,12 +57,40 @@ impl TestStore {
         Arc::new(TestStore {
             inner: inner.clone(),
             fail_puts: AtomicBool::new(false),
-            block_puts: AtomicBool::new(false),
+            block_puts: tokio::sync::watch::Sender::new(false),
             held: AtomicU64::new(0),
+            events: tokio::sync::watch::Sender::new(0),
             store_then_fail: AtomicU32::new(0),
             conflict_without_storing: AtomicU32::new(0),
             puts: AtomicU64::new(0),
         })
+    }
+
+    /// Holds (`true`) or releases (`false`) this process's PUTs.
+    fn hold_puts(&self, hold: bool) {
+        self.block_puts.send_replace(hold);
+    }
+
+    /// Waits until `check` answers `true`, re-checking after every PUT this store holds or
+    /// stores; `Err` naming `what` after the hang guard.
+    async fn wait_for<F, Fut>(&self, what: &str, mut check: F) -> Result<(), String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool, String>>,
+    {
+        // Subscribed before the first check: an event after it wakes the loop.
+        let mut events = self.events.subscribe();
+        let waited = tokio::time::timeout(HANG_GUARD, async {
+            while !check().await? {
+                events
+                    .changed()
+                    .await
+                    .map_err(|_| format!("the store went away before {what}"))?;
+            }
+            Ok(())
+        })
+        .await;
+        waited.unwrap_or_else(|_| Err(format!("hung waiting for {what}")))
     }
 }
 
@@ -92,14 +122,11 @@ impl ObjectStore for TestStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         // A held PUT hangs (bounded, so a broken test cannot hang forever).
-        if self.block_puts.load(Ordering::SeqCst) {
+        if *self.block_puts.borrow() {
             self.held.fetch_add(1, Ordering::SeqCst);
-            for _ in 0..6000 {
-                if !self.block_puts.load(Ordering::SeqCst) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            self.events.send_modify(|count| *count += 1);
+            let mut block = self.block_puts.subscribe();
+            let _ = tokio::time::timeout(HANG_GUARD, block.wait_for(|held| !held)).await;
         }
         if self.fail_puts.load(Ordering::SeqCst) {
             return Err(injected("injected PUT failure"));
@@ -112,6 +139,7 @@ impl ObjectStore for TestStore {
         }
         self.puts.fetch_add(1, Ordering::SeqCst);
         let stored = self.inner.put_opts(location, payload, opts).await?;
+        self.events.send_modify(|count| *count += 1);
         if take_one(&self.store_then_fail) {
             return Err(injected("injected 500 after storing"));
         }
@@ -356,23 +384,23 @@ async fn a_wiped_node_restores_from_the_bucket_and_continues_under_a_new_lineage
     Ok(())
 }
 
-/// Polls (bounded) until the bucket holds at least `count` snapshots, the newest at `at_least`+.
+/// Waits until the bucket holds at least `count` snapshots, the newest at `at_least`+ (re-listed
+/// after every PUT of this store).
 async fn wait_for_snapshots(
     store: &TestStore,
     count: usize,
     at_least: u64,
 ) -> Result<Vec<u64>, String> {
-    for _ in 0..400 {
-        let snapshots = snapshot_indexes(store).await.map_err(|e| e.to_string())?;
-        if snapshots.len() >= count && snapshots.last().is_some_and(|&s| s >= at_least) {
-            return Ok(snapshots);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Err(format!(
-        "no {count} snapshots at {at_least}+: {:?}",
-        snapshot_indexes(store).await
-    ))
+    let enough = |snapshots: &[u64]| {
+        snapshots.len() >= count && snapshots.last().is_some_and(|&s| s >= at_least)
+    };
+    store
+        .wait_for(&format!("{count} snapshots at {at_least}+"), || async {
+            let snapshots = snapshot_indexes(store).await.map_err(|e| e.to_string())?;
+            Ok(enough(&snapshots))
+        })
+        .await?;
+    snapshot_indexes(store).await.map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -452,16 +480,15 @@ async fn snapshots_sit_at_object_boundaries_and_logs_are_kept_from_the_older_one
     Ok(())
 }
 
-/// Polls (bounded) until some log object in the bucket reaches `index`.
+/// Waits until some log object in the bucket reaches `index` (re-listed after every PUT of this
+/// store).
 async fn wait_until_in_bucket(store: &TestStore, index: u64) -> Result<(), String> {
-    for _ in 0..400 {
-        let objects = log_objects(store).await.map_err(|e| e.to_string())?;
-        if objects.iter().any(|o| o.1 >= index) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Err(format!("index {index} never reached the bucket"))
+    store
+        .wait_for(&format!("index {index} in the bucket"), || async {
+            let objects = log_objects(store).await.map_err(|e| e.to_string())?;
+            Ok(objects.iter().any(|o| o.1 >= index))
+        })
+        .await
 }
 
 #[tokio::test]
@@ -560,7 +587,7 @@ async fn a_hung_store_fails_proposals_and_bounds_shutdown() -> TestResult {
     );
     let kept = client.state();
 
-    store.block_puts.store(true, Ordering::SeqCst);
+    store.hold_puts(true);
     let result = client.propose(create_topic("lost", 2)).await;
     assert!(matches!(result, Err(Error::NotPersisted)), "{result:?}");
     // Shutdown tries to flush for at most the persist timeout, then gives up.
@@ -571,7 +598,7 @@ async fn a_hung_store_fails_proposals_and_bounds_shutdown() -> TestResult {
         "{:?}",
         started.elapsed()
     );
-    store.block_puts.store(false, Ordering::SeqCst);
+    store.hold_puts(false);
 
     // What was never acknowledged may be lost; everything acknowledged is there.
     assert_eq!(restored_state(&store, 10_000).await?, *kept);
@@ -595,21 +622,16 @@ async fn a_second_process_on_the_bucket_fences_the_first() -> TestResult {
     let acknowledged_by_a = a.state();
 
     // A is paused in the middle of a create (its PUT held) with a proposal pending.
-    store_a.block_puts.store(true, Ordering::SeqCst);
+    store_a.hold_puts(true);
     let pending = tokio::spawn({
         let a = a.clone();
         async move { a.propose(create_topic("from-a", 10)).await }
     });
-    for _ in 0..400 {
-        if store_a.held.load(Ordering::SeqCst) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(
-        store_a.held.load(Ordering::SeqCst) > 0,
-        "A's create was never held"
-    );
+    store_a
+        .wait_for("A's create held", || async {
+            Ok(store_a.held.load(Ordering::SeqCst) > 0)
+        })
+        .await?;
 
     // B starts on an empty directory: it restores what A stored and takes the next key.
     let node_b = MetadataNode::start(journal_options(
@@ -627,10 +649,10 @@ async fn a_second_process_on_the_bucket_fences_the_first() -> TestResult {
     );
 
     // A resumes: its create meets B's object, so A is fenced and acknowledges nothing more.
-    store_a.block_puts.store(false, Ordering::SeqCst);
-    let answer = tokio::time::timeout(Duration::from_secs(10), pending).await??;
+    store_a.hold_puts(false);
+    let answer = tokio::time::timeout(HANG_GUARD, pending).await??;
     assert!(matches!(answer, Err(Error::Fenced(_))), "{answer:?}");
-    let reason = tokio::time::timeout(Duration::from_secs(5), a.fenced()).await?;
+    let reason = tokio::time::timeout(HANG_GUARD, a.fenced()).await?;
     assert!(reason.contains("already exists"), "{reason}");
     let later = a.propose(alloc()).await;
     assert!(matches!(later, Err(Error::Fenced(_))), "{later:?}");
@@ -670,7 +692,7 @@ async fn a_start_that_loses_the_race_for_its_first_object_fails_before_acknowled
     workload(&a).await?;
 
     // B restores, but its first create is held; meanwhile A (still running) appends.
-    store_b.block_puts.store(true, Ordering::SeqCst);
+    store_b.hold_puts(true);
     let starting_b = tokio::spawn({
         let store_b = store_b.clone();
         let dir = dir_b.path().to_path_buf();
@@ -684,22 +706,17 @@ async fn a_start_that_loses_the_race_for_its_first_object_fails_before_acknowled
             .await
         }
     });
-    for _ in 0..400 {
-        if store_b.held.load(Ordering::SeqCst) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(
-        store_b.held.load(Ordering::SeqCst) > 0,
-        "B's first create was never held"
-    );
+    store_b
+        .wait_for("B's first create held", || async {
+            Ok(store_b.held.load(Ordering::SeqCst) > 0)
+        })
+        .await?;
     assert_eq!(
         a.propose(create_topic("from-a", 10)).await?,
         CommandResponse::Ok
     );
-    store_b.block_puts.store(false, Ordering::SeqCst);
-    match tokio::time::timeout(Duration::from_secs(10), starting_b).await?? {
+    store_b.hold_puts(false);
+    match tokio::time::timeout(HANG_GUARD, starting_b).await?? {
         Err(Error::Fenced(reason)) => assert!(reason.contains("already exists"), "{reason}"),
         Err(other) => return Err(format!("B failed for another reason: {other}").into()),
         Ok(node) => {
@@ -942,18 +959,11 @@ async fn raft_never_purges_its_log_past_what_the_bucket_holds() -> TestResult {
             Err(Error::NotPersisted)
         ));
     }
-    let mut snapshot = None;
-    for _ in 0..200 {
-        snapshot = node.inner.log_progress().0;
-        if snapshot.is_some_and(|s| s > stored) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        snapshot.is_some_and(|s| s > stored),
-        "no local snapshot past {stored}: {snapshot:?}"
-    );
+    node.inner
+        .wait_log_progress(HANG_GUARD, "a local snapshot", |snapshot, _| {
+            snapshot.is_some_and(|s| s > stored)
+        })
+        .await?;
     let (_, purged) = node.inner.log_progress();
     assert!(
         purged.is_none_or(|p| p <= stored),
@@ -964,18 +974,13 @@ async fn raft_never_purges_its_log_past_what_the_bucket_holds() -> TestResult {
     store.fail_puts.store(false, Ordering::SeqCst);
     client.sync().await.ok();
     wait_until_in_bucket(&store, applied(&client)).await?;
-    let mut purged = None;
-    for _ in 0..200 {
-        purged = node.inner.log_progress().1;
-        if purged.is_some_and(|p| p > stored) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        purged.is_some_and(|p| p > stored),
-        "never purged past {stored}: {purged:?}"
-    );
+    node.inner
+        .wait_log_progress(
+            HANG_GUARD,
+            "a purge past what the bucket held",
+            |_, purged| purged.is_some_and(|p| p > stored),
+        )
+        .await?;
     node.shutdown().await?;
     Ok(())
 }

@@ -16,6 +16,10 @@ pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 pub(crate) const NOW: i64 = 1_700_000_000_000;
 
+/// The longest any wait in these tests may take: a guard against a hang, not a guess at how fast
+/// the machine is (every wait it bounds ends on an event).
+pub(crate) const HANG_GUARD: Duration = Duration::from_secs(120);
+
 pub(crate) fn options(dir: &Path, snapshot_every: u64) -> MetadataOptions {
     MetadataOptions {
         dir: dir.to_path_buf(),
@@ -248,19 +252,13 @@ async fn restart_replays_the_log_to_the_same_state() -> TestResult {
     Ok(())
 }
 
-/// Polls (bounded) until Raft reports a snapshot and a purge at or beyond `index`.
+/// Waits until Raft reports a snapshot and a purge at or beyond `index` (woken by its metrics).
 async fn wait_for_purge(node: &MetadataNode, index: u64) -> Result<(), String> {
-    for _ in 0..200 {
-        let (snapshot, purged) = node.inner.log_progress();
-        if snapshot >= Some(index) && purged >= Some(index) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Err(format!(
-        "no snapshot+purge reached {index}: {:?}",
-        node.inner.log_progress()
-    ))
+    node.inner
+        .wait_log_progress(HANG_GUARD, "a snapshot and a purge", |snapshot, purged| {
+            snapshot >= Some(index) && purged >= Some(index)
+        })
+        .await
 }
 
 #[tokio::test]
@@ -332,7 +330,7 @@ async fn watch_fires_on_apply() -> TestResult {
     let mut watch = client.watch();
     let start = *watch.borrow_and_update();
     let waiter = tokio::spawn(async move {
-        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        tokio::time::timeout(HANG_GUARD, watch.changed())
             .await
             .map(|r| r.is_ok())
     });

@@ -45,10 +45,11 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = interval.tick() => {}
+            _ = inner.writer_passes.requested() => {}
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = round(&inner, &mut backoff) => {}
+            _ = inner.writer_passes.run(round(&inner, &mut backoff)) => {}
         }
     }
 }

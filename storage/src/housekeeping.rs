@@ -40,25 +40,30 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = interval.tick() => {}
+            _ = inner.housekeeping_passes.requested() => {}
         }
         // Abandoning a pass half-way is safe: every step is idempotent and ordered metadata-first.
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = pass(&inner) => {}
+            _ = inner.housekeeping_passes.run(pass_and_sweep(&inner, &mut last_sweep)) => {}
         }
-        if let Some(wal) = &inner.opts.object_wal {
-            if last_sweep.is_none_or(|at| at.elapsed() >= wal.sweep_interval) {
-                last_sweep = Some(tokio::time::Instant::now());
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    swept = sweep_wal_lanes(&inner) => match swept {
-                        Ok(0) => {}
-                        Ok(count) => tracing::info!(count, "swept WAL objects no index will ever reference"),
-                        Err(err) => tracing::warn!(error = %err, "WAL lane sweep failed"),
-                    }
-                }
-            }
-        }
+    }
+}
+
+/// One pass, then a sweep of the S3 WAL lanes when `sweep_interval` has passed since the last.
+async fn pass_and_sweep(inner: &Inner, last_sweep: &mut Option<tokio::time::Instant>) {
+    pass(inner).await;
+    let Some(wal) = &inner.opts.object_wal else {
+        return;
+    };
+    if last_sweep.is_some_and(|at| at.elapsed() < wal.sweep_interval) {
+        return;
+    }
+    *last_sweep = Some(tokio::time::Instant::now());
+    match sweep_wal_lanes(inner).await {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(count, "swept WAL objects no index will ever reference"),
+        Err(err) => tracing::warn!(error = %err, "WAL lane sweep failed"),
     }
 }
 

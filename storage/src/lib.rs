@@ -10,7 +10,8 @@
 //! Private modules: `partition` (offset assignment, in-flight appends, high watermark, WAL index),
 //! `wal_record` (the routing header in front of each batch in the WAL), `tail_cache`, `read` (fetch
 //! and timestamp lookups), `segment_writer` (WAL →
-//! segment objects + WAL checkpoint), `housekeeping` (retention + object GC), `recovery` (WAL replay).
+//! segment objects + WAL checkpoint), `housekeeping` (retention + object GC), `recovery` (WAL replay),
+//! `passes` (counted passes of those background loops, which tests ask for instead of waiting).
 //!
 //! Architecture invariant: a record is acknowledged (its append returns `Ok`) only after the WAL
 //! reports it durable; the high watermark never passes a record that is not durable.
@@ -32,6 +33,7 @@ mod object_wal_tests;
 #[cfg(test)]
 mod ownership_tests;
 mod partition;
+mod passes;
 #[cfg(test)]
 mod power_loss_tests;
 #[cfg(test)]
@@ -294,6 +296,10 @@ pub(crate) struct Inner {
     pub(crate) segments: Arc<SegmentReader>,
     /// Woken when a partition's WAL-only bytes reach `segment_bytes`.
     pub(crate) writer_wake: Notify,
+    /// Rounds of the segment writer (file WAL) or of compaction (S3 WAL).
+    pub(crate) writer_passes: passes::Passes,
+    /// Passes of housekeeping (retention, GC, S3 WAL lane sweeps).
+    pub(crate) housekeeping_passes: passes::Passes,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -863,6 +869,8 @@ impl LogStore {
             retention: Mutex::new(HashMap::new()),
             producer_snapshots: Mutex::new(HashMap::new()),
             writer_wake: Notify::new(),
+            writer_passes: passes::Passes::default(),
+            housekeeping_passes: passes::Passes::default(),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
@@ -1067,6 +1075,23 @@ impl LogStore {
             slot.current().close(OBJECT_WAL_DRAIN).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl LogStore {
+    /// Runs one round of the segment writer (file WAL) or of compaction (S3 WAL) — the loop's
+    /// own, after whatever it is doing now — and returns once it is done. What is due then
+    /// (by size or by age) is written; one round writes up to 16 segments per partition, and
+    /// compaction rewrites the first due run of each partition.
+    pub(crate) async fn run_writer_pass(&self) {
+        self.inner.writer_passes.run_one().await;
+    }
+
+    /// Runs one housekeeping pass (producer expiry, retention, GC; the S3 WAL lane sweep when its
+    /// interval has passed) and returns once it is done.
+    pub(crate) async fn run_housekeeping_pass(&self) {
+        self.inner.housekeeping_passes.run_one().await;
     }
 }
 

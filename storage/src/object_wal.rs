@@ -337,6 +337,12 @@ impl ObjectWal {
         }
     }
 
+    /// Bytes of the unflushed budget not taken now (tests of backpressure).
+    #[cfg(test)]
+    pub(crate) fn budget_available(&self) -> usize {
+        self.shared.budget.available_permits()
+    }
+
     /// Queues a batch whose offsets are assigned (`part.state().begin_append` was called). Its
     /// partition learns the outcome through `Partition::completed_at`.
     pub(crate) fn push(&self, pending: Pending) -> Result<()> {

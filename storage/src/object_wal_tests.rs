@@ -10,9 +10,9 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use metadata::TopicPartition;
 use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::test_support::{simple_batch, stored, wait_until, Harness, SimStore};
+use crate::test_support::{simple_batch, stored, Harness, SimStore};
 use crate::{ObjectWalOptions, StorageOptions, TimestampType};
 
 pub(crate) fn tp(topic_id: uuid::Uuid, partition: i32) -> TopicPartition {
@@ -119,8 +119,12 @@ async fn appends_group_commit_into_shared_objects_and_read_back() {
         assert_eq!(read_all(&h, *tp).await, expected[p]);
     }
     // Indexing follows the acks, off the latency path.
-    wait_until(Duration::from_secs(20), "everything indexed", || async {
-        tps.iter().all(|tp| h.segmented_end(*tp) == 150)
+    h.wait_for_state("everything indexed", |state| {
+        tps.iter().all(|tp| {
+            state
+                .partition(*tp)
+                .is_some_and(|pm| pm.segmented_end() == 150)
+        })
     })
     .await;
     // Every partition's index points into shared WAL objects.
@@ -172,33 +176,53 @@ async fn restart_reads_everything_back_from_the_objects() {
     h.stop().await;
 }
 
+/// Whether every segment of `tps` is a segment object of its own (no chunk of a WAL object).
+fn all_compacted(h: &Harness, tps: &[TopicPartition]) -> bool {
+    let state = h.meta.state();
+    tps.iter().all(|tp| {
+        h.segments(*tp)
+            .iter()
+            .all(|s| !state.shared_objects.contains_key(&s.key) && s.footer_len == 0)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_rewrites_chunks_and_gc_deletes_wal_objects() {
     let h = Harness::start(|opts| {
         object_mode(opts);
         opts.segment_bytes = 16 * 1024;
-        opts.segment_max_age = Duration::from_millis(200);
-        opts.gc_grace = Duration::from_millis(100);
+        // Every indexed chunk is due at once: only the rounds' order decides what is merged.
+        opts.segment_max_age = Duration::ZERO;
+        opts.gc_grace = Duration::ZERO;
     })
     .await;
     let topic = h.create_topic("t", 2).await;
     let tps: Vec<TopicPartition> = (0..2).map(|p| tp(topic, p)).collect();
     let expected = produce(&h, &tps, 40).await;
     assert!(wal_objects(&h.objects).await > 0);
-    wait_until(Duration::from_secs(20), "chunks compacted", || async {
-        let state = h.meta.state();
+    h.wait_for_state("everything indexed", |state| {
         tps.iter().all(|tp| {
-            h.segments(*tp)
-                .iter()
-                .all(|s| !state.shared_objects.contains_key(&s.key) && s.footer_len == 0)
+            state
+                .partition(*tp)
+                .is_some_and(|pm| pm.segmented_end() == 120)
         })
     })
     .await;
+    // A round rewrites the first due run of each partition (at most `segment_bytes`): a few
+    // rounds rewrite everything. The bound counts rounds, not time.
+    let mut rounds = 0;
+    while !all_compacted(&h, &tps) {
+        assert!(
+            rounds < 50,
+            "chunks still not compacted after {rounds} rounds"
+        );
+        h.writer_pass().await;
+        rounds += 1;
+    }
     assert!(h.meta.state().shared_objects.is_empty());
-    wait_until(Duration::from_secs(20), "WAL objects deleted", || async {
-        wal_objects(&h.objects).await == 0
-    })
-    .await;
+    // Every WAL object left the index: one GC pass (no grace) deletes them all.
+    h.housekeeping_pass().await;
+    assert_eq!(wal_objects(&h.objects).await, 0, "WAL objects deleted");
     for (p, tp) in tps.iter().enumerate() {
         assert_eq!(h.segmented_end(*tp), 120);
         assert_eq!(read_all(&h, *tp).await, expected[p]);
@@ -233,14 +257,22 @@ async fn slow_store_applies_backpressure_and_nothing_is_acked_before_the_put() {
                 .await,
         );
     }
+    // The three placed batches hold their bytes of the budget until their PUT: what is left
+    // cannot admit a fourth (the semaphore makes it wait; no waiting needed to show it).
+    let fourth_batch = simple_batch(1, 20 * 1024, 1);
+    let wal = h.store.inner.object_wal.as_ref().unwrap().current();
+    assert!(
+        wal.budget_available() < fourth_batch.len(),
+        "over budget, yet {} bytes of it are free",
+        wal.budget_available()
+    );
     let store = h.store.clone();
     let fourth = tokio::spawn(async move {
         store
-            .submit_append(tp, simple_batch(1, 20 * 1024, 1), TimestampType::CreateTime)
+            .submit_append(tp, fourth_batch, TimestampType::CreateTime)
             .await
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!fourth.is_finished(), "over budget: the producer waits");
     assert_eq!(
         h.store.offsets(tp).unwrap().high_watermark,
@@ -329,39 +361,58 @@ async fn a_replacement_on_the_same_index_reads_what_the_first_acknowledged() {
 /// is applied (a WAL object leaves the index) but GC deletes nothing; once released, it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_deletes_nothing_the_index_has_not_made_durable() {
-    let (memory, meta, objects) = shared_parts();
+    // Held durability answers proposals and `durable_state` with `NotPersisted` after 1 s: a
+    // housekeeping pass under the hold then ends instead of waiting for the release. (Nothing
+    // has to finish within that second: before the hold metadata answers at once, under it
+    // every wait is meant to end this way.)
+    let (memory, meta, objects) = shared_parts_with_timeout(Duration::from_secs(1));
     let h = Harness::start_shared(meta, objects, |opts| {
         object_mode(opts);
-        // Compaction by age only, well after the load (even on a loaded machine), so it runs
-        // under the hold.
+        // Compaction of every indexed chunk at once, and no GC grace.
         opts.segment_bytes = 1 << 20;
-        opts.segment_max_age = Duration::from_secs(3);
-        opts.gc_grace = Duration::from_millis(100);
+        opts.segment_max_age = Duration::ZERO;
+        opts.gc_grace = Duration::ZERO;
+        if let Some(wal) = &mut opts.object_wal {
+            // Acks never wait for the (held) index.
+            wal.max_unindexed_objects = 1024;
+        }
     })
     .await;
     let topic = h.create_topic("t", 1).await;
     let tps = [tp(topic, 0)];
-    let expected = produce(&h, &tps, 40).await;
+    // Held before anything is written: every index change from here on is applied, not durable.
     memory.hold_durability(true);
+    let expected = produce(&h, &tps, 40).await;
     let before = wal_objects(&h.objects).await;
     assert!(before > 0);
-    // Compaction waits for each answer, so under the hold it gets one command applied.
-    wait_until(Duration::from_secs(60), "a WAL object retired", || async {
-        !h.meta.state().deleted_objects.is_empty()
+    // Compaction (by the applied index) retires a WAL object: applied, not durable.
+    h.wait_for_state("a WAL object retired", |state| {
+        !state.deleted_objects.is_empty()
     })
     .await;
-    // Many GC passes (every 50 ms) and five grace periods on the applied, undurable state.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let retired: Vec<String> = h
+        .meta
+        .state()
+        .deleted_objects
+        .iter()
+        .map(|(key, _)| key.clone())
+        .collect();
+    // A whole housekeeping pass on the applied, undurable state: the GC deletes nothing.
+    h.housekeeping_pass().await;
     assert_eq!(
         wal_objects(&h.objects).await,
         before,
         "GC deleted WAL objects the durable index still references"
     );
     memory.hold_durability(false);
-    wait_until(Duration::from_secs(20), "WAL objects deleted", || async {
-        wal_objects(&h.objects).await == 0
-    })
-    .await;
+    h.housekeeping_pass().await;
+    for key in &retired {
+        let head = h.objects.head(&ObjectPath::from(key.as_str())).await;
+        assert!(
+            matches!(head, Err(object_store::Error::NotFound { .. })),
+            "{key}: retired and durable, yet not deleted ({head:?})"
+        );
+    }
     for (p, tp) in tps.iter().enumerate() {
         assert_eq!(read_all(&h, *tp).await, expected[p]);
     }

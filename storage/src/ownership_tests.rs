@@ -8,7 +8,7 @@ use metadata::{Command, CommandResponse, MetadataClient, TopicPartition};
 
 use crate::batch::BatchHeader;
 use crate::object_wal_tests::shared_parts;
-use crate::test_support::{simple_batch, Harness, NODE};
+use crate::test_support::{simple_batch, Harness, SimStore, NODE};
 use crate::{Error, LogStore, TimestampType};
 
 fn tp(topic_id: uuid::Uuid, partition: i32) -> TopicPartition {
@@ -46,10 +46,14 @@ async fn acquire(meta: &MetadataClient, node_id: u64, tp: TopicPartition) -> i32
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_owners_partition_is_not_served_and_stale_epoch_writes_are_fenced() {
-    let (_memory, meta, objects) = shared_parts();
-    let h = Harness::start_shared(meta.clone(), objects, |opts| {
-        // The segment writer flushes what it holds after two seconds.
-        opts.segment_max_age = Duration::from_secs(2);
+    let (_memory, meta, bucket) = shared_parts();
+    let objects = SimStore::faulty(bucket);
+    // Segment uploads wait until released below: the data written under epoch 0 stays WAL-only
+    // until the epoch has moved on, however fast or slow the steps in between are.
+    objects.hold_puts(true);
+    let h = Harness::start_shared(meta.clone(), objects.clone(), |opts| {
+        // Every round of the segment writer flushes what it holds.
+        opts.segment_max_age = Duration::ZERO;
     })
     .await;
     register(&meta, NODE).await;
@@ -101,8 +105,10 @@ async fn another_owners_partition_is_not_served_and_stale_epoch_writes_are_fence
         ),
         "{deleted:?}"
     );
-    // The segment writer's flush of the epoch-0 data is rejected too: nothing gets indexed.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The segment writer's flush of the epoch-0 data (held at its upload, or started by this
+    // round) is rejected too: nothing gets indexed.
+    objects.hold_puts(false);
+    h.writer_pass().await;
     let pm = meta.state().partition(p0).cloned().expect("partition");
     assert_eq!(pm.log_start_offset, 0);
     assert!(
@@ -244,8 +250,10 @@ async fn s3_wal_partitions_are_released_and_acquired_with_ownership() {
             i64::from(i) * 2
         );
     }
-    wait_until(Duration::from_secs(10), "the chunks indexed", || async {
-        h.segmented_end(p0) == 6
+    h.wait_for_state("the chunks indexed", |state| {
+        state
+            .partition(p0)
+            .is_some_and(|pm| pm.segmented_end() == 6)
     })
     .await;
     assert!(h.store.inner.loaded_partition(p0).is_some());

@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use crate::object_wal_tests::{object_mode, produce, read_all, shared_parts, tp};
 use crate::store_tests::{append_one, sequenced};
-use crate::test_support::{simple_batch, stored, wait_until, Harness, SimStore};
+use crate::test_support::{
+    simple_batch, stored, wait_for_state, wait_until, within, Harness, SimStore,
+};
 use crate::wal_object;
 use crate::{Error, StorageOptions, TimestampType};
 
@@ -74,9 +76,8 @@ async fn an_object_that_cannot_be_stored_is_tombstoned_and_the_store_continues_u
 
     // A new incarnation of the same node serves; the old one is retired and sealed at the seq
     // it gave up, with its own tombstone.
-    wait_until(Duration::from_secs(60), "a new incarnation", || async {
-        let state = meta.state();
-        live_incarnations(&state).iter().any(|id| *id != first)
+    wait_for_state(&meta, "a new incarnation", |state| {
+        live_incarnations(state).iter().any(|id| *id != first)
             && state.incarnations[&first].sealed.is_some()
     })
     .await;
@@ -196,8 +197,8 @@ async fn a_zombie_that_gives_up_an_object_is_fenced_not_reincarnated() {
         b_sim.clone(),
         give_up_soon,
     ));
-    wait_until(Duration::from_secs(10), "B to register", || async {
-        !live_incarnations(&meta.state()).contains(&first)
+    wait_for_state(&meta, "B to register", |state| {
+        !live_incarnations(state).contains(&first)
     })
     .await;
     let taker = live_incarnations(&meta.state());
@@ -205,10 +206,7 @@ async fn a_zombie_that_gives_up_an_object_is_fenced_not_reincarnated() {
 
     // A gives its object up and tombstones the seq itself, but may not come back: B took over.
     assert!(stuck.await.is_err(), "a zombie acknowledged");
-    wait_until(Duration::from_secs(60), "A to stop as fenced", || async {
-        a.store.wal_sealed().is_some()
-    })
-    .await;
+    within("A to stop as fenced", a.store.wait_wal_sealed()).await;
     assert_eq!(live_incarnations(&meta.state()), taker, "B is still live");
     sim.hold_data_puts(false);
     // B completes its takeover (A's own tombstone is the seal) and serves what A acknowledged.

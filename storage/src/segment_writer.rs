@@ -78,11 +78,12 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = interval.tick() => {}
             _ = inner.writer_wake.notified() => {}
+            _ = inner.writer_passes.requested() => {}
         }
         // Dropping a round half-way is safe: see the module docs.
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = round(&inner, &mut backoff) => {}
+            _ = inner.writer_passes.run(round(&inner, &mut backoff)) => {}
         }
     }
 }

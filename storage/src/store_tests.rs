@@ -10,10 +10,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 
 use crate::batch::BatchHeader;
-use crate::test_support::{build_batch, simple_batch, stored, wait_until, Harness};
+use crate::test_support::{build_batch, simple_batch, stored, within, Harness};
 use crate::{Error, Retention, TimestampType};
-
-const WAIT: Duration = Duration::from_secs(20);
 
 fn tp(topic_id: uuid::Uuid, partition: i32) -> TopicPartition {
     TopicPartition {
@@ -169,16 +167,21 @@ async fn reads_from_tail_cache_wal_and_segments_and_recovers() {
     let p0 = tp(h.create_topic("t", 1).await, 0);
     let batches: Vec<BytesMut> = (0..55).map(|i| simple_batch(1, 100, 1_000 + i)).collect();
     let expected = append_all(&h, p0, &batches).await;
-    wait_until(WAIT, "five segments", || async {
-        h.segmented_end(p0) == 50
-    })
-    .await;
-    wait_until(WAIT, "WAL index trimmed", || async {
-        let part = h.store.inner.loaded_partition(p0).unwrap();
-        let st = part.state();
-        st.wal_index.keys().copied().collect::<Vec<_>>() == vec![50, 51, 52, 53, 54]
-    })
-    .await;
+    // One round writes everything due by size: five segments; the last five batches stay.
+    h.writer_pass().await;
+    assert_eq!(h.segmented_end(p0), 50);
+    assert_eq!(
+        h.store
+            .inner
+            .loaded_partition(p0)
+            .unwrap()
+            .state()
+            .wal_index
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![50, 51, 52, 53, 54]
+    );
     let segments = h.segments(p0);
     assert_eq!(segments.len(), 5);
     assert!(segments.iter().all(|s| s.end_offset - s.base_offset == 10));
@@ -186,11 +189,8 @@ async fn reads_from_tail_cache_wal_and_segments_and_recovers() {
     let tail = &h.store.inner.tail;
     assert!(tail.get(p0, 49).is_none() && tail.get(p0, 50).is_none() && tail.get(p0, 51).is_none());
     assert!(tail.get(p0, 52).is_some() && tail.get(p0, 54).is_some());
-    // The checkpoint let the WAL drop files whose records are all in segments.
-    wait_until(WAIT, "WAL truncated", || async {
-        h.store.inner.wal.as_ref().unwrap().start_lsn() > 0
-    })
-    .await;
+    // The round's checkpoint let the WAL drop files whose records are all in segments.
+    assert!(h.store.inner.wal.as_ref().unwrap().start_lsn() > 0);
 
     assert_eq!(read_all(&h, p0, 0, 1 << 20).await, expected);
     assert_eq!(read_all(&h, p0, 0, 1).await, expected);
@@ -256,8 +256,9 @@ async fn reads_from_tail_cache_wal_and_segments_and_recovers() {
 
 #[tokio::test]
 async fn age_threshold_moves_wal_data_to_segments_and_restart_keeps_it() {
+    let max_age = Duration::from_millis(100);
     let mut h = Harness::start(|o| {
-        o.segment_max_age = Duration::from_millis(100);
+        o.segment_max_age = max_age;
     })
     .await;
     let topic = h.create_topic("t", 3).await;
@@ -266,10 +267,14 @@ async fn age_threshold_moves_wal_data_to_segments_and_restart_keeps_it() {
         let batches: Vec<BytesMut> = (0..5).map(|i| simple_batch(2, 20, 100 * i)).collect();
         expected.push(append_all(&h, tp(topic, p), &batches).await);
     }
-    wait_until(WAIT, "all partitions segmented", || async {
-        (0..3).all(|p| h.segmented_end(tp(topic, p)) == 10)
-    })
-    .await;
+    // Far below `segment_bytes`: only age makes it due. Once the newest batch is `max_age` old
+    // (the wait is a lower bound: a slow machine only makes the batches older), one round writes
+    // every partition.
+    tokio::time::sleep(max_age).await;
+    h.writer_pass().await;
+    for p in 0..3 {
+        assert_eq!(h.segmented_end(tp(topic, p)), 10, "partition {p}");
+    }
     h.restart().await;
     for p in 0..3 {
         assert_eq!(h.store.offsets(tp(topic, p)).unwrap().high_watermark, 10);
@@ -358,10 +363,7 @@ async fn hw_watch_fires_on_append() {
             .append(p0, simple_batch(4, 1, 1), TimestampType::CreateTime)
             .await
     });
-    tokio::time::timeout(WAIT, watch.changed())
-        .await
-        .expect("watch fired")
-        .unwrap();
+    within("the watch to fire", watch.changed()).await.unwrap();
     assert_eq!(*watch.borrow_and_update(), 4);
     append.await.unwrap().unwrap();
     h.stop().await;
@@ -484,9 +486,10 @@ async fn object_exists(h: &Harness, key: &str) -> bool {
 
 #[tokio::test]
 async fn time_retention_deletes_old_segments_after_grace() {
-    let h = Harness::start(|o| {
-        o.segment_max_age = Duration::from_millis(50);
-        o.gc_grace = Duration::from_millis(1_000);
+    let mut h = Harness::start(|o| {
+        // Every round writes whatever the WAL holds.
+        o.segment_max_age = Duration::ZERO;
+        o.gc_grace = Duration::from_secs(3600);
     })
     .await;
     let topic = h.create_topic("t", 1).await;
@@ -496,16 +499,12 @@ async fn time_retention_deletes_old_segments_after_grace() {
         .map(|i| simple_batch(1, 10, now - 3_600_000 + i))
         .collect();
     append_all(&h, p0, &old).await;
-    wait_until(WAIT, "old data segmented", || async {
-        h.segmented_end(p0) == 6
-    })
-    .await;
+    h.writer_pass().await;
+    assert_eq!(h.segmented_end(p0), 6, "old data segmented");
     let fresh: Vec<BytesMut> = (0..4).map(|i| simple_batch(1, 10, now + i)).collect();
     let fresh_expected = append_all(&h, p0, &fresh).await;
-    wait_until(WAIT, "new data segmented", || async {
-        h.segmented_end(p0) == 10
-    })
-    .await;
+    h.writer_pass().await;
+    assert_eq!(h.segmented_end(p0), 10, "new data segmented");
     let old_keys: Vec<String> = h
         .segments(p0)
         .into_iter()
@@ -527,22 +526,28 @@ async fn time_retention_deletes_old_segments_after_grace() {
             bytes: -1,
         },
     );
-    wait_until(WAIT, "log start advanced", || async {
-        h.store.offsets(p0).unwrap().log_start_offset == 6
-    })
-    .await;
-    // Not before the grace period... (removal and this check are well inside 1 s)
-    assert!(object_exists(&h, &old_keys[0]).await);
-    // ...but after it.
-    wait_until(WAIT, "old objects deleted", || async {
-        for key in &old_keys {
-            if object_exists(&h, key).await {
-                return false;
-            }
-        }
-        h.meta.state().deleted_objects.is_empty()
-    })
-    .await;
+    // One pass: retention moves the log start; its GC step sees the old objects removed from
+    // the index, but not for an hour yet: they stay.
+    h.housekeeping_pass().await;
+    assert_eq!(h.store.offsets(p0).unwrap().log_start_offset, 6);
+    assert_eq!(h.meta.state().deleted_objects.len(), old_keys.len());
+    for key in &old_keys {
+        assert!(
+            object_exists(&h, key).await,
+            "deleted before the grace period"
+        );
+    }
+    // Past the grace period (here: the same store with none left) the GC deletes them.
+    h.opts.gc_grace = Duration::ZERO;
+    h.restart().await;
+    h.housekeeping_pass().await;
+    for key in &old_keys {
+        assert!(
+            !object_exists(&h, key).await,
+            "{key} not deleted after the grace period"
+        );
+    }
+    assert!(h.meta.state().deleted_objects.is_empty());
     for key in &fresh_keys {
         assert!(object_exists(&h, key).await);
     }
@@ -567,10 +572,8 @@ async fn size_retention_keeps_at_least_retention_bytes() {
     let p0 = tp(topic, 0);
     let batches: Vec<BytesMut> = (0..40).map(|i| simple_batch(1, 100, i)).collect();
     let expected = append_all(&h, p0, &batches).await;
-    wait_until(WAIT, "four segments", || async {
-        h.segmented_end(p0) == 40
-    })
-    .await;
+    h.writer_pass().await;
+    assert_eq!(h.segmented_end(p0), 40);
     let segments = h.segments(p0);
     assert_eq!(segments.len(), 4);
     let seg_len = segments[0].data_len as i64;
@@ -581,18 +584,17 @@ async fn size_retention_keeps_at_least_retention_bytes() {
             bytes: 2 * seg_len,
         },
     );
-    wait_until(WAIT, "log start advanced", || async {
-        h.store.offsets(p0).unwrap().log_start_offset == 20
-    })
-    .await;
-    wait_until(WAIT, "objects deleted", || async {
-        !object_exists(&h, &segments[0].key).await && !object_exists(&h, &segments[1].key).await
-    })
-    .await;
-    assert!(object_exists(&h, &segments[2].key).await && object_exists(&h, &segments[3].key).await);
-    // Stable: the remaining two segments are exactly the limit.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // One pass: retention moves the log start, then the GC (no grace) deletes the objects.
+    h.housekeeping_pass().await;
     assert_eq!(h.store.offsets(p0).unwrap().log_start_offset, 20);
+    assert!(
+        !object_exists(&h, &segments[0].key).await && !object_exists(&h, &segments[1].key).await
+    );
+    assert!(object_exists(&h, &segments[2].key).await && object_exists(&h, &segments[3].key).await);
+    // Stable: the remaining two segments are exactly the limit, so the next pass keeps them.
+    h.housekeeping_pass().await;
+    assert_eq!(h.store.offsets(p0).unwrap().log_start_offset, 20);
+    assert!(object_exists(&h, &segments[2].key).await);
     assert_eq!(read_all(&h, p0, 20, 1 << 20).await, expected[20..]);
     h.stop().await;
 }
@@ -622,11 +624,13 @@ async fn timestamp_lookups_cover_segments_and_wal() {
         })
         .collect();
     append_all(&h, p0, &batches[..8]).await;
-    wait_until(WAIT, "two segments", || async { h.segmented_end(p0) == 24 }).await;
+    h.writer_pass().await;
+    assert_eq!(h.segmented_end(p0), 24, "two segments");
     // Everything is in segments: the maximum is batch 5's middle record (the exact offset, not
     // the batch's last).
     assert_eq!(h.store.max_timestamp(p0).await.unwrap(), Some((8_500, 16)));
     append_all(&h, p0, &batches[8..]).await;
+    h.writer_pass().await;
     assert_eq!(h.segmented_end(p0), 24, "offsets 24..30 stay in the WAL");
 
     // In a segment: the exact record, not just the batch.
@@ -682,14 +686,16 @@ async fn timestamp_lookups_cover_segments_and_wal() {
 #[tokio::test]
 async fn dropped_topics_are_unknown_and_their_objects_collected() {
     let h = Harness::start(|o| {
-        o.segment_max_age = Duration::from_millis(50);
+        // Every round writes whatever the WAL holds.
+        o.segment_max_age = Duration::ZERO;
         o.gc_grace = Duration::from_millis(0);
     })
     .await;
     let topic = h.create_topic("t", 1).await;
     let p0 = tp(topic, 0);
     append_all(&h, p0, &[simple_batch(1, 10, 1), simple_batch(1, 10, 2)]).await;
-    wait_until(WAIT, "segmented", || async { h.segmented_end(p0) == 2 }).await;
+    h.writer_pass().await;
+    assert_eq!(h.segmented_end(p0), 2, "segmented");
     let keys: Vec<String> = h.segments(p0).into_iter().map(|s| s.key).collect();
     h.meta
         .propose(Command::DeleteTopic {
@@ -709,15 +715,15 @@ async fn dropped_topics_are_unknown_and_their_objects_collected() {
         h.store.read(p0, 0, 100).await,
         Err(Error::UnknownTopicOrPartition)
     ));
-    wait_until(WAIT, "objects of the deleted topic collected", || async {
-        for key in &keys {
-            if object_exists(&h, key).await {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    // The topic's segments left the index with it: the next GC pass (no grace) deletes them.
+    assert!(!keys.is_empty());
+    h.housekeeping_pass().await;
+    for key in &keys {
+        assert!(
+            !object_exists(&h, key).await,
+            "{key} of the deleted topic not collected"
+        );
+    }
     h.stop().await;
 }
 
@@ -753,7 +759,8 @@ async fn large_batches_round_trip_through_wal_and_segments() {
     let p0 = tp(h.create_topic("t", 1).await, 0);
     let batches: Vec<BytesMut> = (0..5).map(|i| simple_batch(3, 600 * 1024, i)).collect();
     let expected = append_all(&h, p0, &batches).await;
-    wait_until(WAIT, "two segments", || async { h.segmented_end(p0) == 12 }).await;
+    h.writer_pass().await;
+    assert_eq!(h.segmented_end(p0), 12, "two segments");
     // 0..12 from segments, 12..15 from the WAL; nothing fits the tail cache.
     assert!(h.store.inner.tail.get(p0, 12).is_none());
     assert_eq!(read_all(&h, p0, 0, 1).await, expected);
@@ -798,17 +805,32 @@ async fn catch_up_reads_racing_the_segment_writer_never_skip() {
             let part = tp(topic, partition);
             let total = (BATCHES / 3) as i64 * 3;
             let mut next = 0i64;
-            let deadline = tokio::time::Instant::now() + WAIT;
+            let mut hw = h.store.hw_watch(part).expect("hw watch");
+            // Reads that came back empty although the high watermark was past `next`.
+            let mut empty_below_hw = 0;
             while next < total {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "reader stuck at {next}"
-                );
                 let result = h.store.read(part, next, 4096).await.expect("read");
                 if result.batches.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    if result.high_watermark > next {
+                        empty_below_hw += 1;
+                        assert!(
+                            empty_below_hw < 10_000,
+                            "partition {partition}: reads at {next} return nothing below the high watermark {}",
+                            result.high_watermark
+                        );
+                        tokio::task::yield_now().await;
+                    } else {
+                        // Caught up with the writer: wait for its next append.
+                        within(
+                            "the next append",
+                            hw.wait_for(|&high_watermark| high_watermark > next),
+                        )
+                        .await
+                        .expect("partition open");
+                    }
                     continue;
                 }
+                empty_below_hw = 0;
                 for batch in result.batches {
                     let header = BatchHeader::parse(&batch).expect("header");
                     assert!(
@@ -833,23 +855,22 @@ async fn catch_up_reads_racing_the_segment_writer_never_skip() {
 /// WAL-only batch further on (which would silently skip everything in between).
 #[tokio::test]
 async fn a_spent_budget_inside_a_segment_stops_the_read_instead_of_skipping_ahead() {
+    let big: Vec<BytesMut> = (0..8).map(|i| simple_batch(4, 2000, 1_000 + i)).collect();
+    let big_bytes: usize = big.iter().map(|b| b.len()).sum();
     let h = Harness::start(|o| {
         o.tail_cache_bytes = 1024;
-        o.segment_bytes = 1 << 20;
-        o.segment_max_age = Duration::from_millis(500);
+        // The big batches fill a segment exactly; what comes after stays in the WAL.
+        o.segment_bytes = big_bytes as u64;
+        o.segment_max_age = Duration::from_secs(3600);
     })
     .await;
     let topic = h.create_topic("budget", 1).await;
     let part = tp(topic, 0);
-    // Large batches: moved to a segment object by the age threshold.
-    let big: Vec<BytesMut> = (0..8).map(|i| simple_batch(4, 2000, 1_000 + i)).collect();
+    // Large batches: moved to a segment object by the size threshold.
     append_all(&h, part, &big).await;
-    wait_until(WAIT, "big batches in segments", || async {
-        h.segmented_end(part) == 32
-    })
-    .await;
-    // Small batches, read back right away, while they are still WAL-only (the age threshold is
-    // hundreds of milliseconds away; the read takes a few).
+    h.writer_pass().await;
+    assert_eq!(h.segmented_end(part), 32, "big batches in segments");
+    // Small batches, far below both thresholds: WAL-only.
     let small: Vec<BytesMut> = (0..4).map(|i| simple_batch(1, 10, 2_000 + i)).collect();
     append_all(&h, part, &small).await;
 
@@ -916,8 +937,9 @@ pub(crate) async fn append_one(
 /// snapshot compaction saved).
 async fn producer_state_survives_restart(segment_first: bool, object: bool) {
     let mut h = Harness::start(|o| {
+        // Segment first: every round writes (or compacts) whatever there is.
         o.segment_max_age = if segment_first {
-            Duration::from_millis(100)
+            Duration::ZERO
         } else {
             Duration::from_secs(3600)
         };
@@ -933,14 +955,26 @@ async fn producer_state_survives_restart(segment_first: bool, object: bool) {
         assert_eq!(append_one(&h, p, batch).await.unwrap(), i as i64 * 2);
     }
     assert_eq!(append_one(&h, p, &batches[1]).await.unwrap(), 2, "retry");
-    if segment_first {
-        wait_until(WAIT, "segmented", || async {
-            h.segmented_end(p) == 6 && h.meta.state().producer_state(p).is_some()
+    if object {
+        // Indexed after the ack, off the latency path.
+        h.wait_for_state("indexed", |state| {
+            state.partition(p).is_some_and(|pm| pm.segmented_end() == 6)
         })
         .await;
+    }
+    if segment_first {
+        // The segment writer (or compaction) saves the producer snapshot with the segment.
+        h.writer_pass().await;
+        assert_eq!(h.segmented_end(p), 6);
+        assert!(h.meta.state().producer_state(p).is_some());
+        if object {
+            let state = h.meta.state();
+            assert!(h
+                .segments(p)
+                .iter()
+                .all(|s| !state.shared_objects.contains_key(&s.key)));
+        }
     } else if object {
-        // Indexed after the ack, off the latency path.
-        wait_until(WAIT, "indexed", || async { h.segmented_end(p) == 6 }).await;
         let segments = h.segments(p);
         assert!(!segments.is_empty() && segments.iter().all(|s| s.producer_batches));
     }
@@ -1011,7 +1045,8 @@ async fn gc_deletes_only_objects_whose_removal_is_in_the_bucket_log() {
     let p0 = tp(h.create_topic("t", 1).await, 0);
     let batches: Vec<BytesMut> = (0..20).map(|i| simple_batch(1, 100, i)).collect();
     append_all(&h, p0, &batches).await;
-    wait_until(WAIT, "two segments", || async { h.segmented_end(p0) == 20 }).await;
+    h.writer_pass().await;
+    assert_eq!(h.segmented_end(p0), 20, "two segments");
     let first_segment = h.segments(p0)[0].key.clone();
 
     // The bucket log stalls; the log start moves past the first segment, applied but not stored.
@@ -1026,29 +1061,47 @@ async fn gc_deletes_only_objects_whose_removal_is_in_the_bucket_log() {
         })
         .await
     });
-    wait_until(WAIT, "removal applied", || async {
-        h.meta
-            .state()
+    h.wait_for_state("removal applied", |state| {
+        state
             .deleted_objects
             .iter()
             .any(|(key, _)| *key == first_segment)
     })
     .await;
-    // Housekeeping runs every 50 ms with no grace: several passes, and the object must stay
-    // (a crash now would restore an index that still points at it).
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A whole housekeeping pass with no grace, started after the removal was applied: its GC
+    // waits for the bucket log up to the persist timeout (5 s), gives up, and the object must
+    // stay (a crash now would restore an index that still points at it).
+    h.housekeeping_pass().await;
     assert!(
         object_exists(&h, &first_segment).await,
         "GC deleted an object whose removal is not in the bucket log yet"
     );
+    // The proposal timed out too (it started waiting before the pass): applied, not stored.
+    let answer = advancing.await.expect("join");
+    assert!(
+        matches!(answer, Err(metadata::Error::NotPersisted)),
+        "{answer:?}"
+    );
 
     journal_store.hold_puts(false);
-    let answer = advancing.await.expect("join").expect("propose");
-    assert_eq!(answer, metadata::CommandResponse::LogStart(10));
-    wait_until(WAIT, "object deleted once stored", || async {
-        !object_exists(&h, &first_segment).await
-    })
-    .await;
+    within("the bucket log to catch up", h.meta.sync())
+        .await
+        .expect("stored once released");
+    assert_eq!(
+        h.meta
+            .durable_state()
+            .await
+            .unwrap()
+            .partition(p0)
+            .unwrap()
+            .log_start_offset,
+        10
+    );
+    h.housekeeping_pass().await;
+    assert!(
+        !object_exists(&h, &first_segment).await,
+        "GC kept an object whose removal is stored"
+    );
     h.stop().await;
 }
 
@@ -1057,8 +1110,11 @@ async fn gc_deletes_only_objects_whose_removal_is_in_the_bucket_log() {
 /// expiry the same batch is out of order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_producers_expire() {
+    let expiration = Duration::from_millis(300);
     let h = Harness::start(|opts| {
-        opts.producer_id_expiration = Duration::from_millis(300);
+        opts.producer_id_expiration = expiration;
+        // No pass but the one at open (before the producer exists) and those asked for below.
+        opts.housekeeping_interval = Duration::from_secs(3600);
     })
     .await;
     let topic = h.create_topic("expire", 1).await;
@@ -1071,17 +1127,31 @@ async fn idle_producers_expire() {
         append_one(&h, p, &sequenced(9, 0, 5, 1)).await,
         Err(crate::Error::OutOfOrderSequence { .. })
     ));
-    crate::test_support::wait_until(
-        Duration::from_secs(20),
-        "the producer to expire",
-        || async {
-            h.store
-                .inner
-                .loaded_partition(p)
-                .is_some_and(|part| part.state().producers.len() == 0)
-        },
-    )
-    .await;
+    // Expiry compares wall-clock milliseconds: wait until the producer's last write (before
+    // `written`) is more than `expiration` ago on that clock. A lower bound: waiting longer
+    // changes nothing.
+    let written = crate::now_ms();
+    let expiration_ms = i64::try_from(expiration.as_millis()).unwrap();
+    for _ in 0..100 {
+        let left = written + expiration_ms + 1 - crate::now_ms();
+        if left < 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(left.unsigned_abs() + 1)).await;
+    }
+    assert!(crate::now_ms() > written + expiration_ms);
+    h.housekeeping_pass().await;
+    assert_eq!(
+        h.store
+            .inner
+            .loaded_partition(p)
+            .unwrap()
+            .state()
+            .producers
+            .len(),
+        0,
+        "the producer expired"
+    );
     assert_eq!(append_one(&h, p, &sequenced(9, 0, 5, 1)).await.unwrap(), 1);
     h.stop().await;
 }

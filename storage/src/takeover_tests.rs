@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::object_wal_tests::{
     object_mode, produce, read_all, shared_parts, shared_parts_with_timeout, tp,
 };
-use crate::test_support::{simple_batch, wait_until, Harness, SimStore};
+use crate::test_support::{simple_batch, within, Harness, SimStore};
 use crate::wal_object::{self, Manifest};
 use crate::{AppendTicket, Error, TimestampType};
 
@@ -98,12 +98,7 @@ async fn a_zombie_resumed_after_a_takeover_acknowledges_nothing_more_and_loses_n
         let outcome = ticket.await;
         assert!(outcome.is_err(), "a zombie acknowledged {outcome:?}");
     }
-    wait_until(
-        Duration::from_secs(10),
-        "A to learn it is sealed",
-        || async { a.store.wal_sealed().is_some() },
-    )
-    .await;
+    within("A to learn it is sealed", a.store.wait_wal_sealed()).await;
     let late = a
         .store
         .append(tps[0], simple_batch(1, 5, 1), TimestampType::CreateTime)
@@ -447,8 +442,9 @@ async fn stuck_metadata_neither_stops_acks_nor_poisons_a_partition() {
     for ticket in waiting {
         ticket.await.expect("acknowledged once metadata is back");
     }
-    wait_until(Duration::from_secs(20), "everything indexed", || async {
-        a.segmented_end(tps[0]) == 10 && a.segmented_end(tps[1]) == 49
+    a.wait_for_state("everything indexed", |state| {
+        let end = |tp| state.partition(tp).map(|pm| pm.segmented_end());
+        end(tps[0]) == Some(10) && end(tps[1]) == Some(49)
     })
     .await;
     assert_eq!(read_all(&a, tps[0]).await[..3], expected[0][..]);
@@ -565,8 +561,10 @@ async fn delete_records_past_unindexed_chunks_settles_them() {
     assert_eq!(a.store.delete_records(p, 12).await.unwrap(), 12);
     held.open.send_replace(true);
     let more = produce_after(&a, p, 12).await;
-    wait_until(Duration::from_secs(10), "indexed", || async {
-        a.segmented_end(p) == 15
+    a.wait_for_state("indexed", |state| {
+        state
+            .partition(p)
+            .is_some_and(|pm| pm.segmented_end() == 15)
     })
     .await;
     let state = meta.state();
@@ -649,8 +647,8 @@ async fn objects_above_a_seal_are_swept_and_the_seal_stays() {
     let topic = a.create_topic("t", 1).await;
     let p = tp(topic, 0);
     let expected = produce(&a, &[p], 3).await;
-    wait_until(Duration::from_secs(5), "A indexed", || async {
-        a.segmented_end(p) == 9
+    a.wait_for_state("A indexed", |state| {
+        state.partition(p).is_some_and(|pm| pm.segmented_end() == 9)
     })
     .await;
     // Three more objects cut while A is paused, all held: the first is where B will seal.

@@ -244,7 +244,63 @@ impl Harness {
     }
 }
 
-/// Polls `condition` every 10 ms for up to `timeout`.
+/// The longest any wait in these tests may take: a guard against a hang, not a guess at how fast
+/// the machine is (every wait it bounds ends on an event, normally in milliseconds).
+pub(crate) const HANG_GUARD: Duration = Duration::from_secs(120);
+
+/// `future`'s output; panics naming `what` if it takes longer than [`HANG_GUARD`].
+pub(crate) async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(HANG_GUARD, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("hung waiting for {what}"),
+    }
+}
+
+/// Waits until the applied metadata satisfies `condition`, re-checking it at every applied change
+/// (the S3 WAL's indexer, compaction, retention and GC all change the index through metadata).
+pub(crate) async fn wait_for_state(
+    meta: &MetadataClient,
+    what: &str,
+    condition: impl Fn(&metadata::MetadataState) -> bool,
+) {
+    // Subscribed before the first check: a change after it wakes the loop.
+    let mut applied = meta.watch();
+    within(what, async {
+        while !condition(&meta.state()) {
+            assert!(
+                applied.changed().await.is_ok(),
+                "metadata stopped before {what}"
+            );
+        }
+    })
+    .await;
+}
+
+impl Harness {
+    /// One round of the segment writer (file WAL) or compaction (S3 WAL): see
+    /// [`LogStore::run_writer_pass`].
+    pub(crate) async fn writer_pass(&self) {
+        within("a segment writer round", self.store.run_writer_pass()).await;
+    }
+
+    /// One housekeeping pass (retention, GC, lane sweep): see [`LogStore::run_housekeeping_pass`].
+    pub(crate) async fn housekeeping_pass(&self) {
+        within("a housekeeping pass", self.store.run_housekeeping_pass()).await;
+    }
+
+    /// Waits until this harness's metadata satisfies `condition` ([`wait_for_state`]).
+    pub(crate) async fn wait_for_state(
+        &self,
+        what: &str,
+        condition: impl Fn(&metadata::MetadataState) -> bool,
+    ) {
+        wait_for_state(&self.meta, what, condition).await;
+    }
+}
+
+/// Polls `condition` every 10 ms for up to `timeout` of tokio time. Only for tests under paused
+/// time (`start_paused`), where the clock moves only while every task waits, so the bound counts
+/// simulated time, not the machine's speed; anything else waits on an event or drives the pass.
 pub(crate) async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,

@@ -265,6 +265,31 @@ impl RaftNode {
         )
     }
 
+    /// Waits until `condition(snapshot index, purged index)` holds, re-checked at every change of
+    /// Raft's metrics; `Err` naming `what` and the last metrics after `limit` (a hang guard).
+    #[cfg(test)]
+    pub(crate) async fn wait_log_progress(
+        &self,
+        limit: std::time::Duration,
+        what: &str,
+        condition: impl Fn(Option<u64>, Option<u64>) -> bool + Send + Sync,
+    ) -> std::result::Result<(), String> {
+        self.raft
+            .wait(Some(limit))
+            .metrics(
+                |metrics| {
+                    condition(
+                        metrics.snapshot.map(|id| id.index),
+                        metrics.purged.map(|id| id.index),
+                    )
+                },
+                what,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    }
+
     /// `(current term, last log index)`; for tests of the restore path.
     #[cfg(test)]
     pub(crate) fn term_and_last_index(&self) -> (u64, Option<u64>) {
