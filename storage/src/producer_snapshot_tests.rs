@@ -11,14 +11,32 @@ use object_store::ObjectStoreExt;
 use crate::object_wal_tests::tp;
 use crate::producer_snapshots::INLINE_PRODUCERS;
 use crate::store_tests::{append_one, sequenced};
-use crate::test_support::{wait_until, Harness};
+use crate::test_support::Harness;
 
-/// A hang guard, not a speed assumption: the segment writer runs every 100 ms here.
-const HANG_GUARD: Duration = Duration::from_secs(120);
+/// Waits until every append is indexed (the S3 WAL indexes after the ack), then runs one segment
+/// writer (or compaction) round, which saves the producer snapshot.
+async fn segment_everything(h: &Harness, p: metadata::TopicPartition, end: i64, object: bool) {
+    if object {
+        h.wait_for_state("everything indexed", |state| {
+            state
+                .partition(p)
+                .is_some_and(|pm| pm.segmented_end() == end)
+        })
+        .await;
+    }
+    h.writer_pass().await;
+    let state = h.meta.state();
+    assert_eq!(h.segmented_end(p), end);
+    assert!(h
+        .segments(p)
+        .iter()
+        .all(|s| !state.shared_objects.contains_key(&s.key)));
+}
 
 async fn every_producer_survives_a_restart(object: bool) {
     let mut h = Harness::start(|o| {
-        o.segment_max_age = Duration::from_millis(100);
+        // Every writer round writes (or compacts) whatever there is.
+        o.segment_max_age = Duration::ZERO;
         if object {
             o.object_wal = Some(crate::ObjectWalOptions::default());
         }
@@ -37,16 +55,14 @@ async fn every_producer_survives_a_restart(object: bool) {
             .into_iter()
             .map(|r| r.expect("append"))
             .collect();
-    wait_until(HANG_GUARD, "a spilled producer snapshot", || async {
-        h.meta
-            .state()
-            .producer_state(p)
-            .and_then(|s| s.spilled.clone())
-            .is_some_and(|s| s.producers == producers as u64)
-    })
-    .await;
+    segment_everything(&h, p, producers, object).await;
     let state = h.meta.state();
     let snapshot = state.producer_state(p).expect("snapshot").clone();
+    assert_eq!(
+        snapshot.spilled.as_ref().map(|s| s.producers),
+        Some(producers as u64),
+        "every producer in one spilled snapshot"
+    );
     let first_key = snapshot.spilled.as_ref().expect("spilled").key.clone();
     assert!(snapshot.producers.is_empty(), "nothing inline once spilled");
     h.objects
@@ -76,14 +92,13 @@ async fn every_producer_survives_a_restart(object: bool) {
         .for_each(|r| {
             r.expect("next batch");
         });
-    wait_until(HANG_GUARD, "a newer spilled snapshot", || async {
-        h.meta
-            .state()
-            .producer_state(p)
-            .and_then(|s| s.spilled.clone())
-            .is_some_and(|s| s.key != first_key)
-    })
-    .await;
+    segment_everything(&h, p, 2 * producers, object).await;
+    assert!(h
+        .meta
+        .state()
+        .producer_state(p)
+        .and_then(|s| s.spilled.clone())
+        .is_some_and(|s| s.key != first_key && s.producers == producers as u64));
     assert!(h
         .meta
         .state()
