@@ -19,6 +19,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_tests::clients::{self, produce_many};
@@ -116,6 +117,10 @@ async fn idempotent_producer_across_broker_sigkill_has_no_duplicates_or_gaps() -
         .create()
         .context("creating idempotent producer")?;
     let values: Arc<Vec<String>> = Arc::new((0..RECORDS).map(|i| format!("v{i}")).collect());
+    // Watches the broker's high watermarks directly, connected before the first record is sent
+    // (the whole run can take well under a second).
+    let watcher = clients::consumer(&broker.bootstrap())?;
+    watcher.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
     let produce = {
         let values = values.clone();
         tokio::spawn(async move {
@@ -129,8 +134,31 @@ async fn idempotent_producer_across_broker_sigkill_has_no_duplicates_or_gaps() -
             outcome
         })
     };
-    // Kill the broker while records are in flight, then bring it back behind the same address.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Kill the broker while records are in flight — once a twentieth of them are stored (the
+    // broker's own high watermarks), not after a time tuned to this machine's speed — then bring
+    // it back behind the same address. A run that finished before the kill fails: it would test
+    // nothing.
+    sluice_tests::wait_for(
+        "a twentieth of the records stored",
+        Duration::from_secs(120),
+        Duration::from_millis(5),
+        || {
+            let stored: i64 = (0..PARTITIONS)
+                .map(|p| {
+                    watcher
+                        .fetch_watermarks(topic, p, Duration::from_secs(5))
+                        .map_or(0, |(_, high)| high)
+                })
+                .sum();
+            (stored >= (RECORDS / 20) as i64).then_some(())
+        },
+    )
+    .await?;
+    drop(watcher);
+    if produce.is_finished() {
+        let acked = produce.await?.map(|outcome| outcome.acked());
+        anyhow::bail!("the producer finished before the kill (acknowledged: {acked:?}): nothing was in flight");
+    }
     broker.kill9()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     broker.restart()?;
