@@ -46,6 +46,10 @@ pub(crate) struct ServeArgs {
     pub s3_endpoint: Option<String>,
     #[arg(long, env = "SLUICE_S3_REGION")]
     pub s3_region: Option<String>,
+    /// Sign S3 requests with UNSIGNED-PAYLOAD instead of hashing every body with SHA-256 (use over
+    /// HTTPS; also `[s3] unsigned_payload = true` or AWS_UNSIGNED_PAYLOAD=true).
+    #[arg(long, env = "SLUICE_S3_UNSIGNED_PAYLOAD")]
+    pub s3_unsigned_payload: bool,
     /// WAL backend.
     #[arg(long, env = "SLUICE_WAL", value_enum)]
     pub(crate) wal: Option<WalKind>,
@@ -220,6 +224,7 @@ struct S3FileConfig {
     retry_timeout_ms: Option<u64>,
     initial_backoff_ms: Option<u64>,
     max_backoff_ms: Option<u64>,
+    unsigned_payload: Option<bool>,
 }
 
 /// S3 settings: flag / `SLUICE_S3_*` > `AWS_*` environment (credentials) > `[s3]` table > flat file
@@ -228,6 +233,7 @@ struct S3FileConfig {
 fn resolve_s3(
     flag_endpoint: Option<String>,
     flag_region: Option<String>,
+    flag_unsigned_payload: bool,
     file: &FileConfig,
 ) -> storage::objects::S3Options {
     let table = file.s3.as_ref();
@@ -259,6 +265,10 @@ fn resolve_s3(
         retry_timeout: millis(|t| t.retry_timeout_ms).unwrap_or(defaults.retry_timeout),
         initial_backoff: millis(|t| t.initial_backoff_ms).unwrap_or(defaults.initial_backoff),
         max_backoff: millis(|t| t.max_backoff_ms).unwrap_or(defaults.max_backoff),
+        unsigned_payload: flag_unsigned_payload
+            || table
+                .and_then(|t| t.unsigned_payload)
+                .unwrap_or(defaults.unsigned_payload),
     }
 }
 
@@ -307,7 +317,12 @@ impl ServeConfig {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
-        let s3 = resolve_s3(args.s3_endpoint.take(), args.s3_region.take(), &file);
+        let s3 = resolve_s3(
+            args.s3_endpoint.take(),
+            args.s3_region.take(),
+            args.s3_unsigned_payload,
+            &file,
+        );
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -642,6 +657,17 @@ mod tests {
         assert_eq!(config.s3.max_retries, 2);
         let defaults = storage::objects::S3Options::default();
         assert_eq!(config.s3.retry_timeout, defaults.retry_timeout);
+        assert!(!config.s3.unsigned_payload, "signed payloads by default");
+        std::fs::write(&file, "[s3]\nunsigned_payload = true\n").unwrap();
+        let cli = TestCli::parse_from(["sluice", "--config", file.to_str().unwrap()]);
+        assert!(ServeConfig::resolve(cli.serve).unwrap().s3.unsigned_payload);
+        let cli = TestCli::parse_from(["sluice", "--s3-unsigned-payload"]);
+        assert!(ServeConfig::resolve(cli.serve).unwrap().s3.unsigned_payload);
+        std::fs::write(
+            &file,
+            "s3_region = \"flat-region\"\n[s3]\nendpoint = \"http://127.0.0.1:9000\"\n",
+        )
+        .unwrap();
 
         let cli = TestCli::parse_from([
             "sluice",

@@ -188,6 +188,9 @@ pub struct KindStats {
     pub response_bytes: u64,
     /// Requests answered with an injected fault or dropped by a blackout.
     pub faults: u64,
+    /// Requests whose SigV4 `x-amz-content-sha256` header is `UNSIGNED-PAYLOAD` (the client did
+    /// not hash the body).
+    pub unsigned_payload: u64,
 }
 
 /// Snapshot of the proxy's counters.
@@ -725,7 +728,14 @@ async fn handle(
         request.uri().path(),
         request.uri().query(),
     );
-    shared.count(kind, |stats| stats.requests += 1);
+    let unsigned = request
+        .headers()
+        .get("x-amz-content-sha256")
+        .is_some_and(|value| value.as_bytes() == b"UNSIGNED-PAYLOAD");
+    shared.count(kind, |stats| {
+        stats.requests += 1;
+        stats.unsigned_payload += u64::from(unsigned);
+    });
 
     // Blackout first: it overrides everything else.
     let blackout = shared.faults().active_blackout();
