@@ -42,8 +42,9 @@
 //!   broker: `request_timeout_ms` of its `[s3]` settings): a longer hold makes the client give
 //!   up and retry, and the retry is a new request that no used-up rule matches.
 //!
-//! The proxy runs on its own small tokio runtime: tests that block their thread (the process
-//! harness polls with `std::thread::sleep`) must not stall the broker's S3 traffic.
+//! The proxy runs on its own small tokio runtime ([`crate::loopback_server`]): tests that block
+//! their thread (the process harness polls with `std::thread::sleep`) must not stall the broker's
+//! S3 traffic.
 //!
 //! ```ignore
 //! let held = proxy.hold_body(RequestMatch::put("prefix/journal/"));
@@ -61,7 +62,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -70,8 +71,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+use crate::loopback_server::LoopbackServer;
 
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -510,9 +513,8 @@ impl Drop for KeyGuard {
 
 /// A running fault proxy in front of one upstream S3 server. Stops when dropped.
 pub struct FaultProxy {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    runtime: Option<tokio::runtime::Runtime>,
+    server: LoopbackServer,
 }
 
 impl FaultProxy {
@@ -530,18 +532,6 @@ impl FaultProxy {
     }
 
     fn start_with(upstream: SocketAddr, atomic_conditional: bool) -> Result<FaultProxy> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("fault-proxy")
-            .enable_all()
-            .build()
-            .context("building the proxy runtime")?;
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("binding the proxy port")?;
-        listener
-            .set_nonblocking(true)
-            .context("setting the proxy socket non-blocking")?;
-        let addr = listener.local_addr().context("proxy address")?;
         let shared = Arc::new(Shared {
             upstream,
             atomic_conditional,
@@ -550,25 +540,20 @@ impl FaultProxy {
             stats: Mutex::new(ProxyStats::default()),
             request_ids: std::sync::atomic::AtomicU64::new(0),
         });
-        let listener = {
-            let _context = runtime.enter();
-            TcpListener::from_std(listener).context("registering the proxy socket")?
+        let server = {
+            let shared = shared.clone();
+            LoopbackServer::start("fault-proxy", 2, move |stream| accept(stream, &shared))?
         };
-        runtime.spawn(accept_loop(listener, shared.clone()));
-        Ok(FaultProxy {
-            addr,
-            shared,
-            runtime: Some(runtime),
-        })
+        Ok(FaultProxy { shared, server })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://127.0.0.1:PORT`: the endpoint to give clients instead of the server's.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// Removes every fault: no failures, no latency, no blackout, no rules (requests already
@@ -666,44 +651,24 @@ impl FaultProxy {
     }
 }
 
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            // Does not block, so the proxy may be dropped inside an async test.
-            runtime.shutdown_background();
-        }
+/// Serves one accepted connection (inside the proxy's runtime), unless a
+/// [`BlackoutMode::Refuse`] blackout closes it at once.
+fn accept(stream: TcpStream, shared: &Arc<Shared>) {
+    let refuse = matches!(
+        shared.faults().active_blackout(),
+        Some((_, BlackoutMode::Refuse))
+    );
+    if refuse {
+        shared
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refused_connections += 1;
+        // Closed before reading anything: the client's request fails without an answer.
+        drop(stream);
+        return;
     }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    // Runs until the proxy's runtime shuts down (FaultProxy dropped).
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // E.g. EMFILE: back off instead of spinning.
-                eprintln!("fault proxy: accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let refuse = matches!(
-            shared.faults().active_blackout(),
-            Some((_, BlackoutMode::Refuse))
-        );
-        if refuse {
-            shared
-                .stats
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .refused_connections += 1;
-            // Closed before reading anything: the client's request fails without an answer.
-            drop(stream);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, shared.clone()));
-    }
+    tokio::spawn(serve_connection(stream, shared.clone()));
 }
 
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {

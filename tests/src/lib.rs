@@ -6,6 +6,10 @@
 //! ([`s3::S3Server::faults`]); [`SluiceOptions::s3`] / [`SluiceOptions::s3_via`] point a broker at
 //! them.
 //!
+//! Kafka faults: [`kafka_proxy::KafkaProxy`] sits between Kafka clients and a broker started with
+//! [`SluiceOptions::advertised_kafka`] pointing at it, and swallows or delays Produce answers so
+//! clients really retry.
+//!
 //! Owns: spawning `sluice serve` (the binary from [`binary`], checked against its sources) on
 //! port 0 with a private temporary data dir,
 //! waiting for its ready file, killing/terminating/restarting it on the same data dir, and keeping
@@ -19,7 +23,9 @@ pub mod binary;
 pub mod clients;
 pub mod diff;
 pub mod fault_proxy;
+pub mod kafka_proxy;
 pub mod kafka_ref;
+mod loopback_server;
 pub mod s3;
 pub mod wire;
 
@@ -99,6 +105,13 @@ impl SluiceOptions {
     /// Turns topic auto-creation on or off.
     pub fn auto_create_topics(self, enabled: bool) -> Self {
         self.arg("--auto-create-topics", enabled)
+    }
+
+    /// Makes the broker advertise `addr` to Kafka clients (`--advertised-kafka`) instead of its
+    /// own listener, e.g. a [`kafka_proxy::KafkaProxy`] in front of it: clients that follow
+    /// Metadata then stay behind the proxy.
+    pub fn advertised_kafka(self, addr: std::net::SocketAddr) -> Self {
+        self.arg("--advertised-kafka", addr)
     }
 
     /// Adds an environment variable for the child.
