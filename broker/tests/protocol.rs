@@ -1999,3 +1999,86 @@ async fn log_append_time_and_recompression_together() {
         .collect();
     assert_eq!(values, vec!["a".repeat(50), "b".repeat(50)]);
 }
+
+/// The partitions of one Fetch are read concurrently but answered as if read one after another
+/// under the response limit (KIP-74): the first partition gets what fits, the next one what is
+/// left (at least one batch), and partitions past the limit none, with their high watermarks.
+#[tokio::test]
+async fn fetch_partitions_share_the_response_limit_in_request_order() {
+    let h = harness().await;
+    let name = "fetch-budget";
+    let id = create_topic(&h, name, 3).await;
+    let value = "v".repeat(1000);
+    let mut batch_len = 0;
+    for partition in 0..3 {
+        for _ in 0..4 {
+            let batch = record_batch(&[value.as_str()]);
+            batch_len = batch.len();
+            let mut request = produce_request(9, name, id, batch);
+            request.topic_data[0].partition_data[0].index = partition;
+            let ResponseKind::Produce(r) = h.call(ApiKey::Produce, 9, &request).await else {
+                panic!()
+            };
+            assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        }
+    }
+    let fetch = |partitions: &[i32], max_bytes: usize| {
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes as i32)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(topic_name(name))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|&p| {
+                            fetch_request::FetchPartition::default()
+                                .with_partition(p)
+                                .with_fetch_offset(0)
+                                .with_partition_max_bytes(1 << 20)
+                        })
+                        .collect(),
+                )])
+    };
+    let records = |r: &FetchResponse, p: usize| {
+        r.responses[0].partitions[p]
+            .records
+            .clone()
+            .unwrap_or_default()
+    };
+    // Room for five and a half batches: partition 0 gets its four, partition 1 one of its four
+    // (what a read of the one and a half batches left returns), partition 2 nothing.
+    let limit = batch_len * 11 / 2;
+    let ResponseKind::Fetch(all) = h.call(ApiKey::Fetch, 12, &fetch(&[0, 1, 2], limit)).await
+    else {
+        panic!()
+    };
+    let ResponseKind::Fetch(p1_alone) = h
+        .call(ApiKey::Fetch, 12, &fetch(&[1], limit - 4 * batch_len))
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(records(&all, 0).len(), 4 * batch_len);
+    assert_eq!(records(&all, 1), records(&p1_alone, 0));
+    assert_eq!(records(&all, 1).len(), batch_len);
+    assert!(records(&all, 2).is_empty());
+    for p in 0..3 {
+        assert_eq!(all.responses[0].partitions[p].error_code, 0);
+        assert_eq!(all.responses[0].partitions[p].high_watermark, 4);
+    }
+    // With room for everything, every partition answers in full.
+    let ResponseKind::Fetch(full) = h.call(ApiKey::Fetch, 12, &fetch(&[2, 0, 1], 1 << 20)).await
+    else {
+        panic!()
+    };
+    for p in 0..3 {
+        assert_eq!(records(&full, p).len(), 4 * batch_len);
+        assert_eq!(
+            full.responses[0].partitions[p].partition_index,
+            [2, 0, 1][p]
+        );
+    }
+}

@@ -1,13 +1,18 @@
 //! Fetch: read whole batches as stored, honour byte limits, long-poll until `min_bytes` arrive.
 //!
 //! Long-polling waits on the high-watermark watches of the requested partitions, so a waiting
-//! consumer is woken by the append itself, not by a timer. Fetch sessions (KIP-227) are declined:
+//! consumer is woken by the append itself, not by a timer. The partitions of one request are read
+//! concurrently (up to [`READ_AHEAD`] at a time: a catch-up read from the object store waits
+//! tens of milliseconds per GET) and assembled in request order under the response byte limit
+//! as Kafka does: the first partition with data may exceed it by its first batch (KIP-74), later
+//! ones keep only the batches that fit. Fetch sessions (KIP-227) are declined:
 //! every answer carries session id 0 and clients keep sending full requests.
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::select_all;
+use futures::StreamExt as _;
 use kafka_protocol::messages::fetch_response::{
     FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
@@ -25,6 +30,9 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Kafka's broker-side `fetch.max.bytes` default: caps what one response may carry, whatever the
 /// client asks for, so a response's memory is bounded.
 const FETCH_MAX_BYTES: usize = 57_671_680;
+
+/// Partitions of one Fetch read at the same time.
+const READ_AHEAD: usize = 8;
 
 /// One requested partition, resolved against metadata.
 struct Target {
@@ -143,6 +151,17 @@ fn resolve_targets(
     (topics, targets)
 }
 
+/// The read of one target ahead of its turn: at most its own limit, capped by the response's.
+async fn read_ahead(
+    broker: &Broker,
+    target: &Target,
+    response_limit: usize,
+) -> Option<storage::Result<storage::ReadResult>> {
+    let (tp, _) = target.resolved.ok()?;
+    let budget = target.max_bytes.min(response_limit).max(1);
+    Some(broker.store.read(tp, target.fetch_offset, budget).await)
+}
+
 /// Reads every target within the response byte limit. Returns (per-target data, bytes, any error).
 async fn read_all(
     broker: &Broker,
@@ -155,7 +174,15 @@ async fn read_all(
     let mut any_error = false;
     let mut out = Vec::with_capacity(targets.len());
     let node_id = i32::try_from(broker.config.node_id).unwrap_or(i32::MAX);
+    // Each partition is read ahead with the most it could get (its own limit, capped by the
+    // response's); in request order, each keeps what fits in what is left of the response limit.
+    let reads: Vec<_> = targets
+        .iter()
+        .map(|target| read_ahead(broker, target, response_limit))
+        .collect();
+    let mut ahead = futures::stream::iter(reads).buffered(READ_AHEAD);
     for target in targets {
+        let early = ahead.next().await.flatten();
         let mut data = PartitionData::default()
             .with_partition_index(target.partition)
             .with_preferred_read_replica(BrokerId(-1))
@@ -201,11 +228,34 @@ async fn read_all(
                         log_start_offset: o.log_start_offset,
                     })
                 } else {
-                    broker
-                        .store
-                        .read(tp, target.fetch_offset, budget.max(1))
-                        .await
+                    match early {
+                        Some(read) => read,
+                        None => {
+                            broker
+                                .store
+                                .read(tp, target.fetch_offset, budget.max(1))
+                                .await
+                        }
+                    }
                 };
+                // Read with its whole limit: only the first partition with data may exceed what
+                // is left of the response limit (by its first batch, KIP-74); a later one keeps
+                // the batches that fit.
+                let read = read.map(|mut result| {
+                    if total > 0 {
+                        let mut kept = 0;
+                        let fitting = result
+                            .batches
+                            .iter()
+                            .take_while(|batch| {
+                                kept += batch.len();
+                                kept <= budget
+                            })
+                            .count();
+                        result.batches.truncate(fitting);
+                    }
+                    result
+                });
                 match read {
                     Ok(result) => {
                         let records = concat(result.batches);
