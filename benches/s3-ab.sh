@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # A/B of two `sluice` binaries on the S3 WAL (loopback s3s-fs), alternating A and B within each round:
 # per round and binary a fresh s3s-fs + bucket + broker, then `loadgen latency` (20 MiB/s, linger.ms=0,
-# acks=all, 6 partitions, 1 KiB) and `loadgen produce` (closed loop), with /metrics scraped around each.
+# acks=all, 6 partitions, 1 KiB) and `loadgen produce` (closed loop), with /metrics scraped around each;
+# with --consume-bytes SIZE also a fill of SIZE then `loadgen consume` of it from offset 0 right after
+# (the data still in WAL objects: the catch-up read path).
 # Used to measure a broker change (e.g. a tuning default) before/after; `loadgen report` on the
 # result file shows medians per label (`A`, `B`).
 #
 # Usage: benches/s3-ab.sh BINARY_A BINARY_B [--runs N] [--latency-seconds S] [--produce-seconds S]
-#                         [--out DIR]
+#                         [--consume-bytes SIZE] [--skip-latency] [--out DIR]
 # Every process started here is stopped by its PID (start/stop code in benches/lib.sh).
 set -euo pipefail
 
@@ -16,12 +18,16 @@ RUNS=3
 LATENCY_SECONDS=15
 PRODUCE_SECONDS=10
 OUT_DIR=""
+CONSUME_BYTES=""
+SKIP_LATENCY=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
         --latency-seconds) LATENCY_SECONDS=$2; shift 2 ;;
         --produce-seconds) PRODUCE_SECONDS=$2; shift 2 ;;
         --out) OUT_DIR=$2; shift 2 ;;
+        --consume-bytes) CONSUME_BYTES=$2; shift 2 ;;
+        --skip-latency) SKIP_LATENCY=1; shift ;;
         *) echo "s3-ab.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -51,12 +57,21 @@ one() {
     start_s3 "$dir/root" "$OUT_DIR/s3s-fs.log"
     start_sluice "$binary" "$dir/data" "$OUT_DIR/broker-$label.log" 120 \
         --wal object --object-store s3://bench/sluice --s3-endpoint "$S3_ENDPOINT" --s3-region us-east-1
-    local common=(--bootstrap "$BOOTSTRAP" --partitions 6 --record-size 1024 --acks all
-        --broker-pid "$BROKER_PID" --metrics-addr "$HTTP" --label "$label")
-    "$LOADGEN" latency --topic "latency-$round" "${common[@]}" --linger-ms 0 --rate-mibps 20 \
-        --seconds "$LATENCY_SECONDS" --warmup-seconds 2 >> "$RESULTS" || echo "s3-ab.sh: latency $label failed" >&2
+    local base=(--bootstrap "$BOOTSTRAP" --partitions 6 --broker-pid "$BROKER_PID" --metrics-addr "$HTTP")
+    local common=("${base[@]}" --record-size 1024 --acks all --label "$label")
+    if (( ! SKIP_LATENCY )); then
+        "$LOADGEN" latency --topic "latency-$round" "${common[@]}" --linger-ms 0 --rate-mibps 20 \
+            --seconds "$LATENCY_SECONDS" --warmup-seconds 2 >> "$RESULTS" || echo "s3-ab.sh: latency $label failed" >&2
+    fi
     "$LOADGEN" produce --topic "produce-$round" "${common[@]}" --seconds "$PRODUCE_SECONDS" \
         >> "$RESULTS" || echo "s3-ab.sh: produce $label failed" >&2
+    if [[ -n $CONSUME_BYTES ]]; then
+        "$LOADGEN" produce --topic "consume-$round" "${base[@]}" --record-size 1024 --acks all \
+            --bytes "$CONSUME_BYTES" --seconds 600 --label "fill-$label" > /dev/null \
+            || echo "s3-ab.sh: fill $label failed" >&2
+        "$LOADGEN" consume --topic "consume-$round" "${base[@]}" --label "$label" --seconds 300 \
+            >> "$RESULTS" || echo "s3-ab.sh: consume $label failed" >&2
+    fi
     "$LOADGEN" rss --pid "$BROKER_PID" --label "$label" >> "$RESULTS"
     stop_broker
     stop_s3
