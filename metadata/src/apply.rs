@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Applies one command to `state` and returns the answer for the proposer.
-pub(crate) fn apply_command(state: &mut MetadataState, command: &Command) -> CommandResponse {
+pub fn apply_command(state: &mut MetadataState, command: &Command) -> CommandResponse {
     let result = match command {
         Command::InitCluster { cluster_id } => init_cluster(state, cluster_id),
         Command::RegisterBroker {

@@ -38,6 +38,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The state machine's transition function, exactly as the Raft state machine applies each
+/// committed command. Public only for the `metabench` benchmark (sluice-benches); everything else
+/// proposes commands through a [`MetadataClient`].
+#[doc(hidden)]
+pub use apply::apply_command;
 pub use backend::{MemoryMetadata, MetadataBackend};
 pub use groups::{
     CommittedOffset, GroupOffsets, OffsetCommitEntry, PartitionProducers, ProducerBatchRecord,
