@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Applies one command to `state` and returns the answer for the proposer.
-pub(crate) fn apply_command(state: &mut MetadataState, command: &Command) -> CommandResponse {
+pub fn apply_command(state: &mut MetadataState, command: &Command) -> CommandResponse {
     let result = match command {
         Command::InitCluster { cluster_id } => init_cluster(state, cluster_id),
         Command::RegisterBroker {
@@ -339,7 +339,7 @@ fn create_topic(
         id: topic_id,
         name: name.to_owned(),
         configs: configs.clone(),
-        partitions: (0..count).map(|_| new_partition(owner)).collect(),
+        partitions: (0..count).map(|_| Arc::new(new_partition(owner))).collect(),
         created_ms: now_ms,
     };
     state.topic_ids.insert(name.to_owned(), topic_id);
@@ -382,7 +382,9 @@ fn create_partitions(
             "topic already has {current} partitions; the count can only grow (asked for {total})"
         )));
     }
-    topic.partitions.resize_with(count, || new_partition(owner));
+    topic
+        .partitions
+        .resize_with(count, || Arc::new(new_partition(owner)));
     Ok(CommandResponse::Ok)
 }
 
@@ -400,6 +402,8 @@ fn set_topic_configs(
     Ok(CommandResponse::Ok)
 }
 
+/// The partition `tp` for changing: copies the topic's list of partition pointers and this one
+/// partition if a published state still shares them, never the other partitions' segment lists.
 pub(crate) fn partition_mut(
     state: &mut MetadataState,
     tp: TopicPartition,
@@ -417,6 +421,7 @@ pub(crate) fn partition_mut(
         .topics
         .get_mut(&tp.topic_id)
         .and_then(|topic| Arc::make_mut(topic).partitions.get_mut(index))
+        .map(Arc::make_mut)
         .ok_or(Rejection::UnknownTopicOrPartition)
 }
 
@@ -732,7 +737,7 @@ fn bump_owned_epochs(state: &mut MetadataState, node_id: NodeId) -> Result<(), R
         if topic.partitions.iter().any(|p| p.owner == node_id) {
             for partition in Arc::make_mut(topic).partitions.iter_mut() {
                 if partition.owner == node_id {
-                    bump_epoch(partition);
+                    bump_epoch(Arc::make_mut(partition));
                 }
             }
         }
@@ -1079,7 +1084,7 @@ mod tests {
         let id = topic_id(1);
         create(&mut state, "t", id, 1);
         if let Some(topic) = state.topics.get_mut(&id).map(Arc::make_mut) {
-            topic.partitions[0].leader_epoch = i32::MAX;
+            Arc::make_mut(&mut topic.partitions[0]).leader_epoch = i32::MAX;
         }
         let rejection = assert_rejected_unchanged(
             &mut state,
@@ -1116,7 +1121,7 @@ mod tests {
             (id, NOW, &configs)
         );
         assert_eq!(topic.partitions.len(), 3);
-        assert!(topic.partitions.iter().all(|p| *p == new_partition(4)));
+        assert!(topic.partitions.iter().all(|p| **p == new_partition(4)));
         assert_eq!(state.partition(tp(id, 2)).map(|p| p.owner), Some(4));
         assert!(state.partition(tp(id, 3)).is_none());
         assert!(state.partition(tp(id, -1)).is_none());
@@ -1627,7 +1632,7 @@ mod tests {
             },
         );
         if let Some(topic) = state.topics.get_mut(&a).map(Arc::make_mut) {
-            topic.partitions[1].leader_epoch = 2;
+            Arc::make_mut(&mut topic.partitions[1]).leader_epoch = 2;
         }
         let outcomes = add_many(
             &mut state,
@@ -1902,7 +1907,7 @@ mod tests {
         let t0 = tp(id, 0);
         // Stale epoch: the owner re-registered meanwhile.
         if let Some(topic) = state.topics.get_mut(&id).map(Arc::make_mut) {
-            topic.partitions[0].leader_epoch = 1;
+            Arc::make_mut(&mut topic.partitions[0]).leader_epoch = 1;
         }
         assert_eq!(
             assert_rejected_unchanged(&mut state, replace(t0, 0, segment("x", 0, 20), NOW)),

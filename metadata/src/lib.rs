@@ -30,6 +30,8 @@ mod ownership_tests;
 mod raft;
 mod restore;
 mod snapshot;
+#[cfg(test)]
+mod state_format_tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,6 +40,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The state machine's transition function, exactly as the Raft state machine applies each
+/// committed command. Public only for the `metabench` benchmark (sluice-benches); everything else
+/// proposes commands through a [`MetadataClient`].
+#[doc(hidden)]
+pub use apply::apply_command;
 pub use backend::{MemoryMetadata, MetadataBackend};
 pub use groups::{
     CommittedOffset, GroupOffsets, OffsetCommitEntry, PartitionProducers, ProducerBatchRecord,
@@ -187,7 +194,10 @@ pub struct TopicMeta {
     pub name: String,
     /// Only explicitly set configs; defaults are applied by the broker.
     pub configs: BTreeMap<String, String>,
-    pub partitions: Vec<PartitionMeta>,
+    /// Each partition sits behind its own `Arc` (copy-on-write, like the topics of
+    /// [`MetadataState::topics`]): a command that changes one partition copies that partition's
+    /// segment list, not every partition's of the topic. Serialized as a plain list.
+    pub partitions: Vec<Arc<PartitionMeta>>,
     pub created_ms: i64,
 }
 
@@ -245,9 +255,10 @@ pub const MAX_WAL_LANES: u32 = 256;
 pub struct MetadataState {
     pub cluster_id: String,
     pub brokers: BTreeMap<NodeId, BrokerMeta>,
-    /// Each topic sits behind an `Arc` (copy-on-write): the state is cloned for every applied
-    /// batch — at S3 WAL commit rates, 100+ times a second — and that clone must copy pointers,
-    /// not every partition's object index.
+    /// Each topic, and each partition of it, sits behind an `Arc` (copy-on-write): the state is
+    /// cloned for every applied batch — at S3 WAL commit rates, 100+ times a second — and that
+    /// clone must copy pointers, not every partition's object index; a command then copies only
+    /// the topics and partitions it changes.
     pub topics: BTreeMap<Uuid, Arc<TopicMeta>>,
     pub topic_ids: BTreeMap<String, Uuid>,
     pub next_producer_id: i64,
@@ -299,6 +310,7 @@ impl MetadataState {
             .get(&tp.topic_id)?
             .partitions
             .get(usize::try_from(tp.partition).ok()?)
+            .map(Arc::as_ref)
     }
 }
 

@@ -306,7 +306,7 @@ fn acquire_moves_ownership_bumps_epochs_and_answers_them() {
         assert_eq!(state, before);
     }
     let topic = std::sync::Arc::make_mut(state.topics.get_mut(&id).unwrap());
-    topic.partitions[1].leader_epoch = i32::MAX;
+    std::sync::Arc::make_mut(&mut topic.partitions[1]).leader_epoch = i32::MAX;
     let before = state.clone();
     let response = apply_command(
         &mut state,
@@ -386,7 +386,7 @@ fn end_offset_for_epoch_follows_kafkas_rules() {
     let (mut state, id) = cluster();
     let p0 = tp(id, 0);
     let topic = std::sync::Arc::make_mut(state.topics.get_mut(&id).unwrap());
-    let pm = &mut topic.partitions[0];
+    let pm = std::sync::Arc::make_mut(&mut topic.partitions[0]);
     pm.leader_epoch = 5;
     pm.epoch_starts = [(1, 10), (3, 25), (5, 40)]
         .into_iter()

@@ -103,7 +103,7 @@ fn owned<'a>(
                         topic_id: topic.id,
                         partition,
                     },
-                    pm,
+                    &**pm,
                 ));
             }
         }
