@@ -622,7 +622,7 @@ fn add_segments(
             }
             0 => {}
             count => {
-                Arc::make_mut(&mut state.shared_objects).insert(key.to_owned(), held + count);
+                state.shared_objects.insert(key.to_owned(), held + count);
             }
         }
     }
@@ -848,11 +848,10 @@ pub(crate) fn release_object(state: &mut MetadataState, key: String, now_ms: i64
         Arc::make_mut(&mut state.deleted_objects).push((key, now_ms));
         return;
     }
-    let shared = Arc::make_mut(&mut state.shared_objects);
-    match shared.get_mut(&key) {
+    match state.shared_objects.get_mut(&key) {
         Some(count) if *count > 1 => *count -= 1,
         _ => {
-            shared.remove(&key);
+            state.shared_objects.remove(&key);
             Arc::make_mut(&mut state.deleted_objects).push((key, now_ms));
         }
     }

@@ -273,8 +273,11 @@ pub struct MetadataState {
     #[serde(default)]
     pub producer_states: BTreeMap<Uuid, BTreeMap<i32, Arc<PartitionProducers>>>,
     /// Shared WAL objects (S3 WAL) still referenced by the index: key → number of chunks indexed.
+    /// A persistent map: every `AddSegments` adds keys, and copying tens of thousands of entries
+    /// per commit (as a copy-on-write `BTreeMap` would) dominated the apply cost
+    /// (`benches/src/metabench.rs`); a change copies O(log n) nodes. Serialized as a plain map.
     #[serde(default)]
-    pub shared_objects: Arc<BTreeMap<String, u32>>,
+    pub shared_objects: imbl::OrdMap<String, u32>,
     /// Broker incarnations that wrote (or write) WAL lanes (S3 WAL).
     #[serde(default)]
     pub incarnations: Arc<BTreeMap<Uuid, IncarnationMeta>>,

@@ -367,7 +367,7 @@ mod tests {
     fn state_with_shared(keys: &[&str]) -> MetadataState {
         let mut state = MetadataState::default();
         for key in keys {
-            std::sync::Arc::make_mut(&mut state.shared_objects).insert((*key).to_string(), 1);
+            state.shared_objects.insert((*key).to_string(), 1);
         }
         state
     }
